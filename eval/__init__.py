@@ -1,0 +1,1 @@
+"""Model-zoo evaluation: perplexity, logit agreement, throughput and memory per attention impl."""

@@ -1,0 +1,86 @@
+"""Numerical checking shared by the tests, the benchmarks and the evaluation.
+
+One place decides what "close enough" means per dtype, so a kernel test, a GPU benchmark's
+correctness gate and an eval comparison never disagree about tolerances.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+
+# Relative Frobenius error allowed against a float64 reference, per compute dtype.
+# fp32 on the GPU may run dots in tf32 (~3e-4); on CPU/interpreter fp32 lands near 1e-6.
+_REL_TOL = {
+    torch.float64: 1e-10,
+    torch.float32: 1e-5,
+    torch.float16: 5e-3,
+    torch.bfloat16: 2e-2,
+}
+_REL_TOL_TF32 = 2e-3
+
+
+def tolerance(dtype: torch.dtype, *, tf32: bool = False) -> float:
+    """Relative Frobenius error allowed for results computed in ``dtype``."""
+    if dtype not in _REL_TOL:
+        raise ValueError(f"no tolerance defined for {dtype}; use one of {sorted(map(str, _REL_TOL))}")
+    if dtype == torch.float32 and tf32:
+        return _REL_TOL_TF32
+    return _REL_TOL[dtype]
+
+
+def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """‖out − ref‖_F / ‖ref‖_F in float64; NaN anywhere in ``out`` where ``ref`` is finite gives inf.
+
+    Positions where the reference itself is NaN must be NaN in ``out`` too (e.g. fully masked
+    rows with ``-inf`` masking); those positions are excluded from the norm.
+    """
+    out64 = out.detach().to(torch.float64).cpu()
+    ref64 = ref.detach().to(torch.float64).cpu()
+    if out64.shape != ref64.shape:
+        raise ValueError(f"shape mismatch: got {tuple(out64.shape)}, reference {tuple(ref64.shape)}")
+    ref_nan = torch.isnan(ref64)
+    out_nan = torch.isnan(out64)
+    if bool((out_nan != ref_nan).any()):
+        return float("inf")
+    keep = ~ref_nan
+    diff = (out64 - ref64)[keep]
+    denom = ref64[keep].norm()
+    if denom == 0:
+        return float(diff.norm())
+    return float(diff.norm() / denom)
+
+
+def assert_close(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype | None = None, *,
+                 tf32: bool = False, what: str = "output") -> float:
+    """Assert ``out`` matches the float64 ``ref`` within the tolerance of ``dtype`` (default: out's)."""
+    dtype = dtype or out.dtype
+    err = rel_error(out, ref)
+    tol = tolerance(dtype, tf32=tf32)
+    assert err <= tol, f"{what}: relative error {err:.3e} exceeds {tol:.1e} for {dtype}"
+    return err
+
+
+def poison_(t: torch.Tensor) -> torch.Tensor:
+    """Fill ``t`` with NaN (or the integer max) so that elements a kernel never writes fail a check."""
+    if t.is_floating_point():
+        return t.fill_(float("nan"))
+    return t.fill_(torch.iinfo(t.dtype).max)
+
+
+def poisoned_empty(*shape: int, dtype: torch.dtype, device: torch.device | str = "cpu") -> torch.Tensor:
+    """A new tensor filled with poison; a kernel's output buffer under test."""
+    return poison_(torch.empty(*shape, dtype=dtype, device=device))
+
+
+def random_tensors(shapes: Iterable[tuple[int, ...]], dtype: torch.dtype, device: torch.device | str = "cpu",
+                   *, scale: float = 1.0, generator: torch.Generator | None = None) -> list[torch.Tensor]:
+    """Fresh normal random tensors (never zeros), drawn in float32 then cast to ``dtype``."""
+    return [(torch.randn(*s, generator=generator, device="cpu") * scale).to(dtype=dtype, device=device)
+            for s in shapes]
+
+
+def to_float64(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    """CPU float64 copies, for the reference computation."""
+    return [t.detach().to("cpu", torch.float64) for t in tensors]

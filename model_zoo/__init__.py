@@ -1,0 +1,1 @@
+"""Model families, tiny test configs and the real checkpoints usable offline."""

@@ -1,0 +1,39 @@
+"""The numerical helpers themselves must be able to fail."""
+
+import math
+
+import pytest
+import torch
+
+from flashlight_hf.testing import assert_close, poisoned_empty, rel_error, tolerance
+
+
+def test_rel_error_zero_for_equal_and_positive_for_perturbed():
+    ref = torch.randn(8, 16, dtype=torch.float64)
+    assert rel_error(ref.float(), ref) < 1e-6
+    noisy = ref + 1e-2 * torch.randn_like(ref)
+    assert 1e-4 < rel_error(noisy, ref) < 1e-1
+
+
+def test_unwritten_poison_is_caught():
+    ref = torch.randn(4, 4, dtype=torch.float64)
+    out = poisoned_empty(4, 4, dtype=torch.float32)
+    out[:3] = ref[:3].float()
+    assert math.isinf(rel_error(out, ref))
+    with pytest.raises(AssertionError):
+        assert_close(out, ref)
+
+
+def test_nan_positions_must_match_reference():
+    ref = torch.randn(3, 5, dtype=torch.float64)
+    ref[1] = float("nan")
+    out = ref.clone().float()
+    assert rel_error(out, ref) < 1e-6
+    out[1] = 0.0
+    assert math.isinf(rel_error(out, ref))
+
+
+def test_tolerance_orders_dtypes():
+    assert tolerance(torch.float32) < tolerance(torch.float16) < tolerance(torch.bfloat16)
+    with pytest.raises(ValueError, match="no tolerance"):
+        tolerance(torch.int32)
