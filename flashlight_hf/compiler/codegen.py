@@ -1,0 +1,543 @@
+"""Stage 4 — code generation: a :class:`KernelPlan` becomes Triton source text.
+
+The source is meant to be read (``explain``): one statement per IR node with a named
+temporary and a comment naming the node, laid out like a Triton tutorial kernel — the
+program's coordinates, loads before the key loop, the loop with its accumulators, the epilogue,
+the store.
+
+Tiles: every value has a *layout*, the kernel-local variables it depends on in a fixed order
+(rows ``i``, keys ``j``, then head-dim tile variables); grid variables are scalars. A value of
+one variable is a 1-D block, two variables a 2-D block; broadcasting to a larger layout inserts
+``[:, None]`` / ``[None, :]``. A contraction ``Σ_d A[i,d]·B[j,d]`` becomes ``tl.dot``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import sympy
+import torch
+
+from flashlight_hf.compiler.ir import Const, IExpr, Index, Load, Node, Pointwise, Reduce, Unsupported, Var
+from flashlight_hf.compiler.rewrite import Acc, KernelPlan, RunningMax, _mul_factors, walk
+
+_TL_DTYPE = {torch.float32: "tl.float32", torch.float16: "tl.float16", torch.bfloat16: "tl.bfloat16",
+             torch.float64: "tl.float64", torch.int32: "tl.int32", torch.int64: "tl.int64", torch.bool: "tl.int1"}
+
+
+@dataclass
+class KernelSource:
+    """Generated source plus what the runtime needs to launch it."""
+
+    name: str
+    source: str
+    input_args: list[int]          # program inputs passed as pointers, in order
+    input_ranks: list[int]
+    runtime_sizes: list[Any]       # sympy expressions / ints evaluated per call (args z0, z1, ...)
+    grid_extents: list[Any]        # extents of the grid variables (sizes)
+    row_extent: Any
+    loop_extent: Any
+    tile_pads: dict[str, int]
+    out_rank: int
+    out_axes_vars: list[list[Var | None]]
+    dot_dtype: torch.dtype | None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def _pow2(n: int) -> int:
+    return max(16, 1 << (int(n) - 1).bit_length())
+
+
+class _Emitter:
+    def __init__(self, kp: KernelPlan, interpret: bool, allow_tf32: bool):
+        self.kp = kp
+        self.interpret = interpret
+        self.allow_tf32 = allow_tf32
+        self.i, self.j = kp.row_var, kp.loop_var
+        self.tiles = list(kp.tile_vars)
+        self.rank = {self.i: 0, self.j: 1, **{v: 2 + k for k, v in enumerate(self.tiles)}}
+        self.grid = list(kp.grid_vars)
+        self.lines: list[str] = []
+        self.indent = 1
+        self.names: dict[int, str] = {}
+        self.count = 0
+        self.sizes: list[Any] = []  # runtime size expressions -> z{k}
+        self.inputs: list[int] = []
+        self.phase = "pre"
+        self.loop_names: dict[int, str] = {}
+        self.acc_names: dict[int, str] = {}
+        self.skeys: dict[int, Any] = {}
+        self.keep: list[Node] = []  # keeps keyed nodes alive so their ids stay unique
+
+    # -- helpers -------------------------------------------------------------------------------
+    def size(self, s: Any) -> str:
+        if isinstance(s, int):
+            return str(s)
+        if isinstance(s, sympy.Expr) and s.is_number:
+            return repr(float(s)) if not s.is_integer else str(int(s))
+        for k, t in enumerate(self.sizes):
+            if t == s:
+                return f"z{k}"
+        self.sizes.append(s)
+        return f"z{len(self.sizes) - 1}"
+
+    def emit(self, line: str) -> None:
+        self.lines.append("    " * self.indent + line)
+
+    def tmp(self, hint: str) -> str:
+        self.count += 1
+        return f"{hint}_{self.count}"
+
+    def layout(self, x: Node) -> tuple[Var, ...]:
+        local = [v for v in x.vars if v in self.rank]
+        other = [v for v in x.vars if v not in self.rank and v not in self.grid]
+        if other:
+            raise Unsupported("codegen", f"value depends on index {other[0]} that is neither a grid, row, key "
+                              "nor head-dim variable")
+        return tuple(sorted(local, key=lambda v: self.rank[v]))
+
+    def var_offsets(self, v: Var) -> str:
+        if v is self.i:
+            return "offs_i"
+        if v is self.j:
+            return "offs_j"
+        if v in self.rank:
+            return f"offs_{v.name}"
+        return f"idx_{v.name}"
+
+    def broadcast(self, name: str, frm: tuple[Var, ...], to: tuple[Var, ...]) -> str:
+        if frm == to or not frm:
+            return name
+        if len(to) == 2 and len(frm) == 1:
+            return f"{name}[:, None]" if frm[0] is to[0] else f"{name}[None, :]"
+        raise Unsupported("codegen", f"cannot broadcast a value over {frm} to {to}")
+
+    def iexpr(self, e: IExpr, to: tuple[Var, ...]) -> str:
+        if e.op == "var":
+            v = e.args[0]
+            name = self.var_offsets(v)
+            if v in self.rank:
+                return self.broadcast(name, (v,), to)
+            return name
+        if e.op == "const":
+            return str(e.args[0])
+        if e.op == "sym":
+            return self.size(e.args[0])
+        sym = {"add": "+", "mul": "*", "floordiv": "//", "mod": "%"}[e.op]
+        return "(" + f" {sym} ".join(self.iexpr(a, to) for a in e.args) + ")"
+
+    def bounds_mask(self, vars_: tuple[Var, ...]) -> str | None:
+        parts = []
+        for v in vars_:
+            parts.append(self.broadcast(f"mask_{self.short(v)}", (v,), vars_))
+        return " & ".join(parts) if parts else None
+
+    def short(self, v: Var) -> str:
+        return "i" if v is self.i else "j" if v is self.j else v.name
+
+    # -- nodes -----------------------------------------------------------------------------
+    def value(self, x: Node, to: tuple[Var, ...] | None = None) -> str:
+        name = self.node(x)
+        return self.broadcast(name, self.layout(x), to) if to is not None else name
+
+    def f32(self, x: Node, to: tuple[Var, ...]) -> str:
+        v = self.value(x, to)
+        if x.dtype in (torch.float16, torch.bfloat16):
+            return f"{v}.to(tl.float32)"
+        return v
+
+    def skey(self, x: Node) -> Any:
+        """Structural key: equal expressions built twice by the rewrites are emitted once (CSE)."""
+        k = self.skeys.get(id(x))
+        if k is None:
+            if isinstance(x, Load):
+                k = ("load", x.input, tuple(e if isinstance(e, IExpr) else self.skey(e) for e in x.index))
+            elif isinstance(x, Index):
+                k = ("index", x.expr)
+            elif isinstance(x, Const):
+                k = ("const", x.dtype, repr(x.value))
+            elif isinstance(x, Pointwise):
+                k = ("pw", x.op, x.dtype, tuple(self.skey(a) for a in x.args))
+            elif isinstance(x, Reduce):
+                k = ("red", x.op, x.var.uid, self.skey(x.arg))
+            elif isinstance(x, RunningMax):
+                k = ("running_max", id(x.acc))
+            else:
+                k = ("obj", id(x))
+            self.skeys[id(x)] = k
+            self.keep.append(x)
+        return k
+
+    def node(self, x: Node) -> str:
+        key = self.skey(x)
+        if key in self.names:
+            return self.names[key]
+        if self.phase == "loop" and key in self.loop_names:
+            return self.loop_names[key]
+        if isinstance(x, Acc):
+            return self.acc_names[id(x)]
+        in_loop = self.kp.loop_var in x.vars or isinstance(x, RunningMax) or _has_running_max(x)
+        if in_loop and self.phase != "loop":
+            raise Unsupported("codegen", f"a key-loop value ({_hint(x)} over {sorted(v.name for v in x.vars)}) "
+                              "is needed outside the loop")
+        name = self._emit_node(x)
+        (self.loop_names if in_loop else self.names)[key] = name
+        return name
+
+    def _emit_node(self, x: Node) -> str:
+        lay = self.layout(x)
+        if isinstance(x, RunningMax):
+            return f"m_safe_{self.acc_names[id(x.acc)]}"
+        if isinstance(x, Const):
+            if isinstance(x.value, (sympy.Expr,)):
+                return self.size(x.value)
+            if isinstance(x.value, bool):
+                return "1" if x.value else "0"
+            v = float(x.value) if not isinstance(x.value, int) else x.value
+            if isinstance(v, float) and math.isinf(v):
+                return 'float("-inf")' if v < 0 else 'float("inf")'
+            if isinstance(v, float) and math.isnan(v):
+                return 'float("nan")'
+            return repr(v)
+        name = self.tmp(_hint(x))
+        if isinstance(x, Load):
+            self.emit_load(x, name, lay)
+            return name
+        if isinstance(x, Index):
+            self.emit(f"{name} = {self.iexpr(x.expr, lay)}  # index {x.expr}")
+            return name
+        if isinstance(x, Reduce):
+            self.emit_reduce(x, name, lay)
+            return name
+        if isinstance(x, Pointwise):
+            self.emit(f"{name} = {self.pointwise(x, lay)}  # {x.op}")
+            return name
+        raise Unsupported("codegen", f"node {type(x).__name__}")
+
+    def emit_load(self, x: Load, name: str, lay: tuple[Var, ...]) -> None:
+        k = x.input
+        if k not in self.inputs:
+            self.inputs.append(k)
+        terms = []
+        for d, e in enumerate(x.index):
+            idx = self.iexpr(e, lay) if isinstance(e, IExpr) else self.value(e, lay)
+            if idx == "0":
+                continue
+            terms.append(f"({idx}) * in{k}_s{d}")
+        ptr = f"in{k}_ptr + " + " + ".join(terms) if terms else f"in{k}_ptr"
+        mask = self.bounds_mask(lay)
+        if mask:
+            self.emit(f"{name} = tl.load({ptr}, mask={mask}, other=0.0)  # load input {k}")
+        else:
+            self.emit(f"{name} = tl.load({ptr})  # load input {k}")
+
+    def emit_reduce(self, x: Reduce, name: str, lay: tuple[Var, ...]) -> None:
+        arg = x.arg
+        while isinstance(arg, Pointwise) and arg.op == "cast":
+            arg = arg.args[0]
+        full = tuple(sorted(set(lay) | {x.var}, key=lambda v: self.rank[v]))
+        if len(full) == 3 and x.op == "sum" and isinstance(arg, Pointwise) and arg.op == "mul":
+            a, b = arg.args
+            la, lb = self.layout(a), self.layout(b)
+            if x.var in la and x.var in lb and len(la) == 2 and len(lb) == 2 and len(lay) == 2:
+                r, c = lay
+                lhs = a if r in la else b
+                rhs = b if lhs is a else a
+                av = self.dot_operand(lhs)
+                bv = self.dot_operand(rhs)
+                if self.layout(lhs)[0] is x.var:
+                    av = f"tl.trans({av})"
+                if self.layout(rhs)[1] is x.var:
+                    bv = f"tl.trans({bv})"
+                self.emit(f"{name} = tl.dot({av}, {bv}{self.dot_precision(lhs, rhs)})  # sum over {x.var}: contraction")
+                return
+        if len(full) > 2:
+            raise Unsupported("codegen", f"reduction over {x.var} of a 3-D intermediate that is not a matmul")
+        body = self.f32(x.arg, full)
+        if full != self.layout(x.arg) or x.var not in self.layout(x.arg):
+            pass
+        ident = {"sum": "0.0", "max": 'float("-inf")', "min": 'float("inf")'}[x.op]
+        m = f"mask_{self.short(x.var)}"
+        mvec = self.broadcast(m, (x.var,), full)
+        axis = full.index(x.var)
+        fn = {"sum": "tl.sum", "max": "tl.max", "min": "tl.min"}[x.op]
+        if len(full) == 1:
+            self.emit(f"{name} = {fn}(tl.where({mvec}, {body}, {ident}), axis=0)  # {x.op} over {x.var}")
+        else:
+            self.emit(f"{name} = {fn}(tl.where({mvec}, {body}, {ident}), axis={axis})  # {x.op} over {x.var}")
+
+    def contraction(self, body: Node, lay_acc: tuple[Var, ...]) -> str:
+        """This key tile's contribution to a sum accumulator: ``tl.dot(P, V)`` or a row sum."""
+        j = self.j
+        lay_body = self.layout(body)
+        full = tuple(sorted(set(lay_acc) | {j}, key=lambda v: self.rank[v]))
+        mj = self.broadcast("mask_j", (j,), full if len(full) <= 2 else (self.i, j))
+        if len(full) <= 2:
+            return f"tl.sum(tl.where({mj}, {self.f32(body, full)}, 0.0), axis={full.index(j)})"
+        if len(full) != 3 or full[0] is not self.i:
+            raise Unsupported("codegen", f"key contraction producing layout {lay_acc}")
+        num, den = _mul_factors(body)
+        if den:
+            raise Unsupported("codegen", "division inside a key contraction")
+        left = [f for f in num if all(v in (self.i, j) for v in self.layout(f))]
+        right = [f for f in num if f not in left]
+        if not right or any(self.i in self.layout(f) for f in right):
+            raise Unsupported("codegen", "the key contraction does not split into scores × values")
+        p = left[0] if left else Const(torch.float32, 1.0)
+        for f in left[1:]:
+            p = Pointwise(torch.float32, "mul", (p, f))
+        v = right[0]
+        for f in right[1:]:
+            v = Pointwise(v.dtype, "mul", (v, f))
+        p_name = self.tmp("p")
+        self.emit(f"{p_name} = tl.where({mj}, {self.f32(p, (self.i, j))}, 0.0)  # scores side, masked keys zeroed")
+        v_lay = self.layout(v)
+        v_name = self.value(v)
+        if v_lay and v_lay[0] is not j:
+            v_name = f"tl.trans({v_name})"
+        dt = v.dtype if v.dtype in (torch.float16, torch.bfloat16) else torch.float32
+        if self.interpret and dt == torch.bfloat16:
+            p_op, v_op, prec = p_name, f"{v_name}.to(tl.float32)", ', input_precision="ieee"'
+        elif dt == torch.float32:
+            p_op, v_op = p_name, f"{v_name}.to(tl.float32)"
+            prec = ', input_precision="tf32"' if (self.allow_tf32 and not self.interpret) else ', input_precision="ieee"'
+        else:
+            p_op, v_op, prec = f"{p_name}.to({_TL_DTYPE[dt]})", f"{v_name}.to({_TL_DTYPE[dt]})", ""
+        return f"tl.dot({p_op}, {v_op}{prec})"
+
+    def dot_operand(self, x: Node) -> str:
+        name = self.node(x)
+        dt = x.dtype
+        if dt not in (torch.float16, torch.bfloat16, torch.float32):
+            dt = torch.float32
+        if self.interpret and dt == torch.bfloat16:
+            return f"{name}.to(tl.float32)"  # the interpreter multiplies raw bf16 bits (triton#11584)
+        if isinstance(x, Load):
+            return name if dt == x.dtype else f"{name}.to({_TL_DTYPE[dt]})"
+        return f"{name}.to({_TL_DTYPE[dt]})"
+
+    def dot_precision(self, a: Node, b: Node) -> str:
+        if a.dtype == torch.float32 or b.dtype == torch.float32 or self.interpret:
+            return ", input_precision=\"tf32\"" if self.allow_tf32 and not self.interpret else ", input_precision=\"ieee\""
+        return ""
+
+    def pointwise(self, x: Pointwise, lay: tuple[Var, ...]) -> str:
+        op = x.op
+        if op == "cast":
+            a = x.args[0]
+            if x.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+                # arithmetic stays in fp32; the rounding of a narrower cast is kept where it matters
+                return self.f32(a, lay) if x.dtype != torch.float64 else f"{self.value(a, lay)}.to(tl.float32)"
+            return f"{self.value(a, lay)}.to({_TL_DTYPE[x.dtype]})"
+        args = [self.f32(a, lay) if a.dtype != torch.bool else self.value(a, lay) for a in x.args]
+        bin_ = {"add": "+", "sub": "-", "mul": "*", "div": "/", "gt": ">", "ge": ">=", "lt": "<", "le": "<=",
+                "eq": "==", "ne": "!=", "and": "&", "or": "|", "xor": "^", "mod": "%"}
+        if op in bin_:
+            a, b = args
+            if op == "div" and all(y.dtype in (torch.int32, torch.int64) for y in x.args):
+                return f"({a}).to(tl.float32) / {b}"
+            return f"{a} {bin_[op]} {b}"
+        if op == "floordiv":
+            return f"{args[0]} // {args[1]}"
+        if op == "where":
+            c, a, b = args
+            return f"tl.where({c}, {a}, {b})"
+        if op == "maximum":
+            return f"tl.maximum({args[0]}, {args[1]})"
+        if op == "minimum":
+            return f"tl.minimum({args[0]}, {args[1]})"
+        a = args[0]
+        unary = {"exp": "tl.exp({})", "exp2": "tl.exp2({})", "log": "tl.log({})", "sqrt": "tl.sqrt({})",
+                 "rsqrt": "tl.rsqrt({})", "abs": "tl.abs({})", "neg": "-({})", "sigmoid": "tl.sigmoid({})",
+                 "relu": "tl.maximum({}, 0.0)", "sin": "tl.sin({})", "cos": "tl.cos({})",
+                 "reciprocal": "1.0 / ({})", "not": "({}) == 0", "erf": "tl.erf({})", "floor": "tl.floor({})",
+                 "ceil": "tl.ceil({})", "isnan": "({0}) != ({0})", "square": "({0}) * ({0})",
+                 "silu": "({0}) * tl.sigmoid({0})", "log1p": "tl.log(1.0 + ({}))", "expm1": "(tl.exp({}) - 1.0)",
+                 "sign": "tl.where(({0}) > 0, 1.0, tl.where(({0}) < 0, -1.0, 0.0))"}
+        if op in unary:
+            return unary[op].format(a)
+        if op == "tanh":
+            # tanh without libdevice (the interpreter has none): odd series near 0, exp form elsewhere
+            t = self.tmp("tanh_in")
+            self.emit(f"{t} = {a}")
+            return (f"tl.where(tl.abs({t}) < 0.125, {t} * (1.0 + {t} * {t} * (-1.0 / 3.0 + {t} * {t} * "
+                    f"(2.0 / 15.0 + {t} * {t} * (-17.0 / 315.0 + {t} * {t} * (62.0 / 2835.0))))), "
+                    f"tl.where({t} >= 0, 1.0, -1.0) * (1.0 - tl.exp(-2.0 * tl.abs({t}))) / "
+                    f"(1.0 + tl.exp(-2.0 * tl.abs({t}))))")
+        if op == "gelu":
+            return f"0.5 * ({a}) * (1.0 + tl.erf(({a}) * 0.7071067811865476))"
+        if op == "pow":
+            b = x.args[1]
+            if isinstance(b, Const) and not isinstance(b.value, sympy.Expr):
+                e = float(b.value)
+                if e == 2.0:
+                    return f"({a}) * ({a})"
+                if e == 1.0:
+                    return a
+                if e == 0.5:
+                    return f"tl.sqrt({a})"
+                if e == -0.5:
+                    return f"tl.rsqrt({a})"
+                if e == -1.0:
+                    return f"1.0 / ({a})"
+                if e == 3.0:
+                    return f"({a}) * ({a}) * ({a})"
+            if isinstance(x.args[0], Const):
+                return f"tl.exp({args[1]} * {math.log(float(x.args[0].value))!r})"
+            return f"tl.exp({args[1]} * tl.log({a}))"
+        raise Unsupported("codegen", f"pointwise op {op}")
+
+
+def _has_running_max(x: Node) -> bool:
+    """Whether ``x`` reads a running max (so it lives inside the key loop); stops at accumulators."""
+    stack, seen = [x], set()
+    while stack:
+        y = stack.pop()
+        if id(y) in seen or isinstance(y, Acc):
+            continue
+        seen.add(id(y))
+        if isinstance(y, RunningMax):
+            return True
+        stack.extend(y.children())
+    return False
+
+
+def _hint(x: Node) -> str:
+    if isinstance(x, Load):
+        return f"in{x.input}"
+    if isinstance(x, Index):
+        return "idx"
+    if isinstance(x, Reduce):
+        return "dot" if x.op == "sum" else x.op
+    if isinstance(x, Pointwise):
+        return x.op
+    return "t"
+
+
+def generate(kp: KernelPlan, *, interpret: bool, allow_tf32: bool = False,
+             block_m: int = 64, block_n: int = 64) -> KernelSource:
+    """Emit one forward kernel for ``kp``. Raises :class:`Unsupported` for shapes it cannot tile."""
+    em = _Emitter(kp, interpret, allow_tf32)
+    prog = kp.program
+    i, j = kp.row_var, kp.loop_var
+    out_lay = em.layout(kp.out_node)
+    pads = {}
+    for v in kp.tile_vars:
+        pads[v.name] = _pow2(v.extent)
+
+    # -- coordinates -------------------------------------------------------------------------
+    em.emit("# program coordinates: one program per (row tile, grid point)")
+    em.emit("pid = tl.program_id(0)")
+    em.emit(f"n_row_tiles = tl.cdiv({em.size(i.extent)}, BLOCK_M)")
+    em.emit("tile_m = pid % n_row_tiles")
+    em.emit("rest = pid // n_row_tiles")
+    for g in reversed(kp.grid_vars):
+        em.emit(f"idx_{g.name} = rest % {em.size(g.extent)}")
+        em.emit(f"rest = rest // {em.size(g.extent)}")
+    em.emit("offs_i = tile_m * BLOCK_M + tl.arange(0, BLOCK_M)")
+    em.emit(f"mask_i = offs_i < {em.size(i.extent)}")
+    for v in kp.tile_vars:
+        em.emit(f"offs_{v.name} = tl.arange(0, {pads[v.name]})")
+        em.emit(f"mask_{v.name} = offs_{v.name} < {v.extent}")
+
+    # -- the key loop ---------------------------------------------------------------------------
+    accs = kp.accs
+    for k, a in enumerate(accs):
+        em.acc_names[id(a)] = f"acc{k}"
+    em.emit("")
+    em.emit("# loop-carried state: one accumulator per key reduction (online softmax state per stream)")
+    for k, a in enumerate(accs):
+        lay = em.layout(a)
+        shape = ", ".join("BLOCK_M" if v is i else str(pads[v.name]) for v in lay)
+        init = 'float("-inf")' if a.kind == "max" else "0.0"
+        em.emit(f"acc{k} = tl.full([{shape}], {init}, tl.float32)  # {a.kind} over {j.name}")
+    em.emit("")
+    em.emit("# key-independent values the loop uses, computed once")
+    for a in accs:
+        for x in walk(a.body):
+            if j not in x.vars and not _has_running_max(x) and not isinstance(x, (Const, RunningMax, Acc)):
+                em.node(x)
+    em.emit("")
+    em.emit(f"for start_j in range(0, {em.size(j.extent)}, BLOCK_N):")
+    em.indent += 1
+    em.phase = "loop"
+    em.loop_names = {}
+    em.emit("offs_j = start_j + tl.arange(0, BLOCK_N)")
+    em.emit(f"mask_j = offs_j < {em.size(j.extent)}")
+    for k, a in enumerate(accs):
+        if a.kind == "max":
+            lay_full = tuple(sorted(set(em.layout(a)) | {j}, key=lambda v: em.rank[v]))
+            body = em.f32(a.body, lay_full)
+            mj = em.broadcast("mask_j", (j,), lay_full)
+            em.emit(f"m_tile{k} = tl.max(tl.where({mj}, {body}, float(\"-inf\")), axis={lay_full.index(j)})")
+            em.emit(f"m_new_acc{k} = tl.maximum(acc{k}, m_tile{k})  # running max")
+            em.emit(f"m_safe_acc{k} = tl.where(m_new_acc{k} == float(\"-inf\"), 0.0, m_new_acc{k})")
+            em.emit(f"alpha{k} = tl.exp(acc{k} - m_safe_acc{k})  # rescales the sums tied to this max")
+    for k, a in enumerate(accs):
+        if a.kind != "sum":
+            continue
+        lay_acc = em.layout(a)
+        scale = ""
+        if a.tied is not None:
+            if lay_acc and lay_acc[0] is not i:
+                raise Unsupported("codegen", "a softmax-tied accumulator without the row variable")
+            kt = accs.index(a.tied)
+            scale = f"alpha{kt}" if len(lay_acc) <= 1 else f"alpha{kt}[:, None]"
+        contrib = em.contraction(a.body, lay_acc)
+        if scale:
+            em.emit(f"acc{k} = acc{k} * {scale} + {contrib}  # online rescale + this key tile")
+        else:
+            em.emit(f"acc{k} = acc{k} + {contrib}")
+    for k, a in enumerate(accs):
+        if a.kind == "max":
+            em.emit(f"acc{k} = m_new_acc{k}")
+    em.phase = "post"
+    em.indent -= 1
+
+    # -- epilogue ------------------------------------------------------------------------------
+    em.emit("")
+    em.emit("# epilogue: everything after the last key reduction")
+    out = em.value(kp.out_node, out_lay)
+    # -- store ---------------------------------------------------------------------------------
+    terms = []
+    out_axes_vars: list[list[Var | None]] = []
+    for d, ax in enumerate(prog.out_axes):
+        vs = [v for v, e in ax if v is not None]
+        out_axes_vars.append(vs)
+        if len(vs) > 1:
+            raise Unsupported("output", "an output axis merging several variables")
+        if vs:
+            terms.append(f"({em.iexpr(IExpr.var(vs[0]), out_lay)}) * out_s{d}")
+    missing = [v for v in (i, *[t for t in kp.tile_vars if t in kp.out_node.vars]) if v not in out_lay]
+    if missing:
+        raise Unsupported("output", f"the output does not vary along {missing}")
+    mask = em.bounds_mask(out_lay)
+    em.emit(f"tl.store(out_ptr + {' + '.join(terms)}, {out}.to(out_ptr.dtype.element_ty), mask={mask})")
+
+    # -- assemble -------------------------------------------------------------------------------
+    inputs = sorted(em.inputs)
+    params = []
+    for k in inputs:
+        params.append(f"in{k}_ptr")
+        params += [f"in{k}_s{d}" for d in range(len(prog.input_shapes[k]))]
+    params.append("out_ptr")
+    params += [f"out_s{d}" for d in range(len(prog.out_axes))]
+    params += [f"z{k}" for k in range(len(em.sizes))]
+    params += ["BLOCK_M: tl.constexpr", "BLOCK_N: tl.constexpr"]
+    name = "flashlight_fwd"
+    header = [
+        "import triton",
+        "import triton.language as tl",
+        "",
+        "",
+        "@triton.jit",
+        f"def {name}(" + ", ".join(params) + "):",
+    ]
+    src = "\n".join(header + em.lines) + "\n"
+    return KernelSource(name=name, source=src, input_args=inputs,
+                        input_ranks=[len(prog.input_shapes[k]) for k in inputs], runtime_sizes=list(em.sizes),
+                        grid_extents=[g.extent for g in kp.grid_vars], row_extent=i.extent,
+                        loop_extent=j.extent, tile_pads=pads, out_rank=len(prog.out_axes),
+                        out_axes_vars=out_axes_vars, dot_dtype=None)

@@ -1,0 +1,290 @@
+"""Stage 3 — rewrites: from the reduction IR to a fused loop nest (a :class:`KernelPlan`).
+
+The paper's three transformations, applied to the IR of :mod:`flashlight_hf.compiler.ir`:
+
+* **Dimension demotion.** The key variable ``j`` is parallel in ``QKᵀ`` but reduced by
+  everything downstream; it becomes the kernel's sequential loop. It is found structurally: the
+  one reduced variable (not in the output) whose reductions contain another reduction.
+* **Homomorphic (online) rewrite.** A sum over ``j`` of ``exp(y − M)·z`` where ``M = max_j y``
+  becomes a running accumulator rescaled by ``exp(m_old − m_new)`` whenever the running max
+  grows; a factor that is itself a ``j``-reduction (the softmax denominator) is constant in
+  ``j`` and moves after the loop. This is applied per reduction, so every softmax stream in the
+  program gets its own running state (differential attention has two).
+* **Tiling-aware elimination.** Every other reduced variable (head dims) has a static extent
+  that fits one tile: its reductions become ``tl.dot`` or a row reduction inside one step.
+
+Anything that does not fit raises :class:`~flashlight_hf.compiler.ir.Unsupported` naming the
+node, and the caller runs the program unfused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from flashlight_hf.compiler.ir import (Const, IExpr, Index, Load, Node, Pointwise, Program, Reduce,
+                                       Unsupported, Var, is_one)
+
+MAX_TILE_EXTENT = 256
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class Acc(Node):
+    """A loop-carried accumulator over the key loop.
+
+    ``kind='max'``: running max of ``body``. ``kind='sum'``: running sum of ``body``; when
+    ``tied`` is a max accumulator, ``body`` contains ``exp(y − M)`` evaluated with the running
+    max, and the sum is rescaled each time that max grows.
+    """
+
+    kind: str
+    var: Var
+    body: Node
+    tied: "Acc | None" = None
+    source: Reduce | None = None
+
+    @property
+    def vars(self) -> frozenset[Var]:
+        return self.body.vars - {self.var}
+
+    def children(self) -> tuple[Node, ...]:
+        return (self.body,) + ((self.tied,) if self.tied is not None else ())
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class RunningMax(Node):
+    """Inside the loop: the current running max of a max accumulator (``m_new``)."""
+
+    acc: Acc
+
+    @property
+    def vars(self) -> frozenset[Var]:
+        return self.acc.vars
+
+
+@dataclass
+class KernelPlan:
+    """Everything codegen needs: the variables' roles and the rewritten output expression."""
+
+    program: Program
+    grid_vars: list[Var]
+    row_var: Var
+    loop_var: Var
+    tile_vars: list[Var]
+    out_node: Node
+    accs: list[Acc] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def walk(root: Node):
+    """Every distinct node under ``root`` (children first)."""
+    seen: set[int] = set()
+    stack: list[tuple[Node, bool]] = [(root, False)]
+    while stack:
+        x, done = stack.pop()
+        if id(x) in seen:
+            continue
+        if done:
+            seen.add(id(x))
+            yield x
+            continue
+        stack.append((x, True))
+        for c in x.children():
+            if id(c) not in seen:
+                stack.append((c, False))
+
+
+def _contains(root: Node, pred) -> bool:
+    return any(pred(x) for x in walk(root))
+
+
+def _strip_casts(x: Node) -> Node:
+    while isinstance(x, Pointwise) and x.op == "cast":
+        x = x.args[0]
+    return x
+
+
+def plan(program: Program) -> KernelPlan:
+    """Classify variables, demote the key axis and rewrite every softmax stream to online form."""
+    out = program.output
+    out_vars: list[Var] = []
+    for ax in program.out_axes:
+        for v, e in ax:
+            if v is None:
+                if not is_one(e):
+                    raise Unsupported("output", "the output is broadcast along an axis (expand before return)")
+                continue
+            out_vars.append(v)
+    out_set = set(out_vars)
+    reduces = [x for x in walk(out) if isinstance(x, Reduce)]
+    candidates = {r.var for r in reduces if r.var not in out_set}
+    nested = {r.var for r in reduces if r.var in candidates and
+              _contains(r.arg, lambda y, r=r: isinstance(y, Reduce) and y.var is not r.var and y.var in candidates)}
+    if len(nested) != 1:
+        raise Unsupported("program", "no key axis found: expected one reduced axis (the keys) whose reductions "
+                          "contain another reduction (the QKᵀ contraction)" if not nested else
+                          f"several nested reduction axes {sorted(v.name for v in nested)}")
+    (j,) = nested
+    tile_vars = [v for v in candidates if v is not j]
+    for v in tile_vars:
+        if not isinstance(v.extent, int) or v.extent > MAX_TILE_EXTENT:
+            raise Unsupported(v.name, f"contracted axis of extent {v.extent} does not fit one tile "
+                              f"(at most {MAX_TILE_EXTENT})")
+
+    # rows (i) and value dims (e): from the contraction that takes j away (…ᵀ · V)
+    row, value_dims = _rows_and_value_dims(out, j, out_set)
+    tile_vars += [v for v in value_dims if v not in tile_vars]
+    for v in value_dims:
+        if not isinstance(v.extent, int) or v.extent > MAX_TILE_EXTENT:
+            raise Unsupported(v.name, f"value head dim of extent {v.extent} is too large for one tile")
+    grid = [v for v in out_vars if v is not row and v not in value_dims]
+    rewritten, accs = _online(out, j)
+    return KernelPlan(program=program, grid_vars=grid, row_var=row, loop_var=j, tile_vars=tile_vars,
+                      out_node=rewritten, accs=accs)
+
+
+def _mul_factors(x: Node) -> tuple[list[Node], list[Node]]:
+    """Split a product/quotient tree (through casts and negations) into numerator/denominator."""
+    x0 = x
+    x = _strip_casts(x)
+    if isinstance(x, Pointwise) and x.op == "mul":
+        n1, d1 = _mul_factors(x.args[0])
+        n2, d2 = _mul_factors(x.args[1])
+        return n1 + n2, d1 + d2
+    if isinstance(x, Pointwise) and x.op == "div":
+        n1, d1 = _mul_factors(x.args[0])
+        n2, d2 = _mul_factors(x.args[1])
+        return n1 + d2, d1 + n2
+    return [x0], []
+
+
+def _rows_and_value_dims(out: Node, j: Var, out_set: set[Var]) -> tuple[Var, list[Var]]:
+    for r in walk(out):
+        if not (isinstance(r, Reduce) and r.var is j and r.op == "sum"):
+            continue
+        num, den = _mul_factors(r.arg)
+        for f in num:
+            others = [g for g in num if g is not f] + den
+            other_vars = frozenset().union(*(g.vars for g in others)) if others else frozenset()
+            value_dims = [v for v in f.vars & out_set if v not in other_vars]
+            rows = [v for v in other_vars & out_set if v not in f.vars]
+            if j in f.vars and value_dims and len(rows) == 1:
+                return rows[0], value_dims
+    raise Unsupported("program", "no `scores @ V` contraction over the key axis found (the rows and value "
+                      "head dim of the output could not be identified)")
+
+
+def _online(out: Node, j: Var) -> tuple[Node, list[Acc]]:
+    """Replace every reduction over ``j`` with loop accumulators (online softmax where needed)."""
+    accs: list[Acc] = []
+    max_accs: dict[int, Acc] = {}
+    memo: dict[int, Node] = {}
+
+    def depends_on_j_reduce(x: Node) -> bool:
+        return _contains(x, lambda y: isinstance(y, Reduce) and y.var is j)
+
+    def max_acc(r: Reduce) -> Acc:
+        if id(r) not in max_accs:
+            if depends_on_j_reduce(r.arg):
+                raise Unsupported("reduction", "a max over the keys of a value that itself needs the whole key axis")
+            if r.op not in ("max",):
+                raise Unsupported("reduction", f"{r.op} over the key axis")
+            a = Acc(r.dtype, "max", j, r.arg, None, r)
+            max_accs[id(r)] = a
+            accs.append(a)
+        return max_accs[id(r)]
+
+    def online_factor(f: Node) -> tuple[Node, Acc | None]:
+        """``exp(y − M)`` with ``M`` a key max → body with the running max; else unchanged."""
+        base = _strip_casts(f)
+        if not depends_on_j_reduce(base):
+            return f, None
+        if isinstance(base, Pointwise) and base.op == "exp":
+            inner = _strip_casts(base.args[0])
+            if isinstance(inner, Pointwise) and inner.op == "sub":
+                y, m = inner.args[0], _strip_casts(inner.args[1])
+                if isinstance(m, Reduce) and m.var is j and m.op == "max" and not depends_on_j_reduce(y):
+                    acc = max_acc(m)
+                    new = Pointwise(base.dtype, "exp", (Pointwise(inner.dtype, "sub", (y, RunningMax(m.dtype, acc))),))
+                    return new, acc
+        raise Unsupported("reduction", "a sum over the keys whose terms depend on another key reduction in a "
+                          "way the online-softmax rewrite does not cover")
+
+    def sum_terms(x: Node, sign: float = 1.0) -> list[tuple[float, Node]]:
+        x0 = x
+        x = _strip_casts(x)
+        if isinstance(x, Pointwise) and x.op in ("add", "sub"):
+            return sum_terms(x.args[0], sign) + sum_terms(x.args[1], sign if x.op == "add" else -sign)
+        if isinstance(x, Pointwise) and x.op == "neg":
+            return sum_terms(x.args[0], -sign)
+        return [(sign, x0)]
+
+    def rewrite_sum(r: Reduce) -> Node:
+        result: Node | None = None
+        for sign, term in sum_terms(r.arg):
+            num, den = _mul_factors(term)
+            body: list[Node] = []
+            outer_num: list[Node] = []
+            outer_den: list[Node] = []
+            tied: Acc | None = None
+            for f in num:
+                if j not in f.vars and depends_on_j_reduce(f):
+                    outer_num.append(go(f))
+                    continue
+                nf, acc = online_factor(f)
+                if acc is not None:
+                    if tied is not None and tied is not acc:
+                        raise Unsupported("reduction", "a key sum tied to two different softmax maxima")
+                    tied = acc
+                body.append(nf)
+            for f in den:
+                if j in f.vars:
+                    if depends_on_j_reduce(f):
+                        raise Unsupported("reduction", "division by a key-dependent value that needs the whole key axis")
+                    body.append(Pointwise(f.dtype, "reciprocal", (f,)))
+                else:
+                    outer_den.append(go(f) if depends_on_j_reduce(f) else f)
+            b = body[0]
+            for f in body[1:]:
+                b = Pointwise(r.dtype, "mul", (b, f))
+            acc_node: Node = Acc(r.dtype, "sum", j, b, tied, r)
+            accs.append(acc_node)  # type: ignore[arg-type]
+            for f in outer_num:
+                acc_node = Pointwise(r.dtype, "mul", (acc_node, f))
+            for f in outer_den:
+                acc_node = Pointwise(r.dtype, "div", (acc_node, f))
+            if sign < 0:
+                acc_node = Pointwise(r.dtype, "neg", (acc_node,))
+            result = acc_node if result is None else Pointwise(r.dtype, "add", (result, acc_node))
+        assert result is not None
+        return result
+
+    def go(x: Node) -> Node:
+        if id(x) in memo:
+            return memo[id(x)]
+        if isinstance(x, Reduce) and x.var is j:
+            r: Node = max_acc(x) if x.op == "max" else rewrite_sum(x) if x.op == "sum" else None  # type: ignore
+            if r is None:
+                raise Unsupported("reduction", f"{x.op} over the key axis")
+        elif not depends_on_j_reduce(x):
+            r = x
+        elif isinstance(x, Pointwise):
+            r = Pointwise(x.dtype, x.op, tuple(go(a) for a in x.args))
+        elif isinstance(x, Reduce):
+            r = Reduce(x.dtype, x.op, x.var, go(x.arg))
+        elif isinstance(x, Load):
+            raise Unsupported("gather", "an index computed from a key reduction")
+        else:
+            r = x
+        if j in r.vars and not isinstance(r, Acc) and depends_on_j_reduce(x):
+            raise Unsupported("program", "a value over the key axis that needs the whole key axis first "
+                              "is used outside a reduction")
+        memo[id(x)] = r
+        return r
+
+    return go(out), accs
+
+
+__all__ = ["Acc", "RunningMax", "KernelPlan", "plan", "walk", "Const", "Index", "Load", "IExpr",
+           "torch"]
