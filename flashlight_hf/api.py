@@ -18,7 +18,7 @@ import torch
 
 from flashlight_hf.compiler import capture as cap
 from flashlight_hf.compiler.codegen import KernelSource, generate
-from flashlight_hf.compiler.ir import Program, Unsupported, build_ir
+from flashlight_hf.compiler.ir import Program, Unsupported, Var, build_ir
 from flashlight_hf.compiler.rewrite import KernelPlan, plan
 from flashlight_hf.compiler.runtime import CompiledKernel
 
@@ -40,20 +40,37 @@ class Build:
 
 
 def _dynamic_axes(p: KernelPlan) -> list[dict[int, str]]:
-    """Per input, the axes that may vary between calls (rows, keys, undivided batch axes)."""
+    """Per input, the axes that may vary between calls (rows, keys, undivided batch axes).
+
+    Axes read by several variables (``doc[:, None] == doc[None, :]`` reads rows and keys) tie
+    those variables to one size name.
+    """
     prog = p.program
     derived_from = set()
     for e in prog.defs.values():
         derived_from |= e.vars()
     dynamic = {p.row_var, p.loop_var} | {g for g in p.grid_vars if g not in derived_from}
+    group: dict[Var, Var] = {}
+
+    def find(v: Var) -> Var:
+        while v in group:
+            v = group[v]
+        return v
+
+    for per_input in prog.input_axis_vars:
+        for vs in per_input:
+            roots = [find(v) for v in vs]
+            for r in roots[1:]:
+                if r is not roots[0]:
+                    group[r] = roots[0]
     out: list[dict[int, str]] = []
     for k, b in enumerate(prog.bindings):
         if not isinstance(b, int):
             continue
         axes = {}
-        for a, v in enumerate(prog.input_axis_vars[k]):
-            if v is not None and v in dynamic and v not in prog.defs:
-                axes[a] = f"S_{v.name}"
+        for a, vs in enumerate(prog.input_axis_vars[k]):
+            if vs and all(v in dynamic and v not in prog.defs for v in vs):
+                axes[a] = f"S_{find(vs[0]).name}"
         while len(out) <= b:
             out.append({})
         out[b] = axes

@@ -136,3 +136,68 @@ def test_unfusable_program_falls_back_with_one_warning(device: str):
     assert_close(out, returns_weights(*[a.double() for a in args]), torch.float32)
     e = flashlight_hf.explain(returns_weights, *args)
     assert e.num_kernels == 0 and e.fallbacks
+
+
+def sinks(q, k, v, sink):
+    """GPT-OSS style: a per-head logit column joins the softmax and is sliced off after."""
+    s = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5
+    col = sink.reshape(1, -1, 1, 1).expand(s.shape[0], -1, s.shape[2], 1)
+    p = torch.softmax(torch.cat([s, col], dim=-1).float(), dim=-1)[..., :-1]
+    return p.type_as(q) @ v
+
+
+def document_mask(q, k, v, doc):
+    s = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5
+    same = doc[:, None] == doc[None, :]
+    return torch.softmax(s.masked_fill(~same, float("-inf")), dim=-1) @ v
+
+
+def key_padding_from_k(q, k, v):
+    """Data-dependent: keys that are all zero are padding (FlexAttention cannot express this)."""
+    s = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5
+    pad = (k.abs().sum(-1) == 0)[:, :, None, :]
+    return torch.softmax(s.masked_fill(pad, float("-inf")), dim=-1) @ v
+
+
+def key_gate(q, k, v, w):
+    """Data-dependent per-key bias computed from K inside the program."""
+    s = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5 + torch.sigmoid(k @ w)[:, :, None, :]
+    return torch.softmax(s, dim=-1) @ v
+
+
+MORE = {f.__name__: f for f in (sinks, document_mask, key_padding_from_k, key_gate)}
+
+
+def _more_inputs(name: str, device: str, sq: int, sk: int):
+    q, k, v = _inputs("vanilla", torch.float32, device, sq, sk)
+    if name == "sinks":
+        return q, k, v, torch.randn(q.shape[1], device=device)
+    if name == "document_mask":
+        sk = sq
+        k, v = k[:, :, :sq].contiguous(), v[:, :, :sq].contiguous()
+        doc = torch.sort(torch.randint(0, 4, (sq,), device=device)).values
+        return q, k, v, doc
+    if name == "key_padding_from_k":
+        k = k.clone()
+        k[:, :, -5:] = 0.0
+        return q, k, v
+    return q, k, v, torch.randn(q.shape[-1], device=device)
+
+
+@pytest.mark.parametrize("name", sorted(MORE))
+def test_more_programs_fuse(name: str, device: str):
+    fn = MORE[name]
+    launches: list[str] = []
+    remove = add_launch_hook(launches.append)
+    try:
+        compiled = flashlight_hf.compile(fn)
+        for sq, sk in ((37, 53), (70, 70)):
+            args = _more_inputs(name, device, sq, sk)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("error", message="flashlight")
+                out = compiled(*args)
+            ref = fn(*[a.double() if a.is_floating_point() else a for a in args])
+            assert_close(out, ref, torch.float32, what=name)
+    finally:
+        remove()
+    assert len(launches) == 2

@@ -453,6 +453,9 @@ def generate(kp: KernelPlan, *, interpret: bool, allow_tf32: bool = False,
         shape = ", ".join("BLOCK_M" if v is i else str(pads[v.name]) for v in lay)
         init = 'float("-inf")' if a.kind == "max" else "0.0"
         em.emit(f"acc{k} = tl.full([{shape}], {init}, tl.float32)  # {a.kind} over {j.name}")
+        if a.init is not None:
+            start = em.f32(a.init, lay)
+            em.emit(f"acc{k} = tl.maximum(acc{k}, {start})  # the max starts from a key-independent value (sink)")
     em.emit("")
     em.emit("# key-independent values the loop uses, computed once")
     for a in accs:

@@ -245,6 +245,11 @@ class LT:
 
     axes: list[Axis]
     node: Node
+    # A concatenation along ``piece_axis``: the tensor is these labelled parts, in order. Only
+    # what attention programs do between a ``cat`` and the slice that undoes it is allowed
+    # (casts, softmax over that axis, slicing one part back out): enough for attention sinks.
+    pieces: list["LT"] | None = None
+    piece_axis: int = -1
 
     @property
     def ndim(self) -> int:
@@ -261,7 +266,7 @@ class Program:
     input_shapes: list[tuple[Size, ...]]
     input_dtypes: list[torch.dtype]
     bindings: list[int | torch.Tensor]
-    input_axis_vars: list[list[Var | None]]  # per input axis, the variable naming it (None: size 1)
+    input_axis_vars: list[list[list[Var]]]  # per input axis, the root variables its uses index it by
     defs: dict[Var, IExpr]  # derived variables in terms of root variables (resolved)
 
     def describe(self) -> str:
@@ -278,10 +283,11 @@ class Labeller:
         self.env: dict[torch.fx.Node, Any] = {}
         self.input_shapes: list[tuple[Size, ...]] = []
         self.input_dtypes: list[torch.dtype] = []
-        self.input_axis_vars: list[list[Var | None]] = []
         self.bindings: list[int | torch.Tensor] = list(captured.bindings)
         self._names = itertools.count()
         self._created: list[Var] = []
+        self.input_of: dict[torch.fx.Node, int] = {}
+        self.input_uses: dict[int, list[list[Var]]] = {}
 
     # -- variables -------------------------------------------------------------------------
     def new_var(self, extent: Size, hint: str = "v") -> Var:
@@ -292,8 +298,9 @@ class Labeller:
     def _all_vars(self) -> Iterable[Var]:
         yield from self.parent
         yield from self.parent.values()
-        for vs in self.input_axis_vars:
-            yield from (v for v in vs if v is not None)
+        for uses in self.input_uses.values():
+            for vs in uses:
+                yield from vs
         yield from self._created
 
     def find(self, v: Var) -> Var:
@@ -413,6 +420,24 @@ class Labeller:
                 raise Unsupported(fx_node.name, f"{type(exc).__name__}: {exc}") from exc
         raise Unsupported("output", "graph has no output")
 
+    def fresh_use(self, n: torch.fx.Node) -> LT:
+        """Each use of a program input gets its own index variables.
+
+        ``doc[:, None] == doc[None, :]`` reads one input along the rows *and* the keys; one
+        variable per input axis would force rows == keys. The uses are tied together only by
+        the ops that combine them.
+        """
+        k = self.input_of[n]
+        val = n.meta.get("val") if n.op == "placeholder" else getattr(self.captured.graph_module, n.target)
+        vars_ = []
+        axes: list[Axis] = []
+        for a, sz in enumerate(self.input_shapes[k]):
+            v = self.new_var(sz, f"in{k}_{a}_")
+            vars_.append(v)
+            axes.append([(v, sz)])
+        self.input_uses[k].append(vars_)
+        return LT(axes, Load(val.dtype, k, tuple(IExpr.var(v) for v in vars_)))
+
     def placeholder(self, n: torch.fx.Node, k: int) -> Any:
         val = n.meta.get("val")
         if not isinstance(val, torch.Tensor):
@@ -430,17 +455,19 @@ class Labeller:
         while len(self.input_shapes) <= k:
             self.input_shapes.append(())
             self.input_dtypes.append(torch.float32)
-            self.input_axis_vars.append([])
         self.input_shapes[k] = shape
         self.input_dtypes[k] = val.dtype
-        self.input_axis_vars[k] = vars_
-        return LT(axes, Load(val.dtype, k, tuple(IExpr.var(v) for v in vars_)))
+        self.input_of[n] = k
+        self.input_uses.setdefault(k, [])
+        return None  # every use draws fresh variables (fresh_use)
 
     def val(self, n: torch.fx.Node) -> Any:
         return n.meta.get("val")
 
     def arg(self, a: Any) -> Any:
         if isinstance(a, torch.fx.Node):
+            if a.op in ("placeholder", "get_attr") and a in self.input_of:
+                return self.fresh_use(a)
             return self.env[a]
         if isinstance(a, (list, tuple)):
             return type(a)(self.arg(x) for x in a)
@@ -482,6 +509,11 @@ class Labeller:
             if packet == "dropout" and len(args) > 1 and args[1] not in (0, 0.0):
                 raise Unsupported(n.name, "dropout with p > 0")
             return args[0]
+        if packet == "cat":
+            return self.cat(n, args[0], args[1] if len(args) > 1 else kwargs.get("dim", 0))
+        pieced = [a for a in args if isinstance(a, LT) and a.pieces is not None]
+        if pieced:
+            return self.on_pieces(n, packet, args, kwargs, dtype)
         if packet in ("_to_copy", "to", "type_as", "convert_element_type", "_convert_element_type"):
             x = args[0]
             if x.node.dtype == dtype:
@@ -568,11 +600,62 @@ class Labeller:
             return self.reduce(n, packet, args, kwargs, dtype)
         if packet in ("_softmax", "softmax", "_safe_softmax", "_log_softmax", "log_softmax"):
             return self.softmax(n, packet, args, dtype)
-        if packet in ("bmm", "mm", "matmul"):
+        if packet in ("bmm", "mm", "matmul", "mv", "dot"):
             return self.matmul(n, args[0], args[1], dtype)
         if packet == "index" and t == aten.index.Tensor:
             return self.gather(n, args[0], args[1], dtype)
         raise Unsupported(n.name, f"operator {t} is not handled by the generator")
+
+    # -- concatenation (attention sinks) ------------------------------------------------------
+    def cat(self, n: torch.fx.Node, parts: list, dim: int) -> LT:
+        parts = [p for p in parts if isinstance(p, LT)]
+        nd = parts[0].ndim
+        dim %= nd
+        for p in parts:
+            if p.pieces is not None:
+                raise Unsupported(n.name, "concatenation of a concatenation")
+        # the other axes must agree; unify them like a broadcast would
+        others = [LT([ax for a, ax in enumerate(p.axes) if a != dim], p.node) for p in parts]
+        axes, _ = self.broadcast(n.name, others)
+        total = size_prod(axis_extent(p.axes[dim]) for p in parts)
+        out_axes = axes[:dim] + [[(None, total)]] + axes[dim:]
+        return LT(out_axes, parts[0].node, pieces=list(parts), piece_axis=dim)
+
+    def on_pieces(self, n: torch.fx.Node, packet: str, args: list, kwargs: dict, dtype: torch.dtype) -> LT:
+        x = args[0]
+        if not isinstance(x, LT) or x.pieces is None or any(
+                isinstance(a, LT) and a.pieces is not None for a in args[1:]):
+            raise Unsupported(n.name, f"{packet} on a concatenated tensor")
+        dim = x.piece_axis
+        if packet in ("_to_copy", "to", "type_as", "convert_element_type", "_convert_element_type",
+                      "clone", "alias", "detach", "contiguous"):
+            pieces = [p if p.node.dtype == dtype else LT(p.axes, Pointwise(dtype, "cast", (p.node,)))
+                      for p in x.pieces]
+            return LT(x.axes, pieces[0].node, pieces=pieces, piece_axis=dim)
+        if packet in ("_softmax", "softmax") and args[1] % x.ndim == dim:
+            nodes = [p.node if p.node.dtype == dtype else Pointwise(dtype, "cast", (p.node,)) for p in x.pieces]
+            maxes = [self.reduce_axis(n.name, "max", nd, p.axes[dim], dtype) for nd, p in zip(nodes, x.pieces)]
+            m = maxes[0]
+            for other in maxes[1:]:
+                m = Pointwise(dtype, "maximum", (m, other))
+            exps = [Pointwise(dtype, "exp", (Pointwise(dtype, "sub", (nd, m)),)) for nd in nodes]
+            sums = [self.reduce_axis(n.name, "sum", e, p.axes[dim], dtype) for e, p in zip(exps, x.pieces)]
+            total = sums[0]
+            for other in sums[1:]:
+                total = Pointwise(dtype, "add", (total, other))
+            pieces = [LT(p.axes, Pointwise(dtype, "div", (e, total))) for e, p in zip(exps, x.pieces)]
+            return LT(x.axes, pieces[0].node, pieces=pieces, piece_axis=dim)
+        if packet == "slice" and args[1] % x.ndim == dim:
+            start = as_size(args[2]) if len(args) > 2 and args[2] is not None else 0
+            offset: Size = 0
+            want_extent = as_size(self.val(n).shape[dim])
+            for p in x.pieces:
+                ext = axis_extent(p.axes[dim])
+                if size_eq(offset, start) and size_eq(ext, want_extent):
+                    return LT(p.axes, p.node)
+                offset = offset + ext
+            raise Unsupported(n.name, "a slice that does not select exactly one concatenated part")
+        raise Unsupported(n.name, f"{packet} on a concatenated tensor")
 
     # -- shape ops -------------------------------------------------------------------------
     def view(self, n: torch.fx.Node, x: LT, shape: list[Size]) -> LT:
@@ -581,13 +664,20 @@ class Labeller:
             known = size_prod(s for s in shape if not (isinstance(s, int) and s == -1))
             shape = [sympy.simplify(total / known) if s == -1 else s for s in shape]
             shape = [int(s) if isinstance(s, sympy.Expr) and s.is_number else s for s in shape]
-        factors = [f for ax in x.axes for f in ax if not is_one(f[1])]
+        factors = [f for ax in x.axes for f in (ax or [(None, 1)])]
         out: list[Axis] = []
         fi = 0
         for target in shape:
             if is_one(target):
-                out.append([])
+                # a size-1 axis keeps the variable of a size-1 source axis (a one-query step)
+                if fi < len(factors) and is_one(factors[fi][1]):
+                    out.append([factors[fi]] if factors[fi][0] is not None else [])
+                    fi += 1
+                else:
+                    out.append([])
                 continue
+            while fi < len(factors) and is_one(factors[fi][1]):
+                fi += 1
             group: Axis = []
             acc: Size = 1
             while not size_eq(acc, target):
@@ -613,7 +703,7 @@ class Labeller:
                 acc = size_prod([acc, e])
                 fi += 1
             out.append(group)
-        if fi != len(factors):
+        if any(not is_one(e) for _, e in factors[fi:]):
             raise Unsupported(n.name, f"view to {shape} leaves factors {factors[fi:]}")
         return LT(out, x.node)
 
@@ -820,7 +910,15 @@ class Labeller:
             if is_one(r.extent) and r not in kept and r not in self.defs:
                 self.defs[r] = IExpr.const(0)
         node = canonicalize(out.node, self)
-        input_axis_vars = [[self.find(v) if v is not None else None for v in vs] for vs in self.input_axis_vars]
+        input_axis_vars = []
+        for k in range(len(self.input_shapes)):
+            per_axis: list[list[Var]] = [[] for _ in self.input_shapes[k]]
+            for use in self.input_uses.get(k, []):
+                for a, v in enumerate(use):
+                    r = self.find(v)
+                    if r not in per_axis[a]:
+                        per_axis[a].append(r)
+            input_axis_vars.append(per_axis)
         defs = {v: self.resolve(IExpr.var(v)) for v in list(self.defs)}
         return Program(output=node, out_axes=axes, out_dtype=val.dtype, input_shapes=self.input_shapes,
                        input_dtypes=self.input_dtypes, bindings=self.bindings,

@@ -19,12 +19,12 @@ node, and the caller runs the program unfused.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from flashlight_hf.compiler.ir import (Const, IExpr, Index, Load, Node, Pointwise, Program, Reduce,
-                                       Unsupported, Var, is_one)
+                                       Unsupported, Var, is_one, size_eq)
 
 MAX_TILE_EXTENT = 256
 
@@ -43,6 +43,7 @@ class Acc(Node):
     body: Node
     tied: "Acc | None" = None
     source: Reduce | None = None
+    init: Node | None = None  # max only: a key-independent value the max starts from (a sink logit)
 
     @property
     def vars(self) -> frozenset[Var]:
@@ -121,6 +122,16 @@ def plan(program: Program) -> KernelPlan:
     candidates = {r.var for r in reduces if r.var not in out_set}
     nested = {r.var for r in reduces if r.var in candidates and
               _contains(r.arg, lambda y, r=r: isinstance(y, Reduce) and y.var is not r.var and y.var in candidates)}
+    if len(nested) > 1:
+        # Reductions over different dummy variables of equal extent (two softmax streams each
+        # reading K and V) are one key loop: renaming a bound variable changes nothing.
+        first, *rest = sorted(nested, key=lambda v: v.uid)
+        if all(size_eq(v.extent, first.extent) for v in rest):
+            out = rename_bound(out, {v: first for v in rest})
+            program = replace(program, output=out)
+            reduces = [x for x in walk(out) if isinstance(x, Reduce)]
+            candidates = {r.var for r in reduces if r.var not in out_set}
+            nested = {first}
     if len(nested) != 1:
         raise Unsupported("program", "no key axis found: expected one reduced axis (the keys) whose reductions "
                           "contain another reduction (the QKᵀ contraction)" if not nested else
@@ -142,6 +153,30 @@ def plan(program: Program) -> KernelPlan:
     rewritten, accs = _online(out, j)
     return KernelPlan(program=program, grid_vars=grid, row_var=row, loop_var=j, tile_vars=tile_vars,
                       out_node=rewritten, accs=accs)
+
+
+def rename_bound(root: Node, m: dict[Var, Var]) -> Node:
+    """Rename index variables everywhere under ``root`` (alpha-renaming of reduction variables)."""
+    sub = {v: IExpr.var(w) for v, w in m.items()}
+    memo: dict[int, Node] = {}
+
+    def go(x: Node) -> Node:
+        if id(x) in memo:
+            return memo[id(x)]
+        if isinstance(x, Load):
+            r: Node = Load(x.dtype, x.input, tuple(e.subst(sub) if isinstance(e, IExpr) else go(e) for e in x.index))
+        elif isinstance(x, Index):
+            r = Index(x.dtype, x.expr.subst(sub))
+        elif isinstance(x, Pointwise):
+            r = Pointwise(x.dtype, x.op, tuple(go(a) for a in x.args))
+        elif isinstance(x, Reduce):
+            r = Reduce(x.dtype, x.op, m.get(x.var, x.var), go(x.arg))
+        else:
+            r = x
+        memo[id(x)] = r
+        return r
+
+    return go(root)
 
 
 def _mul_factors(x: Node) -> tuple[list[Node], list[Node]]:
@@ -184,16 +219,32 @@ def _online(out: Node, j: Var) -> tuple[Node, list[Acc]]:
     def depends_on_j_reduce(x: Node) -> bool:
         return _contains(x, lambda y: isinstance(y, Reduce) and y.var is j)
 
-    def max_acc(r: Reduce) -> Acc:
+    def max_acc(r: Reduce, init: Node | None = None) -> Acc:
         if id(r) not in max_accs:
             if depends_on_j_reduce(r.arg):
                 raise Unsupported("reduction", "a max over the keys of a value that itself needs the whole key axis")
             if r.op not in ("max",):
                 raise Unsupported("reduction", f"{r.op} over the key axis")
-            a = Acc(r.dtype, "max", j, r.arg, None, r)
+            a = Acc(r.dtype, "max", j, r.arg, None, r, init)
             max_accs[id(r)] = a
             accs.append(a)
-        return max_accs[id(r)]
+        a = max_accs[id(r)]
+        if (a.init is None) != (init is None) or (init is not None and a.init is not init):
+            raise Unsupported("reduction", "one key max used with two different starting values")
+        return a
+
+    def key_max(m: Node) -> tuple[Reduce, Node | None] | None:
+        """``max_j y`` or ``maximum(max_j y, c)`` with ``c`` key-independent (a sink)."""
+        m = _strip_casts(m)
+        if isinstance(m, Reduce) and m.var is j and m.op == "max":
+            return m, None
+        if isinstance(m, Pointwise) and m.op == "maximum":
+            a, b = (_strip_casts(x) for x in m.args)
+            for r, c in ((a, b), (b, a)):
+                if isinstance(r, Reduce) and r.var is j and r.op == "max" and j not in c.vars \
+                        and not depends_on_j_reduce(c):
+                    return r, c
+        return None
 
     def online_factor(f: Node) -> tuple[Node, Acc | None]:
         """``exp(y − M)`` with ``M`` a key max → body with the running max; else unchanged."""
@@ -203,10 +254,10 @@ def _online(out: Node, j: Var) -> tuple[Node, list[Acc]]:
         if isinstance(base, Pointwise) and base.op == "exp":
             inner = _strip_casts(base.args[0])
             if isinstance(inner, Pointwise) and inner.op == "sub":
-                y, m = inner.args[0], _strip_casts(inner.args[1])
-                if isinstance(m, Reduce) and m.var is j and m.op == "max" and not depends_on_j_reduce(y):
-                    acc = max_acc(m)
-                    new = Pointwise(base.dtype, "exp", (Pointwise(inner.dtype, "sub", (y, RunningMax(m.dtype, acc))),))
+                y, km = inner.args[0], key_max(inner.args[1])
+                if km is not None and not depends_on_j_reduce(y):
+                    acc = max_acc(*km)
+                    new = Pointwise(base.dtype, "exp", (Pointwise(inner.dtype, "sub", (y, RunningMax(inner.dtype, acc))),))
                     return new, acc
         raise Unsupported("reduction", "a sum over the keys whose terms depend on another key reduction in a "
                           "way the online-softmax rewrite does not cover")
@@ -263,8 +314,11 @@ def _online(out: Node, j: Var) -> tuple[Node, list[Acc]]:
     def go(x: Node) -> Node:
         if id(x) in memo:
             return memo[id(x)]
-        if isinstance(x, Reduce) and x.var is j:
-            r: Node = max_acc(x) if x.op == "max" else rewrite_sum(x) if x.op == "sum" else None  # type: ignore
+        km = key_max(x) if isinstance(x, Pointwise) else None
+        if km is not None and km[1] is not None:
+            r: Node = max_acc(*km)  # the running max already started from the sink value
+        elif isinstance(x, Reduce) and x.var is j:
+            r = max_acc(x) if x.op == "max" else rewrite_sum(x) if x.op == "sum" else None  # type: ignore
             if r is None:
                 raise Unsupported("reduction", f"{x.op} over the key axis")
         elif not depends_on_j_reduce(x):
