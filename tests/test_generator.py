@@ -201,3 +201,109 @@ def test_more_programs_fuse(name: str, device: str):
     finally:
         remove()
     assert len(launches) == 2
+
+
+def prefix_lm(q, k, v):
+    i = torch.arange(q.shape[-2], device=q.device)[:, None]
+    j = torch.arange(k.shape[-2], device=q.device)[None, :]
+    keep = (j <= i) | (j < 16)
+    s = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5
+    return torch.softmax(s.masked_fill(~keep, float("-inf")), dim=-1) @ v
+
+
+def gqa_5d_view(q, k, v):
+    b, h, s, d = q.shape
+    hk = k.shape[1]
+    q5 = q.view(b, hk, h // hk, s, d)
+    sc = q5 @ k[:, :, None].transpose(-2, -1) * d ** -0.5
+    return (torch.softmax(sc, dim=-1) @ v[:, :, None]).reshape(b, h, s, -1)
+
+
+def evoformer(q, k, v, mask_bias, pair_bias, gate):
+    """AlphaFold's gated row attention: q,k,v [B,N,S,H,D] (seq-last-but-one layout, read via strides)."""
+    q, k, v = (t.transpose(-2, -3) for t in (q, k, v))  # [B, N, H, S, D]
+    s = q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5 + mask_bias + pair_bias
+    o = torch.softmax(s, dim=-1) @ v
+    return torch.sigmoid(gate) * o.transpose(-2, -3)  # [B, N, S, H, D]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("head_dim", [32, 64, 80, 96, 128, 256])
+def test_dtypes_and_head_dims(dtype: torch.dtype, head_dim: int, device: str):
+    if device == "cpu" and head_dim in (96, 256) and dtype != torch.float32:
+        pytest.skip("covered in float32 on CPU; every dtype on the GPU")
+    compiled = flashlight_hf.compile(causal_kv_offset)
+    q = torch.randn(1, 2, 33, head_dim, device=device, dtype=dtype)
+    k = torch.randn(1, 2, 41, head_dim, device=device, dtype=dtype)
+    v = torch.randn(1, 2, 41, head_dim, device=device, dtype=dtype)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="flashlight")
+        out = compiled(q, k, v)
+    assert out.dtype == dtype
+    assert_close(out, causal_kv_offset(q.double(), k.double(), v.double()), dtype,
+                 tf32=device == "cuda" and torch.backends.cuda.matmul.allow_tf32)
+
+
+@pytest.mark.parametrize("name", ["prefix_lm", "gqa_5d_view", "evoformer"])
+def test_structured_programs(name: str, device: str):
+    fn = {"prefix_lm": prefix_lm, "gqa_5d_view": gqa_5d_view, "evoformer": evoformer}[name]
+    if name == "evoformer":
+        b, n, s, h, d = 1, 3, 40, 2, 16
+        args = [torch.randn(b, n, s, h, d, device=device) for _ in range(3)]
+        args += [torch.randn(b, n, 1, 1, s, device=device), torch.randn(b, 1, h, s, s, device=device),
+                 torch.randn(b, n, s, h, d, device=device)]
+    elif name == "gqa_5d_view":
+        args = [torch.randn(2, 4, 37, 32, device=device), torch.randn(2, 2, 45, 32, device=device),
+                torch.randn(2, 2, 45, 32, device=device)]
+    else:
+        args = list(_inputs("vanilla", torch.float32, device, 50, 50))
+    launches: list[str] = []
+    remove = add_launch_hook(launches.append)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message="flashlight")
+            out = flashlight_hf.compile(fn)(*args)
+    finally:
+        remove()
+    assert launches, f"{name} did not run a generated kernel"
+    assert_close(out, fn(*[a.double() for a in args]), torch.float32, what=name)
+
+
+@pytest.mark.parametrize("fill", ["-inf", "min"])
+def test_fully_masked_rows_match_eager(fill: str, device: str):
+    def all_masked_rows(q, k, v):
+        i = torch.arange(q.shape[-2], device=q.device)[:, None]
+        j = torch.arange(k.shape[-2], device=q.device)[None, :]
+        masked = (i < 5) | (j > i)  # rows 0..4 see no key at all
+        value = float("-inf") if fill == "-inf" else torch.finfo(q.dtype).min
+        s = (q @ k.transpose(-2, -1)).masked_fill(masked, value)
+        return torch.softmax(s, dim=-1) @ v
+
+    q, k, v = _inputs("vanilla", torch.float32, device, 20, 20)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="flashlight")
+        out = flashlight_hf.compile(all_masked_rows)(q, k, v)
+    ref = all_masked_rows(q.double(), k.double(), v.double())
+    if fill == "-inf":
+        assert torch.isnan(ref[..., :5, :]).all()
+    else:
+        # a finite minimum makes the masked rows uniform over all keys: the mean of V
+        assert torch.allclose(ref[..., :5, :], v.double().mean(-2, keepdim=True).expand_as(ref[..., :5, :]))
+    assert_close(out, ref, torch.float32)
+
+
+def test_one_query_decode_step(device: str):
+    launches: list[str] = []
+    remove = add_launch_hook(launches.append)
+    try:
+        compiled = flashlight_hf.compile(gqa_bias_upcast)
+        for sk in (30, 31, 95):  # a growing KV cache: the key length is a runtime argument
+            args = _inputs("gqa_bias_upcast", torch.float32, device, 1, sk)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("error", message="flashlight")
+                out = compiled(*args)
+            assert_close(out, gqa_bias_upcast(*[a.double() for a in args]), torch.float32)
+    finally:
+        remove()
+    assert len(launches) == 3
+    assert len(compiled._builds) >= 1 and sum(b.symbolic for b in compiled._builds.values()) >= 1

@@ -144,7 +144,7 @@ class _Emitter:
 
     def f32(self, x: Node, to: tuple[Var, ...]) -> str:
         v = self.value(x, to)
-        if x.dtype in (torch.float16, torch.bfloat16):
+        if x.dtype in (torch.float16, torch.bfloat16) and not isinstance(x, Const):
             return f"{v}.to(tl.float32)"
         return v
 
@@ -509,10 +509,15 @@ def generate(kp: KernelPlan, *, interpret: bool, allow_tf32: bool = False,
     for d, ax in enumerate(prog.out_axes):
         vs = [v for v, e in ax if v is not None]
         out_axes_vars.append(vs)
-        if len(vs) > 1:
-            raise Unsupported("output", "an output axis merging several variables")
-        if vs:
-            terms.append(f"({em.iexpr(IExpr.var(vs[0]), out_lay)}) * out_s{d}")
+        if not vs:
+            continue
+        # a merged axis (e.g. [Hk, G] -> H) is a mixed-radix number of its variables
+        idx: IExpr | None = None
+        for v, e in ax:
+            if v is None:
+                raise Unsupported("output", "an output axis that is broadcast in part")
+            idx = IExpr.var(v) if idx is None else IExpr("add", (IExpr("mul", (idx, IExpr.const(e))), IExpr.var(v)))
+        terms.append(f"({em.iexpr(idx, out_lay)}) * out_s{d}")
     missing = [v for v in (i, *[t for t in kp.tile_vars if t in kp.out_node.vars]) if v not in out_lay]
     if missing:
         raise Unsupported("output", f"the output does not vary along {missing}")

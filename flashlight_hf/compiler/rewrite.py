@@ -204,8 +204,12 @@ def _rows_and_value_dims(out: Node, j: Var, out_set: set[Var]) -> tuple[Var, lis
             other_vars = frozenset().union(*(g.vars for g in others)) if others else frozenset()
             value_dims = [v for v in f.vars & out_set if v not in other_vars]
             rows = [v for v in other_vars & out_set if v not in f.vars]
-            if j in f.vars and value_dims and len(rows) == 1:
-                return rows[0], value_dims
+            if j in f.vars and value_dims and rows:
+                # Several query-side variables (a 5-D GQA view's group axis and the query
+                # positions): any choice is correct, the others become grid variables; tile
+                # the one that varies at run time, else the longest.
+                return max(rows, key=lambda v: (not isinstance(v.extent, int),
+                                                v.extent if isinstance(v.extent, int) else 0, -v.uid)), value_dims
     raise Unsupported("program", "no `scores @ V` contraction over the key axis found (the rows and value "
                       "head dim of the output could not be identified)")
 
