@@ -77,7 +77,7 @@ def _dynamic_axes(p: KernelPlan) -> list[dict[int, str]]:
     return out
 
 
-def build(fn: Callable, args: tuple, kwargs: dict, *, block_m: int = 64, block_n: int = 64) -> Build:
+def build(fn: Callable, args: tuple, kwargs: dict) -> Build:
     """Compile ``fn`` for the specialisation of ``(args, kwargs)``; never raises on unsupported programs."""
     try:
         static = cap.trace_static(fn, args, kwargs)
@@ -100,9 +100,8 @@ def build(fn: Callable, args: tuple, kwargs: dict, *, block_m: int = 64, block_n
         except (cap.CaptureError, Unsupported):
             pass  # keep the static specialisation: exact shapes become part of the cache key
     try:
-        src = generate(kplan, interpret=_interpret(), allow_tf32=torch.backends.cuda.matmul.allow_tf32,
-                       block_m=block_m, block_n=block_n)
-        kernel = CompiledKernel(prog, src, block_m, block_n)
+        src = generate(kplan, interpret=_interpret(), allow_tf32=torch.backends.cuda.matmul.allow_tf32)
+        kernel = CompiledKernel(prog, src)
     except Unsupported as exc:
         return Build(None, prog, kplan, None, (exc.node, exc.reason))
     return Build(kernel, prog, kplan, src, None, symbolic)

@@ -416,8 +416,7 @@ def _hint(x: Node) -> str:
     return "t"
 
 
-def generate(kp: KernelPlan, *, interpret: bool, allow_tf32: bool = False,
-             block_m: int = 64, block_n: int = 64) -> KernelSource:
+def generate(kp: KernelPlan, *, interpret: bool, allow_tf32: bool = False) -> KernelSource:
     """Emit one forward kernel for ``kp``. Raises :class:`Unsupported` for shapes it cannot tile."""
     em = _Emitter(kp, interpret, allow_tf32)
     prog = kp.program
@@ -463,7 +462,25 @@ def generate(kp: KernelPlan, *, interpret: bool, allow_tf32: bool = False,
             if j not in x.vars and not _has_running_max(x) and not isinstance(x, (Const, RunningMax, Acc)):
                 em.node(x)
     em.emit("")
-    em.emit(f"for start_j in range(0, {em.size(j.extent)}, BLOCK_N):")
+    lo, hi = "0", em.size(j.extent)
+    if kp.key_bounds:
+        em.emit("# key tiles this row tile can touch (block sparsity derived from the masks)")
+        em.emit(f"row_lo = tile_m * BLOCK_M")
+        em.emit(f"row_hi = tl.minimum(tile_m * BLOCK_M + BLOCK_M, {em.size(i.extent)}) - 1")
+        los = [f"row_lo * {a} + {em.size(c) if not isinstance(c, int) else c}" for kind, a, c in kp.key_bounds if kind == "lo"]
+        his = [f"row_hi * {a} + {em.size(c) if not isinstance(c, int) else c} + 1" for kind, a, c in kp.key_bounds if kind == "hi"]
+        if los:
+            em.emit("key_lo = 0")
+            for e in los:
+                em.emit(f"key_lo = tl.maximum(key_lo, {e})")
+            em.emit("key_lo = (key_lo // BLOCK_N) * BLOCK_N")
+            lo = "key_lo"
+        if his:
+            em.emit(f"key_hi = {em.size(j.extent)}")
+            for e in his:
+                em.emit(f"key_hi = tl.minimum(key_hi, {e})")
+            hi = "key_hi"
+    em.emit(f"for start_j in range({lo}, {hi}, BLOCK_N):")
     em.indent += 1
     em.phase = "loop"
     em.loop_names = {}

@@ -225,7 +225,7 @@ POINTWISE_BINARY = {
     "minimum": "minimum", "gt": "gt", "ge": "ge", "lt": "lt", "le": "le", "eq": "eq", "ne": "ne",
     "logical_and": "and", "logical_or": "or", "bitwise_and": "and", "bitwise_or": "or",
     "remainder": "mod", "floor_divide": "floordiv", "fmod": "mod", "atan2": "atan2",
-    "logical_xor": "xor", "bitwise_xor": "xor",
+    "logical_xor": "xor", "bitwise_xor": "xor", "__and__": "and", "__or__": "or", "__xor__": "xor",
 }
 
 
@@ -559,6 +559,8 @@ class Labeller:
         if t in POINTWISE_UNARY:
             x = args[0]
             return LT(x.axes, Pointwise(dtype, POINTWISE_UNARY[t], (x.node,)))
+        if packet == "__invert__":
+            return LT(args[0].axes, Pointwise(dtype, "not", (args[0].node,)))
         if packet in ("gelu",):
             return LT(args[0].axes, Pointwise(dtype, "gelu", (args[0].node,)))
         if packet in POINTWISE_BINARY or packet in ("rsub",):

@@ -76,6 +76,9 @@ class KernelPlan:
     out_node: Node
     accs: list[Acc] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # Key-range bounds derived from the masks: ("lo", a, c) means keys j < a*i + c are masked
+    # out for row i, ("hi", a, c) means keys j > a*i + c are; tiles outside are never visited.
+    key_bounds: list[tuple[str, int, object]] = field(default_factory=list)
 
 
 def walk(root: Node):
@@ -151,8 +154,115 @@ def plan(program: Program) -> KernelPlan:
             raise Unsupported(v.name, f"value head dim of extent {v.extent} is too large for one tile")
     grid = [v for v in out_vars if v is not row and v not in value_dims]
     rewritten, accs = _online(out, j)
-    return KernelPlan(program=program, grid_vars=grid, row_var=row, loop_var=j, tile_vars=tile_vars,
-                      out_node=rewritten, accs=accs)
+    kp = KernelPlan(program=program, grid_vars=grid, row_var=row, loop_var=j, tile_vars=tile_vars,
+                    out_node=rewritten, accs=accs)
+    kp.key_bounds = key_bounds(kp)
+    return kp
+
+
+# ----------------------------------------------------------------------------------------------
+# Block sparsity: which key tiles a row tile can skip, derived from the mask predicates.
+def _affine(x: Node, i: Var, j: Var) -> dict | None:
+    """``x`` as ``{i: a, j: b, 1: c}`` (a, b ints; c int or size expression) or None."""
+    x = _strip_casts(x)
+    if isinstance(x, Index):
+        e = x.expr
+        if e.op == "var" and e.args[0] in (i, j):
+            return {e.args[0]: 1, 1: 0}
+        if e.op == "const":
+            return {1: e.args[0]}
+        if e.op == "sym":
+            return {1: e.args[0]}
+        if e.op == "add" and all(a.op in ("var", "const", "sym") for a in e.args):
+            out: dict = {1: 0}
+            for a in e.args:
+                part = _affine(Index(x.dtype, a), i, j)
+                if part is None:
+                    return None
+                out = _add_affine(out, part, 1)
+            return out
+        return None
+    if isinstance(x, Const):
+        v = x.value
+        if isinstance(v, bool) or not (isinstance(v, int) or hasattr(v, "free_symbols")):
+            return None
+        return {1: v}
+    if isinstance(x, Pointwise) and x.op in ("add", "sub"):
+        a, b = (_affine(y, i, j) for y in x.args)
+        if a is None or b is None:
+            return None
+        return _add_affine(a, b, 1 if x.op == "add" else -1)
+    if isinstance(x, Pointwise) and x.op == "neg":
+        a = _affine(x.args[0], i, j)
+        return None if a is None else {k: -v for k, v in a.items()}
+    return None
+
+
+def _add_affine(a: dict, b: dict, sign: int) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = out.get(k, 0) + sign * v
+    return out
+
+
+def _keep_atoms(pred: Node, keep: bool, i: Var, j: Var) -> list[tuple[str, int, object]]:
+    """Bounds on j implied by ``pred == keep`` holding for every kept element (conjunctions only)."""
+    pred = _strip_casts(pred)
+    if isinstance(pred, Pointwise) and pred.op == "not":
+        return _keep_atoms(pred.args[0], not keep, i, j)
+    if isinstance(pred, Pointwise) and pred.op == "eq" and isinstance(_strip_casts(pred.args[1]), Const) \
+            and _strip_casts(pred.args[1]).value in (0, False):
+        return _keep_atoms(pred.args[0], not keep, i, j)
+    if isinstance(pred, Pointwise) and ((pred.op == "and" and keep) or (pred.op == "or" and not keep)):
+        return _keep_atoms(pred.args[0], keep, i, j) + _keep_atoms(pred.args[1], keep, i, j)
+    if isinstance(pred, Pointwise) and pred.op in ("lt", "le", "gt", "ge"):
+        a, b = (_affine(y, i, j) for y in pred.args)
+        if a is None or b is None:
+            return []
+        op = pred.op if keep else {"lt": "ge", "le": "gt", "gt": "le", "ge": "lt"}[pred.op]
+        d = _add_affine(a, b, -1)  # d (op) 0
+        cj, ci, c = d.get(j, 0), d.get(i, 0), d.get(1, 0)
+        if cj not in (1, -1) or ci not in (-1, 0, 1):
+            return []
+        if cj == -1:  # -j + ci*i + c (op) 0  ->  j (flipped op) ci*i + c
+            op = {"lt": "gt", "le": "ge", "gt": "lt", "ge": "le"}[op]
+        else:         # j + ci*i + c (op) 0  ->  j (op) -ci*i - c
+            ci, c = -ci, -c
+        # now: j (op) ci*i + c
+        if op == "lt":
+            return [("hi", ci, c - 1)]
+        if op == "le":
+            return [("hi", ci, c)]
+        if op == "gt":
+            return [("lo", ci, c + 1)]
+        return [("lo", ci, c)]
+    return []
+
+
+def key_bounds(kp: KernelPlan) -> list[tuple[str, int, object]]:
+    """Bounds valid for every accumulator: only softmax streams whose masked scores are −inf."""
+    i, j = kp.row_var, kp.loop_var
+    bounds: list[tuple[str, int, object]] | None = None
+    for a in kp.accs:
+        if a.kind == "sum":
+            if a.tied is None:
+                return []  # a plain key sum (sigmoid attention): masked keys may still count
+            continue
+        found: list[tuple[str, int, object]] = []
+        body = _strip_casts(a.body)
+        while isinstance(body, Pointwise) and body.op == "where":
+            c, x, y = body.args
+            xs, ys = _strip_casts(x), _strip_casts(y)
+            if isinstance(xs, Const) and xs.value == float("-inf"):
+                found += _keep_atoms(c, False, i, j)
+                body = ys
+            elif isinstance(ys, Const) and ys.value == float("-inf"):
+                found += _keep_atoms(c, True, i, j)
+                body = xs
+            else:
+                break
+        bounds = found if bounds is None else [b for b in bounds if b in found]
+    return [b for b in (bounds or []) if b[1] in (0, 1)]
 
 
 def rename_bound(root: Node, m: dict[Var, Var]) -> Node:

@@ -13,7 +13,7 @@ import importlib.util
 import os
 import tempfile
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -81,17 +81,39 @@ def _evaluate(x: Any, values: dict) -> Any:
     return float(r)
 
 
+@dataclass(frozen=True)
+class LaunchConfig:
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+
+
+# Candidates tried per shape bucket on a GPU; the interpreter uses the first that fits.
+CONFIGS = [
+    LaunchConfig(128, 64, 8, 3), LaunchConfig(128, 128, 8, 3), LaunchConfig(128, 64, 4, 3),
+    LaunchConfig(64, 64, 4, 3), LaunchConfig(128, 32, 4, 3), LaunchConfig(64, 32, 4, 2),
+    LaunchConfig(64, 128, 4, 2), LaunchConfig(32, 32, 4, 2),
+]
+
+
+def _bucket(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
 @dataclass
 class CompiledKernel:
-    """A generated forward kernel bound to its program; call with the flat tensor inputs."""
+    """A generated forward kernel bound to its program; call with the flat tensor inputs.
+
+    Tile sizes are autotuned per (row-count, key-count) power-of-two bucket on the first call
+    that lands in a bucket (GPU only); sequence lengths stay runtime arguments, so a bucket
+    never recompiles the source.
+    """
 
     program: Program
     source: KernelSource
-    block_m: int
-    block_n: int
-    num_warps: int = 4
-    num_stages: int = 2
     _fn: Any = None
+    _tuned: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._fn = load_kernel(self.source)
@@ -102,6 +124,40 @@ class CompiledKernel:
         for b in self.program.bindings:
             out.append(tensors[b] if isinstance(b, int) else b.to(device))
         return out
+
+    def _candidates(self) -> list[LaunchConfig]:
+        widest = max(self.source.tile_pads.values(), default=64)
+        if widest >= 256:
+            return [c for c in CONFIGS if c.block_m * c.block_n <= 64 * 64]
+        return CONFIGS
+
+    def _launch(self, cfg: LaunchConfig, args: list, rows: int, n_grid: int) -> None:
+        grid = (triton.cdiv(rows, cfg.block_m) * n_grid,)
+        self._fn[grid](*args, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+                       num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
+    def _choose(self, args: list, rows: int, keys: int, n_grid: int, device: torch.device) -> LaunchConfig:
+        key = (_bucket(rows), _bucket(keys))
+        if key in self._tuned:
+            return self._tuned[key]
+        cands = self._candidates()
+        if device.type != "cuda":
+            best = LaunchConfig(64, 64, 4, 2) if cands is CONFIGS else cands[-1]
+        else:
+            from triton.testing import do_bench
+            timings = []
+            for cfg in cands:
+                try:
+                    ms = do_bench(lambda: self._launch(cfg, args, rows, n_grid), warmup=5, rep=20,
+                                  return_mode="median")
+                    timings.append((ms, cfg))
+                except Exception:  # out of shared memory / registers for this tile: skip it
+                    continue
+            if not timings:
+                raise RuntimeError("flashlight: no launch configuration fits this kernel on this GPU")
+            best = min(timings, key=lambda t: t[0])[1]
+        self._tuned[key] = best
+        return best
 
     def __call__(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
         inputs = self.bound_inputs(tensors)
@@ -120,14 +176,14 @@ class CompiledKernel:
         args += list(out.stride())
         args += [_evaluate(s, values) for s in self.source.runtime_sizes]
         rows = int(_evaluate(self.source.row_extent, values))
+        keys = int(_evaluate(self.source.loop_extent, values))
         n_grid = 1
         for g in self.source.grid_extents:
             n_grid *= int(_evaluate(g, values))
-        grid = (triton.cdiv(rows, self.block_m) * n_grid,)
+        cfg = self._choose(args, rows, keys, n_grid, device)
         for hook in list(_launch_hooks):
             hook(self.source.name)
-        self._fn[grid](*args, BLOCK_M=self.block_m, BLOCK_N=self.block_n,
-                       num_warps=self.num_warps, num_stages=self.num_stages)
+        self._launch(cfg, args, rows, n_grid)
         return out
 
 
