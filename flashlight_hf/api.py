@@ -37,6 +37,7 @@ class Build:
     source: KernelSource | None
     fallback: tuple[str, str] | None = None
     symbolic: bool = False
+    dynamic_axes: list[dict[int, str]] | None = None
 
 
 def _dynamic_axes(p: KernelPlan) -> list[dict[int, str]]:
@@ -104,7 +105,7 @@ def build(fn: Callable, args: tuple, kwargs: dict) -> Build:
         kernel = CompiledKernel(prog, src)
     except Unsupported as exc:
         return Build(None, prog, kplan, None, (exc.node, exc.reason))
-    return Build(kernel, prog, kplan, src, None, symbolic)
+    return Build(kernel, prog, kplan, src, None, symbolic, dyn)
 
 
 def _spec_key(args: tuple, kwargs: dict) -> Any:
@@ -117,13 +118,28 @@ def _spec_key(args: tuple, kwargs: dict) -> Any:
 def _symbolic_key(build_: Build, args: tuple, kwargs: dict) -> Any:
     """Key that ignores the sizes a symbolic kernel takes at run time."""
     tensors, constants, spec = cap.split_args(args, kwargs)
-    dyn = _dynamic_axes(build_.kernel_plan) if build_.kernel_plan else []
+    dyn = build_.dynamic_axes or []
     metas = []
     for k, t in enumerate(tensors):
         axes = dyn[k] if k < len(dyn) else {}
         shape = tuple(("dyn", int(s) < 2) if a in axes else int(s) for a, s in enumerate(t.shape))
         metas.append((t.dtype, t.dim(), t.device.type, shape))
     return tuple(metas), tuple(repr(c) for c in constants if c is not None), str(spec)
+
+
+def _fast_key(args: tuple, kwargs: dict) -> Any | None:
+    """Exact-shape key for the common call ``f(t0, t1, ..., scalar...)``; None for nested args."""
+    key = []
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            key.append((a.dtype, a.shape, a.device))
+        elif isinstance(a, (int, float, bool, str, type(None))):
+            key.append((type(a), a))
+        else:
+            return None
+    if kwargs:
+        return None
+    return tuple(key)
 
 
 class CompiledAttention:
@@ -134,6 +150,7 @@ class CompiledAttention:
         self._builds: dict[Any, Build] = {}
         self._symbolic: list[tuple[Any, Build]] = []
         self._warned: set[tuple[str, str]] = set()
+        self._fast: dict[Any, Build] = {}
         functools.update_wrapper(self, fn)
 
     def build_for(self, args: tuple, kwargs: dict) -> Build:
@@ -151,7 +168,14 @@ class CompiledAttention:
         return b
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        b = self.build_for(args, kwargs)
+        fast = _fast_key(args, kwargs)
+        b = self._fast.get(fast) if fast is not None else None
+        if b is None:
+            b = self.build_for(args, kwargs)
+            if fast is not None:
+                self._fast[fast] = b
+        if b.kernel is not None and not kwargs:
+            return b.kernel([a for a in args if isinstance(a, torch.Tensor)])
         if b.kernel is None:
             assert b.fallback is not None
             if b.fallback not in self._warned:

@@ -70,6 +70,9 @@ class _Emitter:
         self.acc_names: dict[int, str] = {}
         self.skeys: dict[int, Any] = {}
         self.keep: list[Node] = []  # keeps keyed nodes alive so their ids stay unique
+        self.interior = False
+        self.pads = {v.name: _pow2(v.extent) for v in kp.tile_vars}
+        self.bounded = {self.skey(w): kept for w, kept in kp.bounded_masks}
 
     # -- helpers -------------------------------------------------------------------------------
     def size(self, s: Any) -> str:
@@ -131,6 +134,10 @@ class _Emitter:
     def bounds_mask(self, vars_: tuple[Var, ...]) -> str | None:
         parts = []
         for v in vars_:
+            if v is self.j and self.interior:
+                continue  # interior key tiles are in range
+            if v in self.rank and v is not self.i and v is not self.j and self.pads.get(v.name) == v.extent:
+                continue  # a head-dim tile with no padding
             parts.append(self.broadcast(f"mask_{self.short(v)}", (v,), vars_))
         return " & ".join(parts) if parts else None
 
@@ -188,6 +195,8 @@ class _Emitter:
 
     def _emit_node(self, x: Node) -> str:
         lay = self.layout(x)
+        if self.interior and isinstance(x, Pointwise) and self.skey(x) in self.bounded:
+            return self.value(self.bounded[self.skey(x)], lay)  # the mask keeps every key here
         if isinstance(x, RunningMax):
             return f"m_safe_{self.acc_names[id(x.acc)]}"
         if isinstance(x, Const):
@@ -259,14 +268,54 @@ class _Emitter:
         if full != self.layout(x.arg) or x.var not in self.layout(x.arg):
             pass
         ident = {"sum": "0.0", "max": 'float("-inf")', "min": 'float("inf")'}[x.op]
-        m = f"mask_{self.short(x.var)}"
-        mvec = self.broadcast(m, (x.var,), full)
         axis = full.index(x.var)
         fn = {"sum": "tl.sum", "max": "tl.max", "min": "tl.min"}[x.op]
-        if len(full) == 1:
-            self.emit(f"{name} = {fn}(tl.where({mvec}, {body}, {ident}), axis=0)  # {x.op} over {x.var}")
-        else:
-            self.emit(f"{name} = {fn}(tl.where({mvec}, {body}, {ident}), axis={axis})  # {x.op} over {x.var}")
+        mask = self.bounds_mask((x.var,))
+        if mask is not None:
+            body = f"tl.where({self.broadcast(mask, (x.var,), full)}, {body}, {ident})"
+        self.emit(f"{name} = {fn}({body}, axis={axis})  # {x.op} over {x.var}")
+
+    def key_loop(self, start: str, end: str, interior: bool) -> None:
+        """One loop over key tiles. ``interior``: keys in range and analysed masks all true."""
+        kp, i, j, accs = self.kp, self.i, self.j, self.kp.accs
+        self.interior = interior
+        self.emit(f"for start_j in range({start}, {end}, BLOCK_N):")
+        self.indent += 1
+        self.phase = "loop"
+        self.loop_names = {}
+        self.emit("offs_j = start_j + tl.arange(0, BLOCK_N)")
+        if not interior:
+            self.emit(f"mask_j = offs_j < {self.size(j.extent)}")
+        for k, a in enumerate(accs):
+            if a.kind == "max":
+                lay_full = tuple(sorted(set(self.layout(a)) | {j}, key=lambda v: self.rank[v]))
+                body = self.f32(a.body, lay_full)
+                if not interior:
+                    body = f"tl.where({self.broadcast('mask_j', (j,), lay_full)}, {body}, float(\"-inf\"))"
+                self.emit(f"m_tile{k} = tl.max({body}, axis={lay_full.index(j)})")
+                self.emit(f"m_new_acc{k} = tl.maximum(acc{k}, m_tile{k})  # running max")
+                self.emit(f"m_safe_acc{k} = tl.where(m_new_acc{k} == float(\"-inf\"), 0.0, m_new_acc{k})")
+                self.emit(f"alpha{k} = tl.exp(acc{k} - m_safe_acc{k})  # rescales the sums tied to this max")
+        for k, a in enumerate(accs):
+            if a.kind != "sum":
+                continue
+            lay_acc = self.layout(a)
+            scale = ""
+            if a.tied is not None:
+                if lay_acc and lay_acc[0] is not i:
+                    raise Unsupported("codegen", "a softmax-tied accumulator without the row variable")
+                kt = accs.index(a.tied)
+                scale = f"alpha{kt}" if len(lay_acc) <= 1 else f"alpha{kt}[:, None]"
+            contrib = self.contraction(a.body, lay_acc)
+            if scale:
+                self.emit(f"acc{k} = acc{k} * {scale} + {contrib}  # online rescale + this key tile")
+            else:
+                self.emit(f"acc{k} = acc{k} + {contrib}")
+        for k, a in enumerate(accs):
+            if a.kind == "max":
+                self.emit(f"acc{k} = m_new_acc{k}")
+        self.indent -= 1
+        self.interior = False
 
     def contraction(self, body: Node, lay_acc: tuple[Var, ...]) -> str:
         """This key tile's contribution to a sum accumulator: ``tl.dot(P, V)`` or a row sum."""
@@ -275,7 +324,8 @@ class _Emitter:
         full = tuple(sorted(set(lay_acc) | {j}, key=lambda v: self.rank[v]))
         mj = self.broadcast("mask_j", (j,), full if len(full) <= 2 else (self.i, j))
         if len(full) <= 2:
-            return f"tl.sum(tl.where({mj}, {self.f32(body, full)}, 0.0), axis={full.index(j)})"
+            b = self.f32(body, full)
+            return f"tl.sum({b if self.interior else f'tl.where({mj}, {b}, 0.0)'}, axis={full.index(j)})"
         if len(full) != 3 or full[0] is not self.i:
             raise Unsupported("codegen", f"key contraction producing layout {lay_acc}")
         num, den = _mul_factors(body)
@@ -292,7 +342,10 @@ class _Emitter:
         for f in right[1:]:
             v = Pointwise(v.dtype, "mul", (v, f))
         p_name = self.tmp("p")
-        self.emit(f"{p_name} = tl.where({mj}, {self.f32(p, (self.i, j))}, 0.0)  # scores side, masked keys zeroed")
+        if self.interior:
+            self.emit(f"{p_name} = {self.f32(p, (self.i, j))}  # scores side")
+        else:
+            self.emit(f"{p_name} = tl.where({mj}, {self.f32(p, (self.i, j))}, 0.0)  # scores side, out-of-range keys zeroed")
         v_lay = self.layout(v)
         v_name = self.value(v)
         if v_lay and v_lay[0] is not j:
@@ -462,59 +515,39 @@ def generate(kp: KernelPlan, *, interpret: bool, allow_tf32: bool = False) -> Ke
             if j not in x.vars and not _has_running_max(x) and not isinstance(x, (Const, RunningMax, Acc)):
                 em.node(x)
     em.emit("")
-    lo, hi = "0", em.size(j.extent)
-    if kp.key_bounds:
-        em.emit("# key tiles this row tile can touch (block sparsity derived from the masks)")
-        em.emit(f"row_lo = tile_m * BLOCK_M")
-        em.emit(f"row_hi = tl.minimum(tile_m * BLOCK_M + BLOCK_M, {em.size(i.extent)}) - 1")
-        los = [f"row_lo * {a} + {em.size(c) if not isinstance(c, int) else c}" for kind, a, c in kp.key_bounds if kind == "lo"]
-        his = [f"row_hi * {a} + {em.size(c) if not isinstance(c, int) else c} + 1" for kind, a, c in kp.key_bounds if kind == "hi"]
-        if los:
-            em.emit("key_lo = 0")
-            for e in los:
-                em.emit(f"key_lo = tl.maximum(key_lo, {e})")
-            em.emit("key_lo = (key_lo // BLOCK_N) * BLOCK_N")
-            lo = "key_lo"
-        if his:
-            em.emit(f"key_hi = {em.size(j.extent)}")
-            for e in his:
-                em.emit(f"key_hi = tl.minimum(key_hi, {e})")
-            hi = "key_hi"
-    em.emit(f"for start_j in range({lo}, {hi}, BLOCK_N):")
-    em.indent += 1
-    em.phase = "loop"
-    em.loop_names = {}
-    em.emit("offs_j = start_j + tl.arange(0, BLOCK_N)")
-    em.emit(f"mask_j = offs_j < {em.size(j.extent)}")
-    for k, a in enumerate(accs):
-        if a.kind == "max":
-            lay_full = tuple(sorted(set(em.layout(a)) | {j}, key=lambda v: em.rank[v]))
-            body = em.f32(a.body, lay_full)
-            mj = em.broadcast("mask_j", (j,), lay_full)
-            em.emit(f"m_tile{k} = tl.max(tl.where({mj}, {body}, float(\"-inf\")), axis={lay_full.index(j)})")
-            em.emit(f"m_new_acc{k} = tl.maximum(acc{k}, m_tile{k})  # running max")
-            em.emit(f"m_safe_acc{k} = tl.where(m_new_acc{k} == float(\"-inf\"), 0.0, m_new_acc{k})")
-            em.emit(f"alpha{k} = tl.exp(acc{k} - m_safe_acc{k})  # rescales the sums tied to this max")
-    for k, a in enumerate(accs):
-        if a.kind != "sum":
-            continue
-        lay_acc = em.layout(a)
-        scale = ""
-        if a.tied is not None:
-            if lay_acc and lay_acc[0] is not i:
-                raise Unsupported("codegen", "a softmax-tied accumulator without the row variable")
-            kt = accs.index(a.tied)
-            scale = f"alpha{kt}" if len(lay_acc) <= 1 else f"alpha{kt}[:, None]"
-        contrib = em.contraction(a.body, lay_acc)
-        if scale:
-            em.emit(f"acc{k} = acc{k} * {scale} + {contrib}  # online rescale + this key tile")
-        else:
-            em.emit(f"acc{k} = acc{k} + {contrib}")
-    for k, a in enumerate(accs):
-        if a.kind == "max":
-            em.emit(f"acc{k} = m_new_acc{k}")
+    sk = em.size(j.extent)
+    lo, hi = "0", sk
+    em.emit("# key tiles this row tile touches (block sparsity derived from the masks), and the")
+    em.emit("# interior ones where every key is in range and every analysed mask keeps it")
+    em.emit("row_lo = tile_m * BLOCK_M")
+    em.emit(f"row_hi = tl.minimum(tile_m * BLOCK_M + BLOCK_M, {em.size(i.extent)}) - 1")
+    bound = lambda c: em.size(c) if not isinstance(c, int) else str(c)  # noqa: E731
+    los = [(a, bound(c)) for kind, a, c in kp.key_bounds if kind == "lo"]
+    his = [(a, bound(c)) for kind, a, c in kp.key_bounds if kind == "hi"]
+    em.emit("key_lo = 0")
+    for a, c in los:
+        em.emit(f"key_lo = tl.maximum(key_lo, row_lo * {a} + {c})  # keys below are masked for every row")
+    em.emit("key_lo = (key_lo // BLOCK_N) * BLOCK_N")
+    em.emit(f"key_hi = {sk}")
+    for a, c in his:
+        em.emit(f"key_hi = tl.minimum(key_hi, row_hi * {a} + {c} + 1)  # keys above are masked for every row")
+    em.emit("interior_lo = key_lo")
+    for a, c in los:
+        em.emit(f"interior_lo = tl.maximum(interior_lo, row_hi * {a} + {c})")
+    em.emit("interior_lo = tl.minimum(tl.cdiv(interior_lo, BLOCK_N) * BLOCK_N, key_hi)")
+    em.emit(f"interior_hi = {sk}")
+    for a, c in his:
+        em.emit(f"interior_hi = tl.minimum(interior_hi, row_lo * {a} + {c} + 1)")
+    em.emit("interior_hi = tl.minimum(tl.maximum((interior_hi // BLOCK_N) * BLOCK_N, interior_lo), key_hi)")
+    lo, hi = "key_lo", "key_hi"
+    for start_, end_, interior, what in (("key_lo", "interior_lo", False, "boundary tiles before the interior"),
+                                         ("interior_lo", "interior_hi", True, "interior tiles: no masks evaluated"),
+                                         ("interior_hi", "key_hi", False, "boundary tiles after the interior")):
+        em.emit("")
+        em.emit(f"# {what}")
+        em.key_loop(start_, end_, interior)
+    del lo, hi
     em.phase = "post"
-    em.indent -= 1
 
     # -- epilogue ------------------------------------------------------------------------------
     em.emit("")

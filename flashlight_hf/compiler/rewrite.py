@@ -79,6 +79,9 @@ class KernelPlan:
     # Key-range bounds derived from the masks: ("lo", a, c) means keys j < a*i + c are masked
     # out for row i, ("hi", a, c) means keys j > a*i + c are; tiles outside are never visited.
     key_bounds: list[tuple[str, int, object]] = field(default_factory=list)
+    # ``where(mask, -inf, x)`` nodes whose mask the bounds capture exactly, with the kept branch
+    # ``x``: in interior tiles (inside every bound) codegen uses ``x`` and skips the mask.
+    bounded_masks: list[tuple[Node, Node]] = field(default_factory=list)
 
 
 def walk(root: Node):
@@ -156,7 +159,7 @@ def plan(program: Program) -> KernelPlan:
     rewritten, accs = _online(out, j)
     kp = KernelPlan(program=program, grid_vars=grid, row_var=row, loop_var=j, tile_vars=tile_vars,
                     out_node=rewritten, accs=accs)
-    kp.key_bounds = key_bounds(kp)
+    kp.key_bounds, kp.bounded_masks = key_bounds(kp)
     return kp
 
 
@@ -205,8 +208,11 @@ def _add_affine(a: dict, b: dict, sign: int) -> dict:
     return out
 
 
-def _keep_atoms(pred: Node, keep: bool, i: Var, j: Var) -> list[tuple[str, int, object]]:
-    """Bounds on j implied by ``pred == keep`` holding for every kept element (conjunctions only)."""
+def _keep_atoms(pred: Node, keep: bool, i: Var, j: Var) -> tuple[list[tuple[str, int, object]], bool]:
+    """Bounds on j implied by ``pred == keep`` for every kept element (conjunctions only).
+
+    The flag says whether the bounds are *exactly* the predicate (every part understood).
+    """
     pred = _strip_casts(pred)
     if isinstance(pred, Pointwise) and pred.op == "not":
         return _keep_atoms(pred.args[0], not keep, i, j)
@@ -214,39 +220,45 @@ def _keep_atoms(pred: Node, keep: bool, i: Var, j: Var) -> list[tuple[str, int, 
             and _strip_casts(pred.args[1]).value in (0, False):
         return _keep_atoms(pred.args[0], not keep, i, j)
     if isinstance(pred, Pointwise) and ((pred.op == "and" and keep) or (pred.op == "or" and not keep)):
-        return _keep_atoms(pred.args[0], keep, i, j) + _keep_atoms(pred.args[1], keep, i, j)
+        a, ca = _keep_atoms(pred.args[0], keep, i, j)
+        b, cb = _keep_atoms(pred.args[1], keep, i, j)
+        return a + b, ca and cb
     if isinstance(pred, Pointwise) and pred.op in ("lt", "le", "gt", "ge"):
         a, b = (_affine(y, i, j) for y in pred.args)
         if a is None or b is None:
-            return []
+            return [], False
         op = pred.op if keep else {"lt": "ge", "le": "gt", "gt": "le", "ge": "lt"}[pred.op]
         d = _add_affine(a, b, -1)  # d (op) 0
         cj, ci, c = d.get(j, 0), d.get(i, 0), d.get(1, 0)
         if cj not in (1, -1) or ci not in (-1, 0, 1):
-            return []
+            return [], False
         if cj == -1:  # -j + ci*i + c (op) 0  ->  j (flipped op) ci*i + c
             op = {"lt": "gt", "le": "ge", "gt": "lt", "ge": "le"}[op]
         else:         # j + ci*i + c (op) 0  ->  j (op) -ci*i - c
             ci, c = -ci, -c
+        if ci not in (0, 1):
+            return [], False
         # now: j (op) ci*i + c
         if op == "lt":
-            return [("hi", ci, c - 1)]
+            return [("hi", ci, c - 1)], True
         if op == "le":
-            return [("hi", ci, c)]
+            return [("hi", ci, c)], True
         if op == "gt":
-            return [("lo", ci, c + 1)]
-        return [("lo", ci, c)]
-    return []
+            return [("lo", ci, c + 1)], True
+        return [("lo", ci, c)], True
+    return [], False
 
 
-def key_bounds(kp: KernelPlan) -> list[tuple[str, int, object]]:
-    """Bounds valid for every accumulator: only softmax streams whose masked scores are −inf."""
+def key_bounds(kp: KernelPlan) -> tuple[list[tuple[str, int, object]], list[tuple[Node, Node]]]:
+    """Key bounds valid for every accumulator (softmax streams whose masked scores are −inf),
+    and the mask nodes they capture exactly."""
     i, j = kp.row_var, kp.loop_var
     bounds: list[tuple[str, int, object]] | None = None
+    exact: list[tuple[Node, Node]] = []
     for a in kp.accs:
         if a.kind == "sum":
             if a.tied is None:
-                return []  # a plain key sum (sigmoid attention): masked keys may still count
+                return [], []  # a plain key sum (sigmoid attention): masked keys may still count
             continue
         found: list[tuple[str, int, object]] = []
         body = _strip_casts(a.body)
@@ -254,15 +266,28 @@ def key_bounds(kp: KernelPlan) -> list[tuple[str, int, object]]:
             c, x, y = body.args
             xs, ys = _strip_casts(x), _strip_casts(y)
             if isinstance(xs, Const) and xs.value == float("-inf"):
-                found += _keep_atoms(c, False, i, j)
-                body = ys
+                atoms, complete = _keep_atoms(c, False, i, j)
+                kept = y
             elif isinstance(ys, Const) and ys.value == float("-inf"):
-                found += _keep_atoms(c, True, i, j)
-                body = xs
+                atoms, complete = _keep_atoms(c, True, i, j)
+                kept = x
             else:
                 break
+            found += atoms
+            if complete:
+                exact.append((body, kept))
+            body = _strip_casts(kept)
         bounds = found if bounds is None else [b for b in bounds if b in found]
-    return [b for b in (bounds or []) if b[1] in (0, 1)]
+    bounds = bounds or []
+    # a mask is skipped in interior tiles only if all its bounds are enforced for the loop
+    exact = [(w, kept) for w, kept in exact if all(b in bounds for b in _atoms_of(w, i, j))]
+    return bounds, exact
+
+
+def _atoms_of(w: Pointwise, i: Var, j: Var) -> list[tuple[str, int, object]]:
+    c, x, _ = w.args
+    keep = not (isinstance(_strip_casts(x), Const) and _strip_casts(x).value == float("-inf"))
+    return _keep_atoms(c, keep, i, j)[0]
 
 
 def rename_bound(root: Node, m: dict[Var, Var]) -> Node:

@@ -62,23 +62,37 @@ def load_kernel(src: KernelSource) -> Any:
     return getattr(module, src.name)
 
 
-def _symbol_values(program: Program, tensors: Sequence[torch.Tensor]) -> dict[sympy.Symbol, int]:
-    values: dict[sympy.Symbol, int] = {}
-    for k, shape in enumerate(program.input_shapes):
-        t = tensors[k]
-        for a, s in enumerate(shape):
-            if isinstance(s, sympy.Symbol):
-                values[s] = int(t.shape[a])
-    return values
+class SizeFunction:
+    """All run-time sizes of a kernel as one compiled Python function of the input shapes.
 
+    Built once per kernel from the symbolic sizes (sympy), so a launch costs a few integer
+    operations instead of symbolic substitution (which alone costs more than a GPU kernel).
+    """
 
-def _evaluate(x: Any, values: dict) -> Any:
-    if isinstance(x, int):
-        return x
-    r = sympy.sympify(x).subs(values)
-    if r.is_integer:
-        return int(r)
-    return float(r)
+    def __init__(self, program: Program, exprs: Sequence[Any]):
+        positions: dict[sympy.Symbol, tuple[int, int]] = {}
+        for k, shape in enumerate(program.input_shapes):
+            for a, s in enumerate(shape):
+                if isinstance(s, sympy.Symbol) and s not in positions:
+                    positions[s] = (k, a)
+        symbols = list(positions)
+        self.positions = [positions[s] for s in symbols]
+        body = []
+        for e in exprs:
+            if isinstance(e, int):
+                body.append(repr(e))
+            else:
+                body.append(f"int({sympy.pycode(sympy.sympify(e))})" if sympy.sympify(e).is_integer is not False
+                            else f"float({sympy.pycode(sympy.sympify(e))})")
+        names = [str(s) for s in symbols]
+        src = f"def sizes({', '.join(names)}):\n    return ({', '.join(body)}{',' if len(body) == 1 else ''})\n"
+        scope: dict[str, Any] = {"math": __import__("math")}
+        exec(compile(src, "<flashlight sizes>", "exec"), scope)
+        self._fn = scope["sizes"]
+        self.source = src
+
+    def __call__(self, tensors: Sequence[torch.Tensor]) -> tuple:
+        return self._fn(*[tensors[k].shape[a] for k, a in self.positions])
 
 
 @dataclass(frozen=True)
@@ -91,9 +105,8 @@ class LaunchConfig:
 
 # Candidates tried per shape bucket on a GPU; the interpreter uses the first that fits.
 CONFIGS = [
-    LaunchConfig(128, 64, 8, 3), LaunchConfig(128, 128, 8, 3), LaunchConfig(128, 64, 4, 3),
-    LaunchConfig(64, 64, 4, 3), LaunchConfig(128, 32, 4, 3), LaunchConfig(64, 32, 4, 2),
-    LaunchConfig(64, 128, 4, 2), LaunchConfig(32, 32, 4, 2),
+    LaunchConfig(128, 64, 4, 3), LaunchConfig(128, 64, 8, 3), LaunchConfig(128, 128, 8, 3),
+    LaunchConfig(64, 64, 4, 3), LaunchConfig(64, 32, 4, 2), LaunchConfig(32, 32, 4, 2),
 ]
 
 
@@ -117,6 +130,11 @@ class CompiledKernel:
 
     def __post_init__(self) -> None:
         self._fn = load_kernel(self.source)
+        out_extents = [sum_extent(ax) for ax in self.program.out_axes]
+        src = self.source
+        exprs = out_extents + list(src.runtime_sizes) + [src.row_extent, src.loop_extent] + list(src.grid_extents)
+        self._sizes = SizeFunction(self.program, exprs)
+        self._n_out, self._n_rt = len(out_extents), len(src.runtime_sizes)
 
     def bound_inputs(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         device = tensors[0].device if tensors else torch.device("cpu")
@@ -141,7 +159,7 @@ class CompiledKernel:
         if key in self._tuned:
             return self._tuned[key]
         cands = self._candidates()
-        if device.type != "cuda":
+        if device.type != "cuda" or os.environ.get("FLASHLIGHT_AUTOTUNE", "1") == "0":
             best = LaunchConfig(64, 64, 4, 2) if cands is CONFIGS else cands[-1]
         else:
             from triton.testing import do_bench
@@ -161,8 +179,14 @@ class CompiledKernel:
 
     def __call__(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
         inputs = self.bound_inputs(tensors)
-        values = _symbol_values(self.program, inputs)
-        out_shape = [int(_evaluate(sum_extent(ax), values)) for ax in self.program.out_axes]
+        sizes = self._sizes(inputs)
+        n_out, n_rt = self._n_out, self._n_rt
+        out_shape = sizes[:n_out]
+        runtime = sizes[n_out:n_out + n_rt]
+        rows, keys = sizes[n_out + n_rt], sizes[n_out + n_rt + 1]
+        n_grid = 1
+        for g in sizes[n_out + n_rt + 2:]:
+            n_grid *= g
         device = inputs[0].device
         out = torch.empty(out_shape, dtype=self.program.out_dtype, device=device)
         if out.numel() == 0:
@@ -171,17 +195,12 @@ class CompiledKernel:
         for k in self.source.input_args:
             t = inputs[k]
             args.append(t)
-            args += list(t.stride())
+            args += t.stride()
         args.append(out)
-        args += list(out.stride())
-        args += [_evaluate(s, values) for s in self.source.runtime_sizes]
-        rows = int(_evaluate(self.source.row_extent, values))
-        keys = int(_evaluate(self.source.loop_extent, values))
-        n_grid = 1
-        for g in self.source.grid_extents:
-            n_grid *= int(_evaluate(g, values))
+        args += out.stride()
+        args += runtime
         cfg = self._choose(args, rows, keys, n_grid, device)
-        for hook in list(_launch_hooks):
+        for hook in _launch_hooks:
             hook(self.source.name)
         self._launch(cfg, args, rows, n_grid)
         return out
