@@ -150,13 +150,15 @@ def test_main_all_variants_cpu(tmp_path, capsys):
 
 
 def test_main_default_impls_compile_flex_cpu(tmp_path):
-    """Default impls (sdpa, compiled flex, compiled eager) on one variant; the compiled ones may
-    error on CPU (torch.compile needs a C++ compiler there), sdpa may not."""
+    """Default impls (sdpa, compiled flex, compiled eager, flashlight) on one variant; the compiled
+    ones may error on CPU (torch.compile needs a C++ compiler there); sdpa and flashlight (the
+    generated kernel, through the interpreter) may not."""
     res, data, table = _run_main(tmp_path, "--variants", "alibi", "--head-dim", "16", plot=True)
     assert (tmp_path / "tflops.png").read_bytes()[:4] == b"\x89PNG"
     rows = data["rows"]
-    assert [r["impl"] for r in rows] == ["sdpa", "flex", "eager_compiled"]
-    sdpa, flex, compiled = rows
+    assert [r["impl"] for r in rows] == ["sdpa", "flex", "eager_compiled", "flashlight"]
+    sdpa, flex, compiled, flashlight = rows
+    assert flashlight["status"] == "ok" and flashlight["rel_err"] <= tolerance(torch.float32)
     assert sdpa["status"] == "ok" and sdpa["label"] == "sdpa (mask tensor)"
     assert flex["status"] in ("ok", "error") and compiled["status"] in ("ok", "error")
     if compiled["status"] == "ok":
