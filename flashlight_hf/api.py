@@ -20,6 +20,7 @@ from flashlight_hf.compiler import capture as cap
 from flashlight_hf.compiler.codegen import KernelSource, generate
 from flashlight_hf.compiler.ir import Program, Unsupported, Var, build_ir
 from flashlight_hf.compiler.rewrite import KernelPlan, plan
+from flashlight_hf.compiler.ops import register_kernel
 from flashlight_hf.compiler.runtime import CompiledKernel
 
 
@@ -38,6 +39,7 @@ class Build:
     fallback: tuple[str, str] | None = None
     symbolic: bool = False
     dynamic_axes: list[dict[int, str]] | None = None
+    op_key: str | None = None  # the kernel's key for the flashlight::fused custom op
 
 
 def _dynamic_axes(p: KernelPlan) -> list[dict[int, str]]:
@@ -105,7 +107,9 @@ def build(fn: Callable, args: tuple, kwargs: dict) -> Build:
         kernel = CompiledKernel(prog, src)
     except Unsupported as exc:
         return Build(None, prog, kplan, None, (exc.node, exc.reason))
-    return Build(kernel, prog, kplan, src, None, symbolic, dyn)
+    _, constants, spec = cap.split_args(args, kwargs)
+    key = register_kernel(kernel, cap.tensor_function(fn, constants, spec))
+    return Build(kernel, prog, kplan, src, None, symbolic, dyn, key)
 
 
 def _spec_key(args: tuple, kwargs: dict) -> Any:
@@ -175,7 +179,7 @@ class CompiledAttention:
             if fast is not None:
                 self._fast[fast] = b
         if b.kernel is not None and not kwargs:
-            return b.kernel([a for a in args if isinstance(a, torch.Tensor)])
+            return torch.ops.flashlight.fused(b.op_key, [a for a in args if isinstance(a, torch.Tensor)])
         if b.kernel is None:
             assert b.fallback is not None
             if b.fallback not in self._warned:
@@ -184,7 +188,7 @@ class CompiledAttention:
                               f"(eager PyTorch): node {b.fallback[0]!r}: {b.fallback[1]}", stacklevel=2)
             return self.fn(*args, **kwargs)
         tensors, _, _ = cap.split_args(args, kwargs)
-        return b.kernel(tensors)
+        return torch.ops.flashlight.fused(b.op_key, tensors)
 
 
 def compile(fn: Callable) -> CompiledAttention:  # noqa: A001 - the public name the issue asks for

@@ -48,7 +48,7 @@ def split_args(args: Sequence[Any], kwargs: dict[str, Any]) -> tuple[list[torch.
     return tensors, constants, spec
 
 
-def _rebuild(fn: Callable, constants: list[Any], spec: Any) -> Callable[..., Any]:
+def tensor_function(fn: Callable, constants: list[Any], spec: Any) -> Callable[..., Any]:
     """A function of the tensor leaves only, with the constant leaves baked in."""
 
     def tensor_only(*tensors: torch.Tensor) -> Any:
@@ -63,7 +63,7 @@ def _rebuild(fn: Callable, constants: list[Any], spec: Any) -> Callable[..., Any
 def trace_static(fn: Callable, args: Sequence[Any], kwargs: dict[str, Any]) -> Captured:
     """Trace with the example's concrete shapes (fake tensors: no real compute)."""
     tensors, constants, spec = split_args(args, kwargs)
-    f = _rebuild(fn, constants, spec)
+    f = tensor_function(fn, constants, spec)
     try:
         gm = make_fx(f, tracing_mode="fake")(*tensors)
     except Exception as exc:  # the user's code could not be traced
@@ -88,7 +88,7 @@ def trace_symbolic(fn: Callable, args: Sequence[Any], kwargs: dict[str, Any],
     Axes sharing a name share one symbolic size (e.g. the key length of K, V and a bias).
     """
     tensors, constants, spec = split_args(args, kwargs)
-    f = _rebuild(fn, constants, spec)
+    f = tensor_function(fn, constants, spec)
     dims: dict[str, Any] = {}
     shapes = []
     for t, axes in zip(tensors, dynamic_axes):
