@@ -362,3 +362,14 @@ def test_torch_compile_backend_falls_back_loudly(device: str):
     with pytest.warns(UserWarning, match="flashlight backend: graph not fused"):
         out = fn(x)
     assert_close(out, not_attention(x.double()), torch.float32)
+
+
+@pytest.mark.gpu
+def test_logical_grid_beyond_65535_programs(device: str):
+    """batch·heads above CUDA's 65535 limit on grid axes 1 and 2: the grid is one flat axis."""
+    b, h, s, d = 1100, 64, 16, 32  # 70,400 (batch, head) pairs
+    q, k, v = (torch.randn(b, h, s, d, device=device, dtype=torch.bfloat16) for _ in range(3))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="flashlight")
+        out = flashlight_hf.compile(causal_kv_offset)(q, k, v)
+    assert_close(out, causal_kv_offset(q.double(), k.double(), v.double()), torch.bfloat16)
