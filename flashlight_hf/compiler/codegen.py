@@ -286,6 +286,7 @@ class _Emitter:
         self.emit("offs_j = start_j + tl.arange(0, BLOCK_N)")
         if not interior:
             self.emit(f"mask_j = offs_j < {self.size(j.extent)}")
+        skipping = self.tile_skip_guard(interior)
         for k, a in enumerate(accs):
             if a.kind == "max":
                 lay_full = tuple(sorted(set(self.layout(a)) | {j}, key=lambda v: self.rank[v]))
@@ -314,8 +315,38 @@ class _Emitter:
         for k, a in enumerate(accs):
             if a.kind == "max":
                 self.emit(f"acc{k} = m_new_acc{k}")
-        self.indent -= 1
+        self.indent -= 2 if skipping else 1
         self.interior = False
+
+    def tile_skip_guard(self, interior: bool) -> bool:
+        """Emit ``if <some key of this tile is kept>:`` for data-dependent masks; True if emitted."""
+        streams = self.kp.tile_skip
+        bounded = set(self.bounded) if interior else set()
+        terms = []
+        for preds in streams:
+            parts = []
+            for pred, keep in preds:
+                if interior and any(self.skey(w) in bounded for w in [pred]):
+                    continue
+                lay = self.layout(pred)
+                if self.j not in lay:
+                    continue
+                v = self.value(pred)
+                parts.append((v if keep else f"({v} == 0)", lay))
+            if not parts:
+                return False  # this stream keeps whole tiles: nothing to skip on
+            lay = tuple(sorted({x for _, l in parts for x in l}, key=lambda x: self.rank[x]))
+            kept = " & ".join(self.broadcast(f"({p})", l, lay) for p, l in parts)
+            if not interior:
+                kept = f"({kept}) & {self.broadcast('mask_j', (self.j,), lay)}"
+            name = self.tmp("tile_keeps")
+            self.emit(f"{name} = tl.max(({kept}).to(tl.int32))  # does any key of this tile survive the masks?")
+            terms.append(name)
+        if not terms:
+            return False
+        self.emit(f"if {' + '.join(terms)} > 0:  # data-dependent block sparsity: skip fully masked tiles")
+        self.indent += 1
+        return True
 
     def contraction(self, body: Node, lay_acc: tuple[Var, ...]) -> str:
         """This key tile's contribution to a sum accumulator: ``tl.dot(P, V)`` or a row sum."""

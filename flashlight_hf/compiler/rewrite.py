@@ -82,6 +82,10 @@ class KernelPlan:
     # ``where(mask, -inf, x)`` nodes whose mask the bounds capture exactly, with the kept branch
     # ``x``: in interior tiles (inside every bound) codegen uses ``x`` and skips the mask.
     bounded_masks: list[tuple[Node, Node]] = field(default_factory=list)
+    # Per max accumulator (in order), the cheap mask predicates of its ``where(·, -inf, ·)`` chain
+    # as (predicate, value that keeps): a key tile where no element is kept for any stream is
+    # skipped at run time (data-dependent block sparsity: document ids, key padding).
+    tile_skip: list[list[tuple[Node, bool]]] = field(default_factory=list)
 
 
 def walk(root: Node):
@@ -160,6 +164,7 @@ def plan(program: Program) -> KernelPlan:
     kp = KernelPlan(program=program, grid_vars=grid, row_var=row, loop_var=j, tile_vars=tile_vars,
                     out_node=rewritten, accs=accs)
     kp.key_bounds, kp.bounded_masks = key_bounds(kp)
+    kp.tile_skip = tile_skip_predicates(kp)
     return kp
 
 
@@ -282,6 +287,42 @@ def key_bounds(kp: KernelPlan) -> tuple[list[tuple[str, int, object]], list[tupl
     # a mask is skipped in interior tiles only if all its bounds are enforced for the loop
     exact = [(w, kept) for w, kept in exact if all(b in bounds for b in _atoms_of(w, i, j))]
     return bounds, exact
+
+
+def _mask_chain(body: Node) -> list[tuple[Node, bool, Node]]:
+    """The ``where(pred, -inf, x)`` / ``where(pred, x, -inf)`` chain at the top of a max body:
+    (predicate, value of the predicate that keeps the score, the where node)."""
+    out = []
+    body = _strip_casts(body)
+    while isinstance(body, Pointwise) and body.op == "where":
+        c, x, y = body.args
+        xs, ys = _strip_casts(x), _strip_casts(y)
+        if isinstance(xs, Const) and xs.value == float("-inf"):
+            out.append((c, False, body))
+            body = _strip_casts(y)
+        elif isinstance(ys, Const) and ys.value == float("-inf"):
+            out.append((c, True, body))
+            body = _strip_casts(x)
+        else:
+            break
+    return out
+
+
+def tile_skip_predicates(kp: KernelPlan) -> list[list[tuple[Node, bool]]]:
+    """Cheap (contraction-free) mask predicates per softmax stream, or [] when skipping a fully
+    masked key tile would not be exact (a plain key sum, or a stream with no such mask)."""
+    if any(a.kind == "sum" and a.tied is None for a in kp.accs):
+        return []
+    out = []
+    for a in kp.accs:
+        if a.kind != "max":
+            continue
+        preds = [(c, keep) for c, keep, _ in _mask_chain(a.body)
+                 if not any(isinstance(y, Reduce) for y in walk(c)) and kp.loop_var in c.vars]
+        if not preds:
+            return []
+        out.append(preds)
+    return out
 
 
 def _atoms_of(w: Pointwise, i: Var, j: Var) -> list[tuple[str, int, object]]:
