@@ -321,13 +321,10 @@ class _Emitter:
     def tile_skip_guard(self, interior: bool) -> bool:
         """Emit ``if <some key of this tile is kept>:`` for data-dependent masks; True if emitted."""
         streams = self.kp.tile_skip
-        bounded = set(self.bounded) if interior else set()
         terms = []
         for preds in streams:
             parts = []
             for pred, keep in preds:
-                if interior and any(self.skey(w) in bounded for w in [pred]):
-                    continue
                 lay = self.layout(pred)
                 if self.j not in lay:
                     continue

@@ -317,8 +317,11 @@ def tile_skip_predicates(kp: KernelPlan) -> list[list[tuple[Node, bool]]]:
     for a in kp.accs:
         if a.kind != "max":
             continue
-        preds = [(c, keep) for c, keep, _ in _mask_chain(a.body)
-                 if not any(isinstance(y, Reduce) for y in walk(c)) and kp.loop_var in c.vars]
+        exact = {id(w) for w, _ in kp.bounded_masks}
+        # masks the key bounds capture exactly already shape the loop range: no run-time test
+        preds = [(c, keep) for c, keep, w in _mask_chain(a.body)
+                 if id(w) not in exact and not any(isinstance(y, Reduce) for y in walk(c))
+                 and kp.loop_var in c.vars]
         if not preds:
             return []
         out.append(preds)
