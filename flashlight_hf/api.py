@@ -17,6 +17,7 @@ from typing import Any, Callable
 import torch
 
 from flashlight_hf.compiler import capture as cap
+from flashlight_hf.compiler import diskcache
 from flashlight_hf.compiler.codegen import KernelSource, generate
 from flashlight_hf.compiler.ir import Program, Unsupported, Var, build_ir
 from flashlight_hf.compiler.rewrite import KernelPlan, plan
@@ -40,6 +41,7 @@ class Build:
     symbolic: bool = False
     dynamic_axes: list[dict[int, str]] | None = None
     op_key: str | None = None  # the kernel's key for the flashlight::fused custom op
+    from_disk: bool = False  # loaded from the on-disk build cache
 
 
 def _dynamic_axes(p: KernelPlan) -> list[dict[int, str]]:
@@ -84,14 +86,24 @@ def build(fn: Callable, args: tuple, kwargs: dict) -> Build:
     """Compile ``fn`` for the specialisation of ``(args, kwargs)``; never raises on unsupported programs."""
     try:
         static = cap.trace_static(fn, args, kwargs)
-        prog = build_ir(static)
-        kplan = plan(prog)
     except cap.CaptureError as exc:
         return Build(None, None, None, None, ("capture", str(exc)))
+    tensors, constants, spec = cap.split_args(args, kwargs)
+    interpret, tf32 = _interpret(), torch.backends.cuda.matmul.allow_tf32
+    disk_key = diskcache.build_key(static, tensors, constants, interpret=interpret, allow_tf32=tf32) \
+        if diskcache.enabled() else None
+    cached = diskcache.load(disk_key) if disk_key else None
+    if cached is not None:
+        kernel = CompiledKernel(cached["program"], cached["source"])
+        op_key = register_kernel(kernel, cap.tensor_function(fn, constants, spec))
+        return Build(kernel, cached["program"], None, cached["source"], None, cached["symbolic"],
+                     cached["dynamic_axes"], op_key, from_disk=True)
+    try:
+        prog = build_ir(static)
+        kplan = plan(prog)
     except Unsupported as exc:
         return Build(None, None, None, None, (exc.node, exc.reason))
     symbolic = False
-    tensors, _, _ = cap.split_args(args, kwargs)
     dyn = _dynamic_axes(kplan)
     dyn += [{}] * (len(tensors) - len(dyn))
     if any(dyn):
@@ -103,13 +115,14 @@ def build(fn: Callable, args: tuple, kwargs: dict) -> Build:
         except (cap.CaptureError, Unsupported):
             pass  # keep the static specialisation: exact shapes become part of the cache key
     try:
-        src = generate(kplan, interpret=_interpret(), allow_tf32=torch.backends.cuda.matmul.allow_tf32)
+        src = generate(kplan, interpret=interpret, allow_tf32=tf32)
         kernel = CompiledKernel(prog, src)
     except Unsupported as exc:
         return Build(None, prog, kplan, None, (exc.node, exc.reason))
-    _, constants, spec = cap.split_args(args, kwargs)
-    key = register_kernel(kernel, cap.tensor_function(fn, constants, spec))
-    return Build(kernel, prog, kplan, src, None, symbolic, dyn, key)
+    if disk_key:
+        diskcache.store(disk_key, {"program": prog, "source": src, "symbolic": symbolic, "dynamic_axes": dyn})
+    op_key = register_kernel(kernel, cap.tensor_function(fn, constants, spec))
+    return Build(kernel, prog, kplan, src, None, symbolic, dyn, op_key)
 
 
 def _spec_key(args: tuple, kwargs: dict) -> Any:

@@ -13,6 +13,10 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+if "FLASHLIGHT_CACHE_DIR" not in os.environ:  # hermetic: kernels and builds of this run only
+    import tempfile
+
+    os.environ["FLASHLIGHT_CACHE_DIR"] = tempfile.mkdtemp(prefix="flashlight-test-cache-")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402

@@ -373,3 +373,27 @@ def test_logical_grid_beyond_65535_programs(device: str):
         warnings.filterwarnings("error", message="flashlight")
         out = flashlight_hf.compile(causal_kv_offset)(q, k, v)
     assert_close(out, causal_kv_offset(q.double(), k.double(), v.double()), torch.bfloat16)
+
+
+def test_disk_cache_serves_a_new_process_and_survives_corruption(device: str, tmp_path, monkeypatch):
+    from flashlight_hf.api import build
+    from flashlight_hf.compiler import diskcache
+
+    monkeypatch.setenv("FLASHLIGHT_CACHE_DIR", str(tmp_path))
+    args = _inputs("vanilla", torch.float32, device, 26, 33)
+    first = build(softcap, args, {})
+    assert first.kernel is not None and not first.from_disk
+    entries = list((tmp_path / "builds").glob("*.pkl"))
+    assert len(entries) == 1 and not list((tmp_path / "builds").glob("*.tmp"))
+    second = build(softcap, args, {})  # what a new process does: same program, empty memory
+    assert second.from_disk and second.source.source == first.source.source
+    fresh = _inputs("vanilla", torch.float32, device, 26, 33)
+    assert_close(torch.ops.flashlight.fused(second.op_key, list(fresh)),
+                 softcap(*[a.double() for a in fresh]), torch.float32)
+    # a different program (another softcap value baked in) must not hit that entry
+    other = build(lambda q, k, v: softcap(q, k, v) * 2.0, args, {})
+    assert not other.from_disk
+    entries[0].write_bytes(b"not a pickle")
+    third = build(softcap, args, {})
+    assert third.kernel is not None and not third.from_disk
+    assert diskcache.load(entries[0].stem) is not None  # rewritten by the rebuild
