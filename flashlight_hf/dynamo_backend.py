@@ -2,10 +2,10 @@
 
 Registered through the package's ``torch_dynamo_backends`` entry point, so it works after
 ``pip install`` without importing flashlight_hf first. Dynamo hands over each captured graph;
-a graph that is one attention program runs as one generated kernel. A graph the generator
-cannot fuse as a whole goes to Inductor (on CUDA) or runs as captured (on CPU), with one
-warning naming the node and the reason. Finding attention regions *inside* a larger graph is
-not done yet: such graphs take the same fallback.
+a graph that is one attention program runs as one generated kernel; in a larger graph (a whole
+layer or model) each attention region is replaced by its fused kernel and the rest of the graph
+goes to Inductor (on CUDA) or runs as captured (on CPU). A region or graph that cannot be fused
+says so in one warning naming the node and the reason.
 """
 
 from __future__ import annotations
@@ -26,7 +26,12 @@ def flashlight_backend(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) 
 
 class _LazyFused:
     """Builds on the first call, with real tensors, outside Dynamo's own tracing context (whose
-    fake-tensor mode would otherwise leak into the generator's tracing)."""
+    fake-tensor mode would otherwise leak into the generator's tracing).
+
+    The whole graph is tried as one attention program first; otherwise each attention region
+    inside it is fused (:mod:`flashlight_hf.regions`) and the rest goes to Inductor (CUDA) or
+    runs as captured (CPU).
+    """
 
     def __init__(self, gm: torch.fx.GraphModule):
         self.gm = gm
@@ -34,20 +39,33 @@ class _LazyFused:
 
     def __call__(self, *tensors: torch.Tensor) -> Any:
         if self.run is None:
-            from flashlight_hf.api import build
-
-            gm = self.gm
-
-            def program(*xs: torch.Tensor) -> torch.Tensor:
-                return gm(*xs)[0]
-
-            b = build(program, tensors, {})
-            if b.kernel is None:
-                self.run = _fallback(gm, tensors, b.fallback or ("graph", "not fusable"))
-            else:
-                key = b.op_key
-                self.run = lambda *xs: (torch.ops.flashlight.fused(key, list(xs)),)
+            self.run = self._compile(tensors)
         return self.run(*tensors)
+
+    def _compile(self, tensors: tuple) -> Callable[..., Any]:
+        from flashlight_hf.api import build
+        from flashlight_hf.regions import fuse_regions, run_and_record
+
+        gm = self.gm
+
+        def program(*xs: torch.Tensor) -> torch.Tensor:
+            return gm(*xs)[0]
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a whole-graph miss is expected for model graphs
+            b = build(program, tensors, {})
+        if b.kernel is not None:
+            key = b.op_key
+            return lambda *xs: (torch.ops.flashlight.fused(key, list(xs)),)
+        _, values = run_and_record(gm, *tensors)
+        fused, reasons = fuse_regions(gm, values, build)
+        if not fused:
+            return _fallback(gm, tensors, reasons[0] if reasons else (b.fallback or ("graph", "not fusable")))
+        for node, reason in reasons:
+            warnings.warn(f"flashlight backend: an attention region was not fused (node {node!r}: {reason})",
+                          stacklevel=2)
+        cuda = any(isinstance(x, torch.Tensor) and x.is_cuda for x in tensors)
+        return torch.compile(gm, backend="inductor") if cuda else gm.forward
 
 
 def _fallback(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], reason: tuple[str, str]) -> Callable:

@@ -397,3 +397,38 @@ def test_disk_cache_serves_a_new_process_and_survives_corruption(device: str, tm
     third = build(softcap, args, {})
     assert third.kernel is not None and not third.from_disk
     assert diskcache.load(entries[0].stem) is not None  # rewritten by the rebuild
+
+
+class _TinyLayer(torch.nn.Module):
+    """Projections around a softcapped causal attention: a graph larger than the attention."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv = torch.nn.Linear(64, 192)
+        self.o = torch.nn.Linear(64, 64)
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, 4, 16).permute(2, 0, 3, 1, 4)
+        s = 20.0 * torch.tanh(q @ k.transpose(-2, -1) * 0.25 / 20.0)
+        i = torch.arange(t, device=x.device)[:, None]
+        j = torch.arange(t, device=x.device)[None, :]
+        a = torch.softmax(s.masked_fill(j > i, float("-inf")), dim=-1) @ v
+        return self.o(a.transpose(1, 2).reshape(b, t, 64))
+
+
+def test_torch_compile_backend_fuses_the_region_inside_a_layer(device: str):
+    layer = _TinyLayer().to(device)
+    x = torch.randn(2, 29, 64, device=device)
+    launches: list[str] = []
+    remove = add_launch_hook(launches.append)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message="flashlight")
+            out = torch.compile(layer, backend="flashlight", dynamic=False)(x)
+    finally:
+        remove()
+    assert launches, "the attention region inside the layer did not run a generated kernel"
+    ref = _TinyLayer().to(device).double()
+    ref.load_state_dict(layer.state_dict())
+    assert_close(out, ref(x.double()), torch.float32)
