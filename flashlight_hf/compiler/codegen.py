@@ -544,7 +544,6 @@ def generate(kp: KernelPlan, *, interpret: bool, allow_tf32: bool = False) -> Ke
                 em.node(x)
     em.emit("")
     sk = em.size(j.extent)
-    lo, hi = "0", sk
     em.emit("# key tiles this row tile touches (block sparsity derived from the masks), and the")
     em.emit("# interior ones where every key is in range and every analysed mask keeps it")
     em.emit("row_lo = tile_m * BLOCK_M")
@@ -552,29 +551,25 @@ def generate(kp: KernelPlan, *, interpret: bool, allow_tf32: bool = False) -> Ke
     bound = lambda c: em.size(c) if not isinstance(c, int) else str(c)  # noqa: E731
     los = [(a, bound(c)) for kind, a, c in kp.key_bounds if kind == "lo"]
     his = [(a, bound(c)) for kind, a, c in kp.key_bounds if kind == "hi"]
-    em.emit("key_lo = 0")
-    for a, c in los:
-        em.emit(f"key_lo = tl.maximum(key_lo, row_lo * {a} + {c})  # keys below are masked for every row")
+    def fold(name: str, start: str, fn: str, bounds: list, row: str, extra: str = "", note: str = "") -> None:
+        """``name = fn(start, row*a + c + extra ...)`` over the bounds of one kind."""
+        em.emit(f"{name} = {start}")
+        for a, c in bounds:
+            em.emit(f"{name} = tl.{fn}({name}, {row} * {a} + {c}{extra}){note}")
+
+    fold("key_lo", "0", "maximum", los, "row_lo", note="  # keys below are masked for every row")
     em.emit("key_lo = (key_lo // BLOCK_N) * BLOCK_N")
-    em.emit(f"key_hi = {sk}")
-    for a, c in his:
-        em.emit(f"key_hi = tl.minimum(key_hi, row_hi * {a} + {c} + 1)  # keys above are masked for every row")
-    em.emit("interior_lo = key_lo")
-    for a, c in los:
-        em.emit(f"interior_lo = tl.maximum(interior_lo, row_hi * {a} + {c})")
+    fold("key_hi", sk, "minimum", his, "row_hi", " + 1", "  # keys above are masked for every row")
+    fold("interior_lo", "key_lo", "maximum", los, "row_hi")
     em.emit("interior_lo = tl.minimum(tl.cdiv(interior_lo, BLOCK_N) * BLOCK_N, key_hi)")
-    em.emit(f"interior_hi = {sk}")
-    for a, c in his:
-        em.emit(f"interior_hi = tl.minimum(interior_hi, row_lo * {a} + {c} + 1)")
+    fold("interior_hi", sk, "minimum", his, "row_lo", " + 1")
     em.emit("interior_hi = tl.minimum(tl.maximum((interior_hi // BLOCK_N) * BLOCK_N, interior_lo), key_hi)")
-    lo, hi = "key_lo", "key_hi"
     for start_, end_, interior, what in (("key_lo", "interior_lo", False, "boundary tiles before the interior"),
                                          ("interior_lo", "interior_hi", True, "interior tiles: no masks evaluated"),
                                          ("interior_hi", "key_hi", False, "boundary tiles after the interior")):
         em.emit("")
         em.emit(f"# {what}")
         em.key_loop(start_, end_, interior)
-    del lo, hi
     em.phase = "post"
 
     # -- epilogue ------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import itertools
 import math
 import operator
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import sympy
 import torch
@@ -927,61 +927,56 @@ class Labeller:
                        input_axis_vars=input_axis_vars, defs=defs)
 
 
-def substitute(node: Node, m: dict[Var, IExpr], lab: Labeller) -> Node:
-    """Re-index a node: every index variable ``v`` in ``m`` becomes ``m[v]`` (slices, selects)."""
+def map_indices(root: Node, on_expr: Callable[[IExpr], IExpr],
+                on_reduce: Callable[[Var], Var | None]) -> Node:
+    """Rebuild ``root`` with every index expression mapped by ``on_expr`` and every reduction
+    variable by ``on_reduce`` (``None`` drops the reduction: it runs over a single element).
+    The one tree rewriter behind slicing, canonicalisation and renaming."""
     memo: dict[int, Node] = {}
-
-    def sub_expr(e: IExpr) -> IExpr:
-        return lab.resolve(e).subst(m)
 
     def go(x: Node) -> Node:
         if id(x) in memo:
             return memo[id(x)]
         if isinstance(x, Load):
-            r: Node = Load(x.dtype, x.input, tuple(sub_expr(e) if isinstance(e, IExpr) else go(e) for e in x.index))
+            r: Node = Load(x.dtype, x.input, tuple(on_expr(e) if isinstance(e, IExpr) else go(e) for e in x.index))
         elif isinstance(x, Index):
-            r = Index(x.dtype, sub_expr(x.expr))
+            r = Index(x.dtype, on_expr(x.expr))
         elif isinstance(x, Pointwise):
             r = Pointwise(x.dtype, x.op, tuple(go(a) for a in x.args))
         elif isinstance(x, Reduce):
-            if lab.find(x.var) in m:
-                raise Unsupported("slice", "slicing along a reduced axis")
-            r = Reduce(x.dtype, x.op, x.var, go(x.arg))
+            v = on_reduce(x.var)
+            r = go(x.arg) if v is None else Reduce(x.dtype, x.op, v, go(x.arg))
         else:
             r = x
         memo[id(x)] = r
         return r
 
-    return go(node)
+    return go(root)
+
+
+def substitute(node: Node, m: dict[Var, IExpr], lab: Labeller) -> Node:
+    """Re-index a node: every index variable ``v`` in ``m`` becomes ``m[v]`` (slices, selects)."""
+
+    def on_reduce(v: Var) -> Var:
+        if lab.find(v) in m:
+            raise Unsupported("slice", "slicing along a reduced axis")
+        return v
+
+    return map_indices(node, lambda e: lab.resolve(e).subst(m), on_reduce)
 
 
 def canonicalize(node: Node, lab: Labeller) -> Node:
     """Resolve every index variable to its root form (derived variables become expressions)."""
-    memo: dict[int, Node] = {}
 
-    def go(x: Node) -> Node:
-        if id(x) in memo:
-            return memo[id(x)]
-        if isinstance(x, Load):
-            r: Node = Load(x.dtype, x.input, tuple(lab.resolve(e) if isinstance(e, IExpr) else go(e) for e in x.index))
-        elif isinstance(x, Index):
-            r = Index(x.dtype, lab.resolve(x.expr))
-        elif isinstance(x, Pointwise):
-            r = Pointwise(x.dtype, x.op, tuple(go(a) for a in x.args))
-        elif isinstance(x, Reduce):
-            root = lab.resolve(IExpr.var(x.var))
-            if root.op == "const":  # reduction over an axis of extent 1
-                memo[id(x)] = go(x.arg)
-                return memo[id(x)]
-            if root.op != "var":
-                raise Unsupported("reduction", f"reduction over derived index {root}")
-            r = Reduce(x.dtype, x.op, root.args[0], go(x.arg))
-        else:
-            r = x
-        memo[id(x)] = r
-        return r
+    def on_reduce(v: Var) -> Var | None:
+        root = lab.resolve(IExpr.var(v))
+        if root.op == "const":  # reduction over an axis of extent 1
+            return None
+        if root.op != "var":
+            raise Unsupported("reduction", f"reduction over derived index {root}")
+        return root.args[0]
 
-    return go(node)
+    return map_indices(node, lab.resolve, on_reduce)
 
 
 def build_ir(captured: Captured) -> Program:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from flashlight_hf.compiler.ir import (Const, IExpr, Index, Load, Node, Pointwise, Program, Reduce,
-                                       Unsupported, Var, is_one, size_eq)
+                                       Unsupported, Var, is_one, map_indices, size_eq)
 
 MAX_TILE_EXTENT = 256
 
@@ -337,25 +337,7 @@ def _atoms_of(w: Pointwise, i: Var, j: Var) -> list[tuple[str, int, object]]:
 def rename_bound(root: Node, m: dict[Var, Var]) -> Node:
     """Rename index variables everywhere under ``root`` (alpha-renaming of reduction variables)."""
     sub = {v: IExpr.var(w) for v, w in m.items()}
-    memo: dict[int, Node] = {}
-
-    def go(x: Node) -> Node:
-        if id(x) in memo:
-            return memo[id(x)]
-        if isinstance(x, Load):
-            r: Node = Load(x.dtype, x.input, tuple(e.subst(sub) if isinstance(e, IExpr) else go(e) for e in x.index))
-        elif isinstance(x, Index):
-            r = Index(x.dtype, x.expr.subst(sub))
-        elif isinstance(x, Pointwise):
-            r = Pointwise(x.dtype, x.op, tuple(go(a) for a in x.args))
-        elif isinstance(x, Reduce):
-            r = Reduce(x.dtype, x.op, m.get(x.var, x.var), go(x.arg))
-        else:
-            r = x
-        memo[id(x)] = r
-        return r
-
-    return go(root)
+    return map_indices(root, lambda e: e.subst(sub), lambda v: m.get(v, v))
 
 
 def _mul_factors(x: Node) -> tuple[list[Node], list[Node]]:
