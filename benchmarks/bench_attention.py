@@ -80,6 +80,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--window", type=int, default=1024, help="sliding_window: window size")
     p.add_argument("--softcap", type=float, default=30.0, help="softcap: cap")
     p.add_argument("--num-docs", type=int, default=8, help="document_mask: documents per sequence")
+    p.add_argument("--prefix", type=int, default=1024, help="prefix_lm: bidirectional prefix length")
     p.add_argument("--compile-mode", default=None,
                    help="torch.compile mode for flex / eager_compiled (default: torch's default)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG chart")
@@ -344,7 +345,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "batch": args.batch, "heads": args.heads, "seqlen": args.seqlen, "head_dim": args.head_dim,
         "dtype": args.dtype, "variants": args.variants, "impls": args.impls, "warmup": args.warmup,
         "rep": args.rep, "seed": args.seed, "check_batch": args.check_batch, "check_heads": args.check_heads,
-        "window": args.window, "softcap": args.softcap, "num_docs": args.num_docs,
+        "window": args.window, "softcap": args.softcap, "num_docs": args.num_docs, "prefix": args.prefix,
         "compile_mode": args.compile_mode, "device": str(device)}}
     log(f"bench_attention: {env['device']}, torch {env['torch']}, triton {env['triton']}")
     log(f"  B{args.batch} H{args.heads} S{args.seqlen} {args.dtype} D{args.head_dim} "
@@ -357,7 +358,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for vname in args.variants:
         try:
             variant = VARIANTS[vname](args.batch, args.heads, args.seqlen, device, seed=args.seed,
-                                      window=args.window, softcap=args.softcap, num_docs=args.num_docs)
+                                      window=args.window, softcap=args.softcap, num_docs=args.num_docs,
+                                      prefix=args.prefix)
         except Exception as e:  # noqa: BLE001
             log(f"{vname}: set-up failed: {_short(e, 400)}")
             for D in args.head_dim:

@@ -21,7 +21,7 @@ from benchmarks.variants import VARIANTS, NotApplicable, flex_emulate
 from flashlight_hf.testing import rel_error, tolerance
 
 B, H, S, D = 2, 4, 96, 16
-OPTS = {"window": 24, "softcap": 5.0, "num_docs": 4}  # small cap/window so they actually bite
+OPTS = {"window": 24, "softcap": 5.0, "num_docs": 4, "prefix": 8}  # small enough that they actually bite
 
 
 def _variant(name, **kw):
@@ -78,6 +78,7 @@ def test_variants_are_not_trivial():
     assert rel_error(outs["alibi"], outs["causal"]) > 1e-2
     assert rel_error(outs["sliding_window"], outs["causal"]) > 1e-2
     assert rel_error(outs["document_mask"], outs["causal"]) > 1e-2
+    assert rel_error(outs["prefix_lm"], outs["causal"]) > 1e-2
 
 
 def test_sliced_reference_is_a_slice_of_the_full_one():

@@ -12,11 +12,12 @@ from .base import NotApplicable, Variant, flex_emulate
 from .causal import Causal
 from .document_mask import DocumentMask
 from .full import Full
+from .prefix_lm import PrefixLM
 from .sliding_window import SlidingWindow
 from .softcap import Softcap
 
 VARIANTS: dict[str, type[Variant]] = {
-    cls.name: cls for cls in (Full, Causal, Alibi, Softcap, SlidingWindow, DocumentMask)
+    cls.name: cls for cls in (Full, Causal, Alibi, Softcap, SlidingWindow, DocumentMask, PrefixLM)
 }
 
 __all__ = ["VARIANTS", "Variant", "NotApplicable", "flex_emulate"]

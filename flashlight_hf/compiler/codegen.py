@@ -548,21 +548,29 @@ def generate(kp: KernelPlan, *, interpret: bool, allow_tf32: bool = False) -> Ke
     em.emit("# interior ones where every key is in range and every analysed mask keeps it")
     em.emit("row_lo = tile_m * BLOCK_M")
     em.emit(f"row_hi = tl.minimum(tile_m * BLOCK_M + BLOCK_M, {em.size(i.extent)}) - 1")
-    bound = lambda c: em.size(c) if not isinstance(c, int) else str(c)  # noqa: E731
-    los = [(a, bound(c)) for kind, a, c in kp.key_bounds if kind == "lo"]
-    his = [(a, bound(c)) for kind, a, c in kp.key_bounds if kind == "hi"]
-    def fold(name: str, start: str, fn: str, bounds: list, row: str, extra: str = "", note: str = "") -> None:
-        """``name = fn(start, row*a + c + extra ...)`` over the bounds of one kind."""
-        em.emit(f"{name} = {start}")
-        for a, c in bounds:
-            em.emit(f"{name} = tl.{fn}({name}, {row} * {a} + {c}{extra}){note}")
+    def bound_value(kind: str, alts: tuple, row: str) -> str:
+        """One bound's key index for ``row``: an OR of atoms keeps the widest of them."""
+        terms = [f"{row} * {a} + {em.size(c) if not isinstance(c, int) else c}" for a, c in alts]
+        fn = "tl.maximum" if kind == "hi" else "tl.minimum"
+        out = terms[0]
+        for t in terms[1:]:
+            out = f"{fn}({out}, {t})"
+        return out
 
-    fold("key_lo", "0", "maximum", los, "row_lo", note="  # keys below are masked for every row")
+    def fold(name: str, start: str, kind: str, row: str, extra: str = "", note: str = "") -> None:
+        """``name`` narrowed by every bound of one kind, evaluated at ``row``."""
+        em.emit(f"{name} = {start}")
+        fn = "maximum" if kind == "lo" else "minimum"
+        for k, alts in kp.key_bounds:
+            if k == kind:
+                em.emit(f"{name} = tl.{fn}({name}, {bound_value(kind, alts, row)}{extra}){note}")
+
+    fold("key_lo", "0", "lo", "row_lo", note="  # keys below are masked for every row")
     em.emit("key_lo = (key_lo // BLOCK_N) * BLOCK_N")
-    fold("key_hi", sk, "minimum", his, "row_hi", " + 1", "  # keys above are masked for every row")
-    fold("interior_lo", "key_lo", "maximum", los, "row_hi")
+    fold("key_hi", sk, "hi", "row_hi", " + 1", "  # keys above are masked for every row")
+    fold("interior_lo", "key_lo", "lo", "row_hi")
     em.emit("interior_lo = tl.minimum(tl.cdiv(interior_lo, BLOCK_N) * BLOCK_N, key_hi)")
-    fold("interior_hi", sk, "minimum", his, "row_lo", " + 1")
+    fold("interior_hi", sk, "hi", "row_lo", " + 1")
     em.emit("interior_hi = tl.minimum(tl.maximum((interior_hi // BLOCK_N) * BLOCK_N, interior_lo), key_hi)")
     for start_, end_, interior, what in (("key_lo", "interior_lo", False, "boundary tiles before the interior"),
                                          ("interior_lo", "interior_hi", True, "interior tiles: no masks evaluated"),

@@ -76,9 +76,11 @@ class KernelPlan:
     out_node: Node
     accs: list[Acc] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    # Key-range bounds derived from the masks: ("lo", a, c) means keys j < a*i + c are masked
-    # out for row i, ("hi", a, c) means keys j > a*i + c are; tiles outside are never visited.
-    key_bounds: list[tuple[str, int, object]] = field(default_factory=list)
+    # Key-range bounds derived from the masks: ("lo", alts) means keys j < min(a*i + c over
+    # alts) are masked out for row i, ("hi", alts) means keys j > max(a*i + c over alts) are
+    # (several alternatives come from an OR: PrefixLM's ``j <= i or j < P``); tiles outside are
+    # never visited.
+    key_bounds: list[tuple[str, tuple]] = field(default_factory=list)
     # ``where(mask, -inf, x)`` nodes whose mask the bounds capture exactly, with the kept branch
     # ``x``: in interior tiles (inside every bound) codegen uses ``x`` and skips the mask.
     bounded_masks: list[tuple[Node, Node]] = field(default_factory=list)
@@ -147,7 +149,7 @@ def plan(program: Program) -> KernelPlan:
                           "contain another reduction (the QKᵀ contraction)" if not nested else
                           f"several nested reduction axes {sorted(v.name for v in nested)}")
     (j,) = nested
-    tile_vars = [v for v in candidates if v is not j]
+    tile_vars = sorted((v for v in candidates if v is not j), key=lambda v: v.uid)  # creation order: stable source
     for v in tile_vars:
         if not isinstance(v.extent, int) or v.extent > MAX_TILE_EXTENT:
             raise Unsupported(v.name, f"contracted axis of extent {v.extent} does not fit one tile "
@@ -213,7 +215,7 @@ def _add_affine(a: dict, b: dict, sign: int) -> dict:
     return out
 
 
-def _keep_atoms(pred: Node, keep: bool, i: Var, j: Var) -> tuple[list[tuple[str, int, object]], bool]:
+def _keep_atoms(pred: Node, keep: bool, i: Var, j: Var) -> tuple[list[tuple[str, tuple]], bool]:
     """Bounds on j implied by ``pred == keep`` for every kept element (conjunctions only).
 
     The flag says whether the bounds are *exactly* the predicate (every part understood).
@@ -228,6 +230,13 @@ def _keep_atoms(pred: Node, keep: bool, i: Var, j: Var) -> tuple[list[tuple[str,
         a, ca = _keep_atoms(pred.args[0], keep, i, j)
         b, cb = _keep_atoms(pred.args[1], keep, i, j)
         return a + b, ca and cb
+    if isinstance(pred, Pointwise) and ((pred.op == "or" and keep) or (pred.op == "and" and not keep)):
+        # kept if either side keeps: one bound of the same kind on each side becomes their max/min
+        a, ca = _keep_atoms(pred.args[0], keep, i, j)
+        b, cb = _keep_atoms(pred.args[1], keep, i, j)
+        if len(a) == 1 and len(b) == 1 and a[0][0] == b[0][0]:
+            return [(a[0][0], a[0][1] + b[0][1])], ca and cb
+        return [], False
     if isinstance(pred, Pointwise) and pred.op in ("lt", "le", "gt", "ge"):
         a, b = (_affine(y, i, j) for y in pred.args)
         if a is None or b is None:
@@ -245,27 +254,27 @@ def _keep_atoms(pred: Node, keep: bool, i: Var, j: Var) -> tuple[list[tuple[str,
             return [], False
         # now: j (op) ci*i + c
         if op == "lt":
-            return [("hi", ci, c - 1)], True
+            return [("hi", ((ci, c - 1),))], True
         if op == "le":
-            return [("hi", ci, c)], True
+            return [("hi", ((ci, c),))], True
         if op == "gt":
-            return [("lo", ci, c + 1)], True
-        return [("lo", ci, c)], True
+            return [("lo", ((ci, c + 1),))], True
+        return [("lo", ((ci, c),))], True
     return [], False
 
 
-def key_bounds(kp: KernelPlan) -> tuple[list[tuple[str, int, object]], list[tuple[Node, Node]]]:
+def key_bounds(kp: KernelPlan) -> tuple[list[tuple[str, tuple]], list[tuple[Node, Node]]]:
     """Key bounds valid for every accumulator (softmax streams whose masked scores are −inf),
     and the mask nodes they capture exactly."""
     i, j = kp.row_var, kp.loop_var
-    bounds: list[tuple[str, int, object]] | None = None
+    bounds: list[tuple[str, tuple]] | None = None
     exact: list[tuple[Node, Node]] = []
     for a in kp.accs:
         if a.kind == "sum":
             if a.tied is None:
                 return [], []  # a plain key sum (sigmoid attention): masked keys may still count
             continue
-        found: list[tuple[str, int, object]] = []
+        found: list[tuple[str, tuple]] = []
         body = _strip_casts(a.body)
         while isinstance(body, Pointwise) and body.op == "where":
             c, x, y = body.args
@@ -328,7 +337,7 @@ def tile_skip_predicates(kp: KernelPlan) -> list[list[tuple[Node, bool]]]:
     return out
 
 
-def _atoms_of(w: Pointwise, i: Var, j: Var) -> list[tuple[str, int, object]]:
+def _atoms_of(w: Pointwise, i: Var, j: Var) -> list[tuple[str, tuple]]:
     c, x, _ = w.args
     keep = not (isinstance(_strip_casts(x), Const) and _strip_casts(x).value == float("-inf"))
     return _keep_atoms(c, keep, i, j)[0]
