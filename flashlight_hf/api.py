@@ -144,6 +144,12 @@ def _symbolic_key(build_: Build, args: tuple, kwargs: dict) -> Any:
     return tuple(metas), tuple(repr(c) for c in constants if c is not None), str(spec)
 
 
+def _tracing() -> bool:
+    """Whether torch.compile or torch.export is tracing the caller right now."""
+    exporting = getattr(torch.compiler, "is_exporting", lambda: False)
+    return bool(torch.compiler.is_compiling() or exporting())
+
+
 def _fast_key(args: tuple, kwargs: dict) -> Any | None:
     """Exact-shape key for the common call ``f(t0, t1, ..., scalar...)``; None for nested args."""
     key = []
@@ -188,6 +194,12 @@ class CompiledAttention:
         fast = _fast_key(args, kwargs)
         b = self._fast.get(fast) if fast is not None else None
         if b is None:
+            if _tracing():
+                raise RuntimeError(
+                    f"flashlight: {getattr(self.fn, '__name__', 'the program')} has no kernel for these input "
+                    "shapes yet, and it cannot be generated while torch.compile / torch.export is tracing. "
+                    "Call the compiled function once eagerly with inputs of the same shapes and dtypes "
+                    "before compiling or exporting the code that uses it.")
             b = self.build_for(args, kwargs)
             if fast is not None:
                 self._fast[fast] = b

@@ -432,3 +432,57 @@ def test_torch_compile_backend_fuses_the_region_inside_a_layer(device: str):
     ref = _TinyLayer().to(device).double()
     ref.load_state_dict(layer.state_dict())
     assert_close(out, ref(x.double()), torch.float32)
+
+
+def gqa_repeat_interleave(q, k, v):
+    g = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)
+    return torch.softmax(q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5, dim=-1) @ v
+
+
+def functional_softmax_dtype(q, k, v):
+    s = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5
+    return torch.nn.functional.softmax(s, dim=-1, dtype=torch.float32).to(q.dtype) @ v
+
+
+def differential_scalar_lambda(q, k, v):
+    d = q.shape[-1] // 2
+    a1 = torch.softmax(q[..., :d] @ k[..., :d].mT * d ** -0.5, -1)
+    a2 = torch.softmax(q[..., d:] @ k[..., d:].mT * d ** -0.5, -1)
+    return a1 @ v - 0.35 * (a2 @ v)
+
+
+@pytest.mark.parametrize("fn", [gqa_repeat_interleave, functional_softmax_dtype, differential_scalar_lambda],
+                         ids=lambda f: f.__name__)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_more_spellings(fn, dtype: torch.dtype, device: str):
+    hk = 2 if fn is gqa_repeat_interleave else 4
+    q = torch.randn(2, 4, 29, 32, device=device, dtype=dtype)
+    k = torch.randn(2, hk, 35, 32, device=device, dtype=dtype)
+    v = torch.randn(2, hk, 35, 32, device=device, dtype=dtype)
+    launches: list[str] = []
+    remove = add_launch_hook(launches.append)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message="flashlight")
+            out = flashlight_hf.compile(fn)(q, k, v)
+    finally:
+        remove()
+    assert launches
+    assert_close(out, fn(q.double(), k.double(), v.double()), dtype)
+
+
+def test_torch_export_keeps_the_fused_op(device: str):
+    compiled = flashlight_hf.compile(softcap)
+    q, k, v = _inputs("vanilla", torch.float32, device, 17, 23)
+
+    class Wrapper(torch.nn.Module):
+        def forward(self, a, b, c):
+            return compiled(a, b, c) + 1.0
+
+    with pytest.raises(RuntimeError, match="Call the compiled function once eagerly"):
+        torch.export.export(Wrapper(), (q, k, v), strict=False)
+    compiled(q, k, v)  # generate the kernel eagerly; export then records the custom op
+    ep = torch.export.export(Wrapper(), (q, k, v), strict=False)
+    assert any(n.op == "call_function" and "flashlight.fused" in str(n.target) for n in ep.graph.nodes)
+    assert_close(ep.module()(q, k, v), softcap(q.double(), k.double(), v.double()) + 1.0, torch.float32)
