@@ -41,6 +41,8 @@ class LoadedModel:
         Raises what Transformers raises for a name it does not accept."""
         if impl == self.impl:
             return
+        if impl == "flashlight":
+            import flashlight_hf.hf  # noqa: F401  registers "flashlight" with Transformers
         can_switch = getattr(self.model, "_can_set_attn_implementation", lambda: True)()
         if can_switch:
             self.model.set_attn_implementation(impl)

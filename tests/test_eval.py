@@ -44,9 +44,17 @@ def assert_same_perplexity(results: dict, a: str = "eager", b: str = "sdpa") -> 
 def tiny_report(tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("tiny")
     # stride < window: overlapping windows, the recipe's context-only positions are exercised
-    results = run_eval(out, "--random-weights", "llama-tiny", "--impl", "eager,sdpa", "--max-tokens", "512",
-                       "--window", "128", "--stride", "96", *FAST)
+    results = run_eval(out, "--random-weights", "llama-tiny", "--impl", "eager,sdpa,flashlight", "--max-tokens",
+                       "512", "--window", "128", "--stride", "96", *FAST)
     return out, results
+
+
+def test_tiny_llama_flashlight_matches_eager(tiny_report):
+    """The generated kernels (through attn_implementation="flashlight") score like eager."""
+    _, results = tiny_report
+    assert rows(results)["flashlight"]["error"] is None, rows(results)["flashlight"]["error"]
+    assert_same_perplexity(results, "eager", "flashlight")
+    assert rows(results)["flashlight"]["max_abs_logit_diff"] < 1e-3
 
 
 def test_tiny_llama_eager_and_sdpa_agree(tiny_report):
