@@ -486,3 +486,34 @@ def test_torch_export_keeps_the_fused_op(device: str):
     ep = torch.export.export(Wrapper(), (q, k, v), strict=False)
     assert any(n.op == "call_function" and "flashlight.fused" in str(n.target) for n in ep.graph.nodes)
     assert_close(ep.module()(q, k, v), softcap(q.double(), k.double(), v.double()) + 1.0, torch.float32)
+
+
+def test_non_contiguous_inputs_are_read_through_strides(device: str):
+    """HF layouts: q/k/v as transposed views of [B, S, H, D]; the kernel reads them in place."""
+    q = torch.randn(2, 37, 4, 32, device=device).transpose(1, 2)
+    k = torch.randn(2, 41, 4, 32, device=device).transpose(1, 2)
+    v = torch.randn(2, 41, 4, 32, device=device).transpose(1, 2)
+    assert not q.is_contiguous()
+    seen: list = []
+    compiled = flashlight_hf.compile(causal_kv_offset)
+    compiled(q, k, v)  # build
+    build = next(iter(compiled._fast.values()))
+    original = build.kernel._launch
+    build.kernel._launch = lambda cfg, args, *rest: (seen.append(args), original(cfg, args, *rest))
+    try:
+        out = compiled(q, k, v)
+    finally:
+        build.kernel._launch = original
+    tensors = [a for a in seen[0] if isinstance(a, torch.Tensor)]
+    assert any(t.data_ptr() == q.data_ptr() and t.stride() == q.stride() for t in tensors), "q was copied"
+    assert_close(out, causal_kv_offset(q.double(), k.double(), v.double()), torch.float32)
+
+
+def test_explain_reports_ir_source_and_fallbacks(device: str):
+    args = _inputs("differential", torch.float32, device, 20, 24)
+    e = flashlight_hf.explain(differential, *args)
+    assert e.num_kernels == 1 and e.fallbacks == []
+    assert "reduce_max" in e.ir and "reduce_sum" in e.ir
+    assert len(e.sources) == 1 and "@triton.jit" in e.sources[0] and e.sources[0].count("# running max") >= 2
+    text = str(e)
+    assert text.startswith("kernels: 1") and "IR:" in text and "kernel 0 source:" in text
