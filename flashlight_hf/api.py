@@ -177,15 +177,14 @@ class CompiledAttention:
         functools.update_wrapper(self, fn)
 
     def build_for(self, args: tuple, kwargs: dict) -> Build:
-        for key_fn in (_spec_key,):
-            k = key_fn(args, kwargs)
-            if k in self._builds:
-                return self._builds[k]
+        k = _spec_key(args, kwargs)
+        if k in self._builds:
+            return self._builds[k]
         for skey, b in self._symbolic:
             if _symbolic_key(b, args, kwargs) == skey:
                 return b
         b = build(self.fn, args, kwargs)
-        self._builds[_spec_key(args, kwargs)] = b
+        self._builds[k] = b
         if b.symbolic and b.kernel is not None:
             self._symbolic.append((_symbolic_key(b, args, kwargs), b))
         return b

@@ -11,7 +11,7 @@ import torch
 import flashlight_hf.hf as fl_hf
 from flashlight_hf.compiler.runtime import add_launch_hook
 from flashlight_hf.model_zoo.configs import zoo_config
-from flashlight_hf.testing import assert_close, rel_error
+from flashlight_hf.testing import rel_error
 
 
 @pytest.fixture(scope="module")

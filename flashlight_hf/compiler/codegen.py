@@ -14,7 +14,7 @@ one variable is a 1-D block, two variables a 2-D block; broadcasting to a larger
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import sympy
@@ -34,16 +34,11 @@ class KernelSource:
     name: str
     source: str
     input_args: list[int]          # program inputs passed as pointers, in order
-    input_ranks: list[int]
     runtime_sizes: list[Any]       # sympy expressions / ints evaluated per call (args z0, z1, ...)
     grid_extents: list[Any]        # extents of the grid variables (sizes)
     row_extent: Any
     loop_extent: Any
     tile_pads: dict[str, int]
-    out_rank: int
-    out_axes_vars: list[list[Var | None]]
-    dot_dtype: torch.dtype | None
-    meta: dict[str, Any] = field(default_factory=dict)
 
 
 def _pow2(n: int) -> int:
@@ -277,7 +272,7 @@ class _Emitter:
 
     def key_loop(self, start: str, end: str, interior: bool) -> None:
         """One loop over key tiles. ``interior``: keys in range and analysed masks all true."""
-        kp, i, j, accs = self.kp, self.i, self.j, self.kp.accs
+        i, j, accs = self.i, self.j, self.kp.accs
         self.interior = interior
         self.emit(f"for start_j in range({start}, {end}, BLOCK_N):")
         self.indent += 1
@@ -348,7 +343,6 @@ class _Emitter:
     def contraction(self, body: Node, lay_acc: tuple[Var, ...]) -> str:
         """This key tile's contribution to a sum accumulator: ``tl.dot(P, V)`` or a row sum."""
         j = self.j
-        lay_body = self.layout(body)
         full = tuple(sorted(set(lay_acc) | {j}, key=lambda v: self.rank[v]))
         mj = self.broadcast("mask_j", (j,), full if len(full) <= 2 else (self.i, j))
         if len(full) <= 2:
@@ -586,10 +580,8 @@ def generate(kp: KernelPlan, *, interpret: bool, allow_tf32: bool = False) -> Ke
     out = em.value(kp.out_node, out_lay)
     # -- store ---------------------------------------------------------------------------------
     terms = []
-    out_axes_vars: list[list[Var | None]] = []
     for d, ax in enumerate(prog.out_axes):
         vs = [v for v, e in ax if v is not None]
-        out_axes_vars.append(vs)
         if not vs:
             continue
         # a merged axis (e.g. [Hk, G] -> H) is a mixed-radix number of its variables
@@ -626,7 +618,6 @@ def generate(kp: KernelPlan, *, interpret: bool, allow_tf32: bool = False) -> Ke
     ]
     src = "\n".join(header + em.lines) + "\n"
     return KernelSource(name=name, source=src, input_args=inputs,
-                        input_ranks=[len(prog.input_shapes[k]) for k in inputs], runtime_sizes=list(em.sizes),
+                        runtime_sizes=list(em.sizes),
                         grid_extents=[g.extent for g in kp.grid_vars], row_extent=i.extent,
-                        loop_extent=j.extent, tile_pads=pads, out_rank=len(prog.out_axes),
-                        out_axes_vars=out_axes_vars, dot_dtype=None)
+                        loop_extent=j.extent, tile_pads=pads)

@@ -20,7 +20,7 @@ import itertools
 import math
 import operator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable
 
 import sympy
 import torch
@@ -227,6 +227,11 @@ POINTWISE_BINARY = {
     "remainder": "mod", "floor_divide": "floordiv", "fmod": "mod", "atan2": "atan2",
     "logical_xor": "xor", "bitwise_xor": "xor", "__and__": "and", "__or__": "or", "__xor__": "xor",
 }
+
+
+_SIZE_OPS = {operator.add, operator.sub, operator.mul, operator.floordiv, operator.truediv, operator.neg,
+             operator.pow, operator.mod, torch.sym_float, torch.sym_int, math.sqrt,
+             aten.sym_size.int, aten.sym_numel.default, aten.sym_stride.int}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -487,13 +492,9 @@ class Labeller:
         args = [self.arg(a) for a in n.args]
         kwargs = {k: self.arg(v) for k, v in n.kwargs.items()}
         val = self.val(n)
-        # symbolic-size arithmetic (python operators on SymInts) and sym_size
-        if t in (operator.add, operator.sub, operator.mul, operator.floordiv, operator.truediv,
-                 operator.neg, operator.pow, operator.mod, torch.sym_float, torch.sym_int,
-                 math.sqrt, torch.sym_sqrt if hasattr(torch, "sym_sqrt") else math.sqrt) or \
-                t in (aten.sym_size.int, aten.sym_numel.default, aten.sym_stride.int):
-            if isinstance(val, (torch.SymInt, torch.SymFloat)):
-                return val
+        # symbolic-size arithmetic (python operators on SymInts) and sym_size: the traced value
+        # itself (a SymInt / SymFloat, or a number) is what later ops read
+        if t in _SIZE_OPS:
             return val
         if t in (aten._assert_tensor_metadata.default, aten._assert_scalar.default,
                  aten.sym_constrain_range_for_size.default) or str(t).startswith("aten._assert"):
@@ -502,9 +503,6 @@ class Labeller:
         packet = name.split(".")[0]
         dtype = val.dtype if isinstance(val, torch.Tensor) else torch.float32
 
-        if t in (aten.clone.default, aten.contiguous.default, aten.alias.default, aten.detach.default,
-                 aten.lift_fresh_copy.default, aten.view.dtype if False else aten.clone.default):
-            return args[0]
         if packet in ("clone", "alias", "detach", "lift_fresh_copy", "contiguous", "dropout") and isinstance(args[0], LT):
             if packet == "dropout" and len(args) > 1 and args[1] not in (0, 0.0):
                 raise Unsupported(n.name, "dropout with p > 0")

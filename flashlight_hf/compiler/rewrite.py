@@ -21,8 +21,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-import torch
-
 from flashlight_hf.compiler.ir import (Const, IExpr, Index, Load, Node, Pointwise, Program, Reduce,
                                        Unsupported, Var, is_one, map_indices, size_eq)
 
@@ -75,7 +73,6 @@ class KernelPlan:
     tile_vars: list[Var]
     out_node: Node
     accs: list[Acc] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
     # Key-range bounds derived from the masks: ("lo", alts) means keys j < min(a*i + c over
     # alts) are masked out for row i, ("hi", alts) means keys j > max(a*i + c over alts) are
     # (several alternatives come from an OR: PrefixLM's ``j <= i or j < P``); tiles outside are
@@ -513,6 +510,3 @@ def _online(out: Node, j: Var) -> tuple[Node, list[Acc]]:
 
     return go(out), accs
 
-
-__all__ = ["Acc", "RunningMax", "KernelPlan", "plan", "walk", "Const", "Index", "Load", "IExpr",
-           "torch"]
