@@ -133,9 +133,9 @@ def _patch_flash_name_check() -> None:
     ``tests/test_hf_front_door.py`` fails loudly if it moves)."""
     import transformers.utils.generic as generic
 
-    original = generic.is_flash_attention_requested
-    if getattr(original, "__wrapped__", None) is not None:
-        return
+    original = getattr(generic, "is_flash_attention_requested", None)
+    if original is None or getattr(original, "__wrapped__", None) is not None:
+        return  # a Transformers without the name check, or already patched
     patched = _not_flash_attention(original)
     for mod in list(sys.modules.values()):
         if getattr(mod, "__name__", "").startswith("transformers") and \

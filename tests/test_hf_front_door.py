@@ -38,6 +38,17 @@ def test_registered_in_both_interfaces():
     assert "flashlight" in AttentionMaskInterface._global_mapping
 
 
+def test_flash_name_check_excludes_flashlight():
+    """Transformers' "flash in the name" check must not claim our implementation (private API:
+    this fails loudly if the function moves or the patch stops applying)."""
+    import transformers.utils.generic as generic
+
+    check = generic.is_flash_attention_requested
+    assert getattr(check, "__wrapped__", None) is not None, "the flash-name patch did not apply"
+    assert not check(requested_attention_implementation="flashlight")
+    assert check(requested_attention_implementation="flash_attention_2")
+
+
 def test_logits_match_eager_with_left_padding(models):
     eager, fused = models
     ids, mask = _batch()
