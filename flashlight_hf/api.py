@@ -183,6 +183,12 @@ class CompiledAttention:
         for skey, b in self._symbolic:
             if _symbolic_key(b, args, kwargs) == skey:
                 return b
+        if _tracing():
+            raise RuntimeError(
+                f"flashlight: {getattr(self.fn, '__name__', 'the program')} has no kernel for these input "
+                "shapes yet, and it cannot be generated while torch.compile / torch.export is tracing. "
+                "Call the compiled function once eagerly with inputs of the same shapes and dtypes "
+                "before compiling or exporting the code that uses it.")
         b = build(self.fn, args, kwargs)
         self._builds[k] = b
         if b.symbolic and b.kernel is not None:
@@ -193,17 +199,9 @@ class CompiledAttention:
         fast = _fast_key(args, kwargs)
         b = self._fast.get(fast) if fast is not None else None
         if b is None:
-            if _tracing():
-                raise RuntimeError(
-                    f"flashlight: {getattr(self.fn, '__name__', 'the program')} has no kernel for these input "
-                    "shapes yet, and it cannot be generated while torch.compile / torch.export is tracing. "
-                    "Call the compiled function once eagerly with inputs of the same shapes and dtypes "
-                    "before compiling or exporting the code that uses it.")
             b = self.build_for(args, kwargs)
             if fast is not None:
                 self._fast[fast] = b
-        if b.kernel is not None and not kwargs:
-            return torch.ops.flashlight.fused(b.op_key, [a for a in args if isinstance(a, torch.Tensor)])
         if b.kernel is None:
             assert b.fallback is not None
             if b.fallback not in self._warned:
@@ -211,7 +209,9 @@ class CompiledAttention:
                 warnings.warn(f"flashlight: running {getattr(self.fn, '__name__', 'the program')} unfused "
                               f"(eager PyTorch): node {b.fallback[0]!r}: {b.fallback[1]}", stacklevel=2)
             return self.fn(*args, **kwargs)
-        tensors, _, _ = cap.split_args(args, kwargs)
+        # the fast key admits only flat positional arguments, so the tensors are those of args
+        tensors = [a for a in args if isinstance(a, torch.Tensor)] if fast is not None else \
+            cap.split_args(args, kwargs)[0]
         return torch.ops.flashlight.fused(b.op_key, tensors)
 
 

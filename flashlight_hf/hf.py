@@ -105,11 +105,21 @@ def flashlight_attention_forward(module: torch.nn.Module, query: torch.Tensor, k
 _CONSUMED_BEFORE_ATTENTION = {"past_key_values", "past_key_value"}
 
 
+_last_additive: list = [None, None, None, None]  # (bool mask, its version, dtype, additive mask)
+
+
 def _additive(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-    """Boolean keep-mask -> the additive float mask the families' eager code expects."""
+    """Boolean keep-mask -> the additive float mask the families' eager code expects.
+
+    Every layer of a forward pass receives the same mask object; it is converted once."""
     if mask is None or mask.dtype != torch.bool:
         return mask
-    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+    version = mask._version  # bumped by in-place writes: a mask edited in place is converted again
+    if _last_additive[0] is mask and _last_additive[1] == version and _last_additive[2] == dtype:
+        return _last_additive[3]
+    out = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+    _last_additive[:] = [mask, version, dtype, out]
+    return out
 
 
 def _not_flash_attention(original: Callable) -> Callable:

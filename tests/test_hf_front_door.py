@@ -111,3 +111,12 @@ def test_smollm2_perplexity_flashlight_equals_sdpa(tmp_path):
     assert runs["flashlight"]["error"] is None, runs["flashlight"]["error"]
     a, b = runs["sdpa"]["perplexity"], runs["flashlight"]["perplexity"]
     assert 2 < a < 200 and abs(a - b) / a <= 1e-4, (a, b)
+
+
+def test_mask_conversion_is_shared_by_layers_but_not_stale():
+    mask = torch.rand(1, 1, 4, 6) > 0.3
+    a = fl_hf._additive(mask, torch.float32)
+    assert fl_hf._additive(mask, torch.float32) is a  # the next layer reuses it
+    mask[..., 0] = ~mask[..., 0]  # edited in place: converted again
+    b = fl_hf._additive(mask, torch.float32)
+    assert torch.equal(b == 0, mask)
