@@ -23,6 +23,10 @@ import torch
 from flashlight_hf.compiler.ir import Const, IExpr, Index, Load, Node, Pointwise, Reduce, Unsupported, Var
 from flashlight_hf.compiler.rewrite import Acc, KernelPlan, RunningMax, _mul_factors, walk
 
+LOG2E = 1.4426950408889634  # softmax streams run in base 2: exp(x) = exp2(x·log2 e)
+LN2 = 0.6931471805599453
+FLT_MAX = 3.4028234663852886e38
+
 _TL_DTYPE = {torch.float32: "tl.float32", torch.float16: "tl.float16", torch.bfloat16: "tl.bfloat16",
              torch.float64: "tl.float64", torch.int32: "tl.int32", torch.int64: "tl.int64", torch.bool: "tl.int1"}
 
@@ -179,7 +183,8 @@ class _Emitter:
         if self.phase == "loop" and key in self.loop_names:
             return self.loop_names[key]
         if isinstance(x, Acc):
-            return self.acc_names[id(x)]
+            name = self.acc_names[id(x)]
+            return f"({name} * {LN2!r})" if x.kind == "max" else name  # max accumulators hold log2 units
         in_loop = self.kp.loop_var in x.vars or isinstance(x, RunningMax) or _has_running_max(x)
         if in_loop and self.phase != "loop":
             raise Unsupported("codegen", f"a key-loop value ({_hint(x)} over {sorted(v.name for v in x.vars)}) "
@@ -193,7 +198,13 @@ class _Emitter:
         if self.interior and isinstance(x, Pointwise) and self.skey(x) in self.bounded:
             return self.value(self.bounded[self.skey(x)], lay)  # the mask keeps every key here
         if isinstance(x, RunningMax):
-            return f"m_safe_{self.acc_names[id(x.acc)]}"
+            return f"(m_safe_{self.acc_names[id(x.acc)]} * {LN2!r})"  # log2 units -> natural
+        if isinstance(x, Pointwise) and x.op == "exp":
+            online = self.online_exp(x, lay)
+            if online is not None:
+                name = self.tmp("exp")
+                self.emit(f"{name} = {online}  # exp, in base 2 against the running max")
+                return name
         if isinstance(x, Const):
             if isinstance(x.value, (sympy.Expr,)):
                 return self.size(x.value)
@@ -285,13 +296,13 @@ class _Emitter:
         for k, a in enumerate(accs):
             if a.kind == "max":
                 lay_full = tuple(sorted(set(self.layout(a)) | {j}, key=lambda v: self.rank[v]))
-                body = self.f32(a.body, lay_full)
+                body, scale = self.log2_scaled(a.body, lay_full)
                 if not interior:
                     body = f"tl.where({self.broadcast('mask_j', (j,), lay_full)}, {body}, float(\"-inf\"))"
-                self.emit(f"m_tile{k} = tl.max({body}, axis={lay_full.index(j)})")
+                self.emit(f"m_tile{k} = tl.max({body}, axis={lay_full.index(j)}) * {scale}  # in log2 units")
                 self.emit(f"m_new_acc{k} = tl.maximum(acc{k}, m_tile{k})  # running max")
                 self.emit(f"m_safe_acc{k} = tl.where(m_new_acc{k} == float(\"-inf\"), 0.0, m_new_acc{k})")
-                self.emit(f"alpha{k} = tl.exp(acc{k} - m_safe_acc{k})  # rescales the sums tied to this max")
+                self.emit(f"alpha{k} = tl.exp2(acc{k} - m_safe_acc{k})  # rescales the sums tied to this max")
         for k, a in enumerate(accs):
             if a.kind != "sum":
                 continue
@@ -302,9 +313,12 @@ class _Emitter:
                     raise Unsupported("codegen", "a softmax-tied accumulator without the row variable")
                 kt = accs.index(a.tied)
                 scale = f"alpha{kt}" if len(lay_acc) <= 1 else f"alpha{kt}[:, None]"
-            contrib = self.contraction(a.body, lay_acc)
-            if scale:
-                self.emit(f"acc{k} = acc{k} * {scale} + {contrib}  # online rescale + this key tile")
+            carried = f"acc{k} * {scale}" if scale else f"acc{k}"
+            contrib = self.contraction(a.body, lay_acc, carried)
+            if contrib.startswith("tl.dot("):  # the MMA accumulates into the rescaled state in place
+                self.emit(f"acc{k} = {contrib}  # {'online rescale + ' if scale else ''}this key tile")
+            elif scale:
+                self.emit(f"acc{k} = {carried} + {contrib}  # online rescale + this key tile")
             else:
                 self.emit(f"acc{k} = acc{k} + {contrib}")
         for k, a in enumerate(accs):
@@ -340,8 +354,9 @@ class _Emitter:
         self.indent += 1
         return True
 
-    def contraction(self, body: Node, lay_acc: tuple[Var, ...]) -> str:
-        """This key tile's contribution to a sum accumulator: ``tl.dot(P, V)`` or a row sum."""
+    def contraction(self, body: Node, lay_acc: tuple[Var, ...], carried: str) -> str:
+        """This key tile's contribution to a sum accumulator: ``tl.dot(P, V, carried)`` (the MMA
+        adds into the carried state) or a row sum (the caller adds it)."""
         j = self.j
         full = tuple(sorted(set(lay_acc) | {j}, key=lambda v: self.rank[v]))
         mj = self.broadcast("mask_j", (j,), full if len(full) <= 2 else (self.i, j))
@@ -380,7 +395,85 @@ class _Emitter:
             prec = ', input_precision="tf32"' if (self.allow_tf32 and not self.interpret) else ', input_precision="ieee"'
         else:
             p_op, v_op, prec = f"{p_name}.to({_TL_DTYPE[dt]})", f"{v_name}.to({_TL_DTYPE[dt]})", ""
-        return f"tl.dot({p_op}, {v_op}{prec})"
+        return f"tl.dot({p_op}, {v_op}, {carried}{prec})"
+
+    def log2_scaled(self, x: Node, lay: tuple[Var, ...]) -> tuple[str, str]:
+        """``x·log2 e`` for a softmax stream that runs in base 2: ``(pre, post)`` with
+        ``max(x·log2 e) = tl.max(pre) · post`` and ``exp2(x·log2 e − m) = exp2(pre · post − m)``.
+
+        ``exp2`` is the hardware's exponential; a constant scale of the scores (``q·k·d^-½``)
+        folds with log2 e into one multiply-add ``s·(c·log2 e) − m`` per score where ``exp``
+        costs a multiply, a subtract and its own multiply by log2 e. Huge finite values (a
+        ``finfo.min`` mask) must not overflow to −inf when scaled (a fully masked row is uniform in
+        eager, not NaN): those terms are clamped to the most negative finite float."""
+        x = self._strip_scaling_noise(x)
+        base, c = x, 1.0
+        while isinstance(base, Pointwise) and base.op == "mul":
+            k = _positive_const(base.args[1]) or _positive_const(base.args[0])
+            if k is None:
+                break
+            c *= k
+            base = base.args[0] if _positive_const(base.args[1]) else base.args[1]
+            base = self._strip_scaling_noise(base)
+        if _overflow_free(base):
+            return self.f32(base, lay), repr(c * LOG2E)
+        key = ("log2", self.skey(x), lay)
+        cache = self.loop_names if self.phase == "loop" else self.names
+        if key not in cache:
+            name = self.tmp("s2")
+            self.emit(f"{name} = {self.scaled(x, LOG2E, lay)}  # scores in log2 units")
+            cache[key] = name
+        return cache[key], "1.0"
+
+    def _strip_scaling_noise(self, x: Node) -> Node:
+        """Drop what does not change a score's value here: masks the interior tiles keep
+        everywhere, and widening casts."""
+        while True:
+            if self.interior and isinstance(x, Pointwise) and self.skey(x) in self.bounded:
+                x = self.bounded[self.skey(x)]
+            elif isinstance(x, Pointwise) and x.op == "cast" and x.dtype in (torch.float32, torch.float64) \
+                    and x.args[0].dtype in (torch.float16, torch.bfloat16, torch.float32):
+                x = x.args[0]
+            else:
+                return x
+
+    def scaled(self, x: Node, k: float, lay: tuple[Var, ...]) -> str:
+        """``x·k`` distributed over adds and selects, constants folded and clamped (see log2_scaled)."""
+        x = self._strip_scaling_noise(x)
+        if isinstance(x, Const) and isinstance(x.value, (int, float)) and not isinstance(x.value, bool):
+            v = float(x.value) * k
+            if abs(v) > FLT_MAX and math.isfinite(float(x.value)):  # would overflow float32
+                v = math.copysign(FLT_MAX, v)
+            return 'float("-inf")' if v == -math.inf else 'float("inf")' if v == math.inf else repr(v)
+        if isinstance(x, Pointwise):
+            if x.op == "mul":
+                for a, b in (x.args, x.args[::-1]):
+                    c = _positive_const(b)
+                    if c is not None:
+                        return self.scaled(a, k * c, lay)
+            if x.op in ("add", "sub"):
+                a, b = (self.scaled(y, k, lay) for y in x.args)
+                return f"({a} {'+' if x.op == 'add' else '-'} {b})"
+            if x.op == "where":
+                cond = self.value(x.args[0], lay)
+                a, b = (self.scaled(y, k, lay) for y in x.args[1:])
+                return f"tl.where({cond}, {a}, {b})"
+        v = self.f32(x, lay)
+        if _overflow_free(x):
+            return f"{v} * {k!r}"
+        # a loaded bias may hold finfo.min: keep −inf and NaN, clamp finite overflow
+        return f"tl.where({v} > float(\"-inf\"), tl.maximum({v} * {k!r}, {-FLT_MAX!r}), {v})"
+
+    def online_exp(self, x: Pointwise, lay: tuple[Var, ...]) -> str | None:
+        """``exp(y − M)`` with ``M`` a running max (log2 units) as ``exp2(y·log2 e − M)``."""
+        arg = x.args[0]
+        while isinstance(arg, Pointwise) and arg.op == "cast" and arg.dtype in (torch.float32, torch.float64):
+            arg = arg.args[0]
+        if not (isinstance(arg, Pointwise) and arg.op == "sub" and isinstance(arg.args[1], RunningMax)):
+            return None
+        pre, post = self.log2_scaled(arg.args[0], lay)
+        m = self.broadcast(f"m_safe_{self.acc_names[id(arg.args[1].acc)]}", self.layout(arg.args[1]), lay)
+        return f"tl.exp2({pre} - {m})" if post == "1.0" else f"tl.exp2({pre} * {post} - {m})"
 
     def dot_operand(self, x: Node) -> str:
         name = self.node(x)
@@ -529,7 +622,7 @@ def generate(kp: KernelPlan, *, interpret: bool, allow_tf32: bool = False) -> Ke
         em.emit(f"acc{k} = tl.full([{shape}], {init}, tl.float32)  # {a.kind} over {j.name}")
         if a.init is not None:
             start = em.f32(a.init, lay)
-            em.emit(f"acc{k} = tl.maximum(acc{k}, {start})  # the max starts from a key-independent value (sink)")
+            em.emit(f"acc{k} = tl.maximum(acc{k}, {start} * {LOG2E!r})  # the max starts from a key-independent value (sink), log2 units")
     em.emit("")
     em.emit("# key-independent values the loop uses, computed once")
     for a in accs:
@@ -621,3 +714,31 @@ def generate(kp: KernelPlan, *, interpret: bool, allow_tf32: bool = False) -> Ke
                         runtime_sizes=list(em.sizes),
                         grid_extents=[g.extent for g in kp.grid_vars], row_extent=i.extent,
                         loop_extent=j.extent, tile_pads=pads)
+
+
+def _positive_const(x: Node) -> float | None:
+    """The value of a finite positive numeric constant, else None."""
+    if isinstance(x, Const) and isinstance(x.value, (int, float)) and not isinstance(x.value, bool):
+        v = float(x.value)
+        if math.isfinite(v) and v > 0:
+            return v
+    return None
+
+
+def _overflow_free(x: Node) -> bool:
+    """Whether ``x`` cannot hold a value near the float range's edge: no loaded float outside a
+    contraction (a bias tensor may hold finfo.min) and no huge finite constant."""
+    stack = [x]
+    while stack:
+        y = stack.pop()
+        if isinstance(y, Reduce):
+            continue  # a dot product of finite inputs
+        if isinstance(y, Load) and y.dtype.is_floating_point:
+            return False
+        if isinstance(y, Const) and isinstance(y.value, (int, float)) and not isinstance(y.value, bool) \
+                and math.isfinite(float(y.value)) and abs(float(y.value)) > 1e30:
+            return False
+        if isinstance(y, (Acc, RunningMax)):
+            return False
+        stack.extend(y.children())
+    return True

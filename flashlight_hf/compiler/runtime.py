@@ -106,6 +106,7 @@ class LaunchConfig:
 # Candidates tried per shape bucket on a GPU; the interpreter uses the first that fits.
 CONFIGS = [
     LaunchConfig(128, 64, 4, 3), LaunchConfig(128, 64, 8, 3), LaunchConfig(128, 128, 8, 3),
+    LaunchConfig(128, 128, 4, 3), LaunchConfig(128, 64, 4, 4), LaunchConfig(128, 64, 8, 2),
     LaunchConfig(64, 64, 4, 3), LaunchConfig(64, 32, 4, 2), LaunchConfig(32, 32, 4, 2),
 ]
 
