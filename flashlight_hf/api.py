@@ -90,7 +90,9 @@ def build(fn: Callable, args: tuple, kwargs: dict) -> Build:
         return Build(None, None, None, None, ("capture", str(exc)))
     tensors, constants, spec = cap.split_args(args, kwargs)
     interpret, tf32 = _interpret(), torch.backends.cuda.matmul.allow_tf32
-    disk_key = diskcache.build_key(static, tensors, constants, interpret=interpret, allow_tf32=tf32) \
+    ws = os.environ.get("FLASHLIGHT_WARP_SPECIALIZE", "0") == "1" and not interpret
+    disk_key = diskcache.build_key(static, tensors, constants, interpret=interpret, allow_tf32=tf32,
+                                   warp_specialize=ws) \
         if diskcache.enabled() else None
     cached = diskcache.load(disk_key) if disk_key else None
     if cached is not None:
@@ -115,7 +117,7 @@ def build(fn: Callable, args: tuple, kwargs: dict) -> Build:
         except (cap.CaptureError, Unsupported):
             pass  # keep the static specialisation: exact shapes become part of the cache key
     try:
-        src = generate(kplan, interpret=interpret, allow_tf32=tf32)
+        src = generate(kplan, interpret=interpret, allow_tf32=tf32, warp_specialize=ws)
         kernel = CompiledKernel(prog, src)
     except Unsupported as exc:
         return Build(None, prog, kplan, None, (exc.node, exc.reason))

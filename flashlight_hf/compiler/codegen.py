@@ -69,6 +69,7 @@ class _Emitter:
         self.acc_names: dict[int, str] = {}
         self.skeys: dict[int, Any] = {}
         self.keep: list[Node] = []  # keeps keyed nodes alive so their ids stay unique
+        self.warp_specialize = False
         self.interior = False
         self.pads = {v.name: _pow2(v.extent) for v in kp.tile_vars}
         self.bounded = {self.skey(w): kept for w, kept in kp.bounded_masks}
@@ -285,7 +286,10 @@ class _Emitter:
         """One loop over key tiles. ``interior``: keys in range and analysed masks all true."""
         i, j, accs = self.i, self.j, self.kp.accs
         self.interior = interior
-        self.emit(f"for start_j in range({start}, {end}, BLOCK_N):")
+        if interior and self.warp_specialize:  # producer/consumer warps (FLASHLIGHT_WARP_SPECIALIZE=1)
+            self.emit(f"for start_j in tl.range({start}, {end}, BLOCK_N, warp_specialize=True):")
+        else:
+            self.emit(f"for start_j in range({start}, {end}, BLOCK_N):")
         self.indent += 1
         self.phase = "loop"
         self.loop_names = {}
@@ -584,9 +588,11 @@ def _hint(x: Node) -> str:
     return "t"
 
 
-def generate(kp: KernelPlan, *, interpret: bool, allow_tf32: bool = False) -> KernelSource:
+def generate(kp: KernelPlan, *, interpret: bool, allow_tf32: bool = False,
+             warp_specialize: bool = False) -> KernelSource:
     """Emit one forward kernel for ``kp``. Raises :class:`Unsupported` for shapes it cannot tile."""
     em = _Emitter(kp, interpret, allow_tf32)
+    em.warp_specialize = warp_specialize
     prog = kp.program
     i, j = kp.row_var, kp.loop_var
     out_lay = em.layout(kp.out_node)

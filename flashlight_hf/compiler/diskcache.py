@@ -41,7 +41,7 @@ def enabled() -> bool:
 
 
 def build_key(static: Captured, tensors: Sequence[torch.Tensor], constants: Sequence[Any], *,
-              interpret: bool, allow_tf32: bool) -> str:
+              interpret: bool, allow_tf32: bool, warp_specialize: bool = False) -> str:
     h = hashlib.sha256()
     gm = static.graph_module
     h.update(gm.code.encode())
@@ -52,7 +52,7 @@ def build_key(static: Captured, tensors: Sequence[torch.Tensor], constants: Sequ
     for t in tensors:
         h.update(f"{t.dtype}:{t.dim()}:{t.device.type}".encode())
     h.update(repr([c for c in constants if c is not None]).encode())
-    h.update(f"{interpret}:{allow_tf32}:{torch.__version__}:{triton.__version__}:{__version__}:"
+    h.update(f"{interpret}:{allow_tf32}:{warp_specialize}:{torch.__version__}:{triton.__version__}:{__version__}:"
              f"{_compiler_fingerprint()}".encode())
     return h.hexdigest()[:32]
 

@@ -106,7 +106,7 @@ class LaunchConfig:
 # Candidates tried per shape bucket on a GPU; the interpreter uses the first that fits.
 CONFIGS = [
     LaunchConfig(128, 64, 4, 3), LaunchConfig(128, 64, 8, 3), LaunchConfig(128, 128, 8, 3),
-    LaunchConfig(128, 128, 4, 3), LaunchConfig(128, 64, 4, 4), LaunchConfig(128, 64, 8, 2),
+    LaunchConfig(128, 128, 4, 3),
     LaunchConfig(64, 64, 4, 3), LaunchConfig(64, 32, 4, 2), LaunchConfig(32, 32, 4, 2),
 ]
 
@@ -145,6 +145,13 @@ class CompiledKernel:
         return out
 
     def _candidates(self) -> list[LaunchConfig]:
+        forced = os.environ.get("FLASHLIGHT_CONFIGS")
+        if forced:  # "BLOCK_M,BLOCK_N,num_warps,num_stages;..." : tune over these only
+            try:
+                return [LaunchConfig(*(int(x) for x in c.split(","))) for c in forced.split(";") if c.strip()]
+            except (TypeError, ValueError):
+                raise ValueError(f"FLASHLIGHT_CONFIGS={forced!r}: expected 'BLOCK_M,BLOCK_N,num_warps,num_stages' "
+                                 "entries separated by ';', e.g. '128,64,4,3;128,128,8,3'") from None
         widest = max(self.source.tile_pads.values(), default=64)
         if widest >= 256:
             return [c for c in CONFIGS if c.block_m * c.block_n <= 64 * 64]
