@@ -24,6 +24,7 @@ from typing import Any, Callable
 import torch
 
 from flashlight_hf.api import CompiledAttention, compile as fl_compile
+from flashlight_hf.masks import MaskSpec, NotStructural, SafeSoftmax, closure_signature, keep_from_structure
 
 NAME = "flashlight"
 _compiled: dict[Any, CompiledAttention] = {}
@@ -36,13 +37,49 @@ def _warn_once(key: str, message: str) -> None:
         warnings.warn(message, stacklevel=3)
 
 
-def flashlight_mask(*args: Any, **kwargs: Any) -> torch.Tensor:
-    """A boolean [B, 1, Q, K] mask (True = attend), built by Transformers' SDPA mask function."""
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+def flashlight_mask(*args: Any, **kwargs: Any) -> "MaskSpec | torch.Tensor":
+    """The mask as structure (:class:`flashlight_hf.masks.MaskSpec`: offsets, mask function,
+    padding) for the generated kernel to evaluate as index predicates; a boolean ``[B, 1, Q, K]``
+    tensor (Transformers' SDPA builder, never "skipped") where the pieces cannot be traced."""
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, causal_mask_function
 
+    spec = _mask_spec(kwargs, causal_mask_function) if not args else None
+    if spec is not None:
+        return spec
     kwargs["allow_is_causal_skip"] = False  # never hand the kernel "no mask, assume causal"
     kwargs.pop("allow_is_bidirectional_skip", None)
     return ALL_MASK_ATTENTION_FUNCTIONS["sdpa"](*args, **kwargs)
+
+
+def _mask_spec(kw: dict, default_fn: Callable) -> MaskSpec | None:
+    """The mask interface's keyword arguments as a MaskSpec, or None (then a tensor is built)."""
+    if kw.get("use_vmap") or "batch_size" not in kw or "kv_length" not in kw:
+        return None  # a custom mask function that needs vmap: not index arithmetic we can trace
+    fn = kw.get("mask_function") or default_fn
+    try:
+        closure_signature(fn)
+    except NotStructural:
+        return None
+    q_length, q_offset = kw.get("q_length"), kw.get("q_offset")
+    cache_position = kw.get("cache_position")
+    if q_length is None:  # Transformers versions that pass cache_position instead
+        if cache_position is None:
+            return None
+        q_length = int(cache_position.shape[0])
+    if q_offset is None:
+        q_offset = int(cache_position[0]) if cache_position is not None and q_length else 0
+    kv_length, kv_offset = int(kw["kv_length"]), int(kw.get("kv_offset") or 0)
+    pad = kw.get("attention_mask")
+    device = kw.get("device") or (pad.device if pad is not None else torch.device("cpu"))
+    if pad is not None:
+        if pad.dim() != 2:
+            return None
+        short = kv_offset + kv_length - pad.shape[-1]
+        if short > 0:  # the 2-D mask may be shorter than the cache: missing keys are not real tokens
+            pad = torch.nn.functional.pad(pad.to(torch.bool), (0, short), value=False)
+    return MaskSpec(batch_size=int(kw["batch_size"]), q_length=int(q_length), kv_length=kv_length,
+                    q_offset=int(q_offset), kv_offset=kv_offset, mask_function=fn, padding=pad,
+                    device=torch.device(device))
 
 
 def _eager_forward_of(module: torch.nn.Module) -> Callable:
@@ -86,6 +123,10 @@ def flashlight_attention_forward(module: torch.nn.Module, query: torch.Tensor, k
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
     names = tuple(sorted(tensor_kwargs))
+    extra = [tensor_kwargs[n] for n in names]
+    if isinstance(attention_mask, MaskSpec):
+        return _structured(module, eager, query, key, value, attention_mask, float(scaling), names, extra,
+                           const_kwargs), None
     key_ = (type(module), eager, float(scaling), getattr(module, "num_key_value_groups", 1), names,
             tuple(sorted((k, repr(v)) for k, v in const_kwargs.items())))
     fn = _compiled.get(key_)
@@ -97,8 +138,37 @@ def flashlight_attention_forward(module: torch.nn.Module, query: torch.Tensor, k
 
         program.__name__ = f"{type(module).__name__}_attention"
         fn = _compiled[key_] = fl_compile(program)
-    extra = [tensor_kwargs[n] for n in names]
     return fn(query, key, value, _additive(attention_mask, query.dtype), *extra), None
+
+
+def _structured(module: torch.nn.Module, eager: Callable, query: torch.Tensor, key: torch.Tensor,
+                value: torch.Tensor, spec: MaskSpec, scaling: float, names: tuple, extra: list,
+                const_kwargs: dict) -> torch.Tensor:
+    """The family's eager attention with the mask built *inside* the traced program from its
+    pieces: the generated kernel evaluates it as index predicates (loop bounds where it can).
+
+    Masked scores are −inf (a select the key-bound analysis reads), so a query row that sees no
+    key at all — a left-padding position — would be 0/0; it outputs 0 instead (:class:`SafeSoftmax`),
+    as SDPA's and FlashAttention's kernels do (eager's finfo.min mask averages every value there).
+    Only such padding rows differ from eager; no other row reads them (their keys are masked too)."""
+    sig, mask_tensors = spec.structure()
+    n_mask = len(mask_tensors)
+    key_ = (type(module), eager, scaling, getattr(module, "num_key_value_groups", 1), names,
+            tuple(sorted((k, repr(v)) for k, v in const_kwargs.items())), sig)
+    fn = _compiled.get(key_)
+    if fn is None:
+        mask_function = spec.mask_function
+
+        def program(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
+            keep = keep_from_structure(sig, mask_function, q, k, list(rest[:n_mask]))
+            bias = torch.where(keep, 0.0, float("-inf")).to(q.dtype)
+            with SafeSoftmax():  # rows with no visible key: 0, not NaN (forward and backward)
+                return eager(module, q, k, v, bias, scaling=scaling, dropout=0.0, **const_kwargs,
+                             **dict(zip(names, rest[n_mask:])))[0]
+
+        program.__name__ = f"{type(module).__name__}_attention_structured_mask"
+        fn = _compiled[key_] = fl_compile(program)
+    return fn(query, key, value, *mask_tensors, *extra)
 
 
 # Layers hand these to attention but consume them themselves (the KV cache is already applied).

@@ -14,14 +14,14 @@ one variable is a 1-D block, two variables a 2-D block; broadcasting to a larger
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import sympy
 import torch
 
 from flashlight_hf.compiler.ir import Const, IExpr, Index, Load, Node, Pointwise, Reduce, Unsupported, Var
-from flashlight_hf.compiler.rewrite import Acc, KernelPlan, RunningMax, _mul_factors, walk
+from flashlight_hf.compiler.rewrite import Acc, KernelPlan, RunningMax, RuntimeOffset, _mul_factors, walk
 
 LOG2E = 1.4426950408889634  # softmax streams run in base 2: exp(x) = exp2(x·log2 e)
 LN2 = 0.6931471805599453
@@ -43,6 +43,8 @@ class KernelSource:
     row_extent: Any
     loop_extent: Any
     tile_pads: dict[str, int]
+    acc_widths: list = field(default_factory=list)  # per accumulator: its columns per row (partials)
+    split: "tuple[KernelSource, KernelSource] | None" = None  # split-KV (partials, combine) pair
 
 
 def _pow2(n: int) -> int:
@@ -590,7 +592,24 @@ def _hint(x: Node) -> str:
 
 def generate(kp: KernelPlan, *, interpret: bool, allow_tf32: bool = False,
              warp_specialize: bool = False) -> KernelSource:
-    """Emit one forward kernel for ``kp``. Raises :class:`Unsupported` for shapes it cannot tile."""
+    """Emit the forward kernel for ``kp`` and, where the accumulators allow it, its split-KV pair
+    (``KernelSource.split``). Raises :class:`Unsupported` for shapes it cannot tile."""
+    main = _generate(kp, interpret, allow_tf32, warp_specialize, "single")
+    try:
+        part = _generate(kp, interpret, allow_tf32, warp_specialize, "split")
+        combine = _generate(kp, interpret, allow_tf32, warp_specialize, "combine")
+        main.split = (part, combine)
+    except Unsupported:
+        main.split = None  # decode runs the single kernel
+    return main
+
+
+def _generate(kp: KernelPlan, interpret: bool, allow_tf32: bool, warp_specialize: bool,
+              mode: str) -> KernelSource:
+    """One kernel. ``mode``: ``single`` (the whole key axis per program); ``split`` (a share of
+    the key axis per program, accumulators written as partials: decoding, where a few query rows
+    meet a long KV cache and one program per row tile would leave most of the GPU idle);
+    ``combine`` (merges the partials with their log-sum-exp rescaling, then the epilogue)."""
     em = _Emitter(kp, interpret, allow_tf32)
     em.warp_specialize = warp_specialize
     prog = kp.program
@@ -603,9 +622,14 @@ def generate(kp: KernelPlan, *, interpret: bool, allow_tf32: bool = False,
     # -- coordinates -------------------------------------------------------------------------
     em.emit("# program coordinates: one program per (row tile, grid point)")
     em.emit("pid = tl.program_id(0)")
+    if mode == "split":
+        em.emit("split = pid % NUM_SPLITS  # which share of the key axis this program reduces")
+        em.emit("pid = pid // NUM_SPLITS")
     em.emit(f"n_row_tiles = tl.cdiv({em.size(i.extent)}, BLOCK_M)")
     em.emit("tile_m = pid % n_row_tiles")
     em.emit("rest = pid // n_row_tiles")
+    if mode != "single":
+        em.emit("grid_lin = rest  # the grid point as one number: its block of the partials")
     for g in reversed(kp.grid_vars):
         em.emit(f"idx_{g.name} = rest % {em.size(g.extent)}")
         em.emit(f"rest = rest // {em.size(g.extent)}")
@@ -627,51 +651,16 @@ def generate(kp: KernelPlan, *, interpret: bool, allow_tf32: bool = False,
         init = 'float("-inf")' if a.kind == "max" else "0.0"
         em.emit(f"acc{k} = tl.full([{shape}], {init}, tl.float32)  # {a.kind} over {j.name}")
         if a.init is not None:
-            start = em.f32(a.init, lay)
-            em.emit(f"acc{k} = tl.maximum(acc{k}, {start} * {LOG2E!r})  # the max starts from a key-independent value (sink), log2 units")
-    em.emit("")
-    em.emit("# key-independent values the loop uses, computed once")
-    for a in accs:
-        for x in walk(a.body):
-            if j not in x.vars and not _has_running_max(x) and not isinstance(x, (Const, RunningMax, Acc)):
-                em.node(x)
-    em.emit("")
-    sk = em.size(j.extent)
-    em.emit("# key tiles this row tile touches (block sparsity derived from the masks), and the")
-    em.emit("# interior ones where every key is in range and every analysed mask keeps it")
-    em.emit("row_lo = tile_m * BLOCK_M")
-    em.emit(f"row_hi = tl.minimum(tile_m * BLOCK_M + BLOCK_M, {em.size(i.extent)}) - 1")
-    def bound_value(kind: str, alts: tuple, row: str) -> str:
-        """One bound's key index for ``row``: an OR of atoms keeps the widest of them."""
-        terms = [f"{row} * {a} + {em.size(c) if not isinstance(c, int) else c}" for a, c in alts]
-        fn = "tl.maximum" if kind == "hi" else "tl.minimum"
-        out = terms[0]
-        for t in terms[1:]:
-            out = f"{fn}({out}, {t})"
-        return out
-
-    def fold(name: str, start: str, kind: str, row: str, extra: str = "", note: str = "") -> None:
-        """``name`` narrowed by every bound of one kind, evaluated at ``row``."""
-        em.emit(f"{name} = {start}")
-        fn = "maximum" if kind == "lo" else "minimum"
-        for k, alts in kp.key_bounds:
-            if k == kind:
-                em.emit(f"{name} = tl.{fn}({name}, {bound_value(kind, alts, row)}{extra}){note}")
-
-    fold("key_lo", "0", "lo", "row_lo", note="  # keys below are masked for every row")
-    em.emit("key_lo = (key_lo // BLOCK_N) * BLOCK_N")
-    fold("key_hi", sk, "hi", "row_hi", " + 1", "  # keys above are masked for every row")
-    fold("interior_lo", "key_lo", "lo", "row_hi")
-    em.emit("interior_lo = tl.minimum(tl.cdiv(interior_lo, BLOCK_N) * BLOCK_N, key_hi)")
-    fold("interior_hi", sk, "hi", "row_lo", " + 1")
-    em.emit("interior_hi = tl.minimum(tl.maximum((interior_hi // BLOCK_N) * BLOCK_N, interior_lo), key_hi)")
-    for start_, end_, interior, what in (("key_lo", "interior_lo", False, "boundary tiles before the interior"),
-                                         ("interior_lo", "interior_hi", True, "interior tiles: no masks evaluated"),
-                                         ("interior_hi", "key_hi", False, "boundary tiles after the interior")):
-        em.emit("")
-        em.emit(f"# {what}")
-        em.key_loop(start_, end_, interior)
-    em.phase = "post"
+            start = em.scaled(a.init, LOG2E, lay)
+            em.emit(f"acc{k} = tl.maximum(acc{k}, {start})  # the max starts from a key-independent value "
+                    "(a sink or a floor), log2 units")
+    if mode == "combine":
+        _emit_combine(em, kp, pads)
+    else:
+        _emit_key_loops(em, kp, mode)
+    if mode == "split":
+        _emit_partial_stores(em, kp, pads)
+        return _assemble(em, kp, pads, mode, with_out=False)
 
     # -- epilogue ------------------------------------------------------------------------------
     em.emit("")
@@ -695,18 +684,146 @@ def generate(kp: KernelPlan, *, interpret: bool, allow_tf32: bool = False,
         raise Unsupported("output", f"the output does not vary along {missing}")
     mask = em.bounds_mask(out_lay)
     em.emit(f"tl.store(out_ptr + {' + '.join(terms)}, {out}.to(out_ptr.dtype.element_ty), mask={mask})")
+    return _assemble(em, kp, pads, mode, with_out=True)
 
-    # -- assemble -------------------------------------------------------------------------------
+
+def _emit_key_loops(em: "_Emitter", kp: KernelPlan, mode: str) -> None:
+    """The loop ranges (block sparsity from the masks; a split's share) and the three loops."""
+    i, j, accs = kp.row_var, kp.loop_var, kp.accs
+    em.emit("")
+    em.emit("# key-independent values the loop uses, computed once")
+    for a in accs:
+        for x in walk(a.body):
+            if j not in x.vars and not _has_running_max(x) and not isinstance(x, (Const, RunningMax, Acc)):
+                em.node(x)
+    em.emit("")
+    sk = em.size(j.extent)
+    em.emit("# key tiles this row tile touches (block sparsity derived from the masks), and the")
+    em.emit("# interior ones where every key is in range and every analysed mask keeps it")
+    em.emit("row_lo = tile_m * BLOCK_M")
+    em.emit(f"row_hi = tl.minimum(tile_m * BLOCK_M + BLOCK_M, {em.size(i.extent)}) - 1")
+    def offset(c: Any) -> str:
+        """A bound's constant: an int, a size expression, or one with run-time terms."""
+        if isinstance(c, RuntimeOffset):
+            parts = [offset(c.const)] + [f"{coef} * {em.value(node)}" for node, coef in c.terms]
+            return "(" + " + ".join(parts) + ")"
+        return str(c) if isinstance(c, int) else em.size(c)
+
+    def bound_value(kind: str, alts: tuple, row: str) -> str:
+        """One bound's key index for ``row``: an OR of atoms keeps the widest of them."""
+        terms = [f"{row} * {a} + {offset(c)}" for a, c in alts]
+        fn = "tl.maximum" if kind == "hi" else "tl.minimum"
+        out = terms[0]
+        for t in terms[1:]:
+            out = f"{fn}({out}, {t})"
+        return out
+
+    def fold(name: str, start: str, kind: str, row: str, extra: str = "", note: str = "") -> None:
+        """``name`` narrowed by every bound of one kind, evaluated at ``row``."""
+        em.emit(f"{name} = {start}")
+        fn = "maximum" if kind == "lo" else "minimum"
+        for k, alts in kp.key_bounds:
+            if k == kind:
+                em.emit(f"{name} = tl.{fn}({name}, {bound_value(kind, alts, row)}{extra}){note}")
+
+    fold("key_lo", "0", "lo", "row_lo", note="  # keys below are masked for every row")
+    em.emit("key_lo = (key_lo // BLOCK_N) * BLOCK_N")
+    fold("key_hi", sk, "hi", "row_hi", " + 1", "  # keys above are masked for every row")
+    fold("interior_lo", "key_lo", "lo", "row_hi")
+    em.emit("interior_lo = tl.minimum(tl.cdiv(interior_lo, BLOCK_N) * BLOCK_N, key_hi)")
+    fold("interior_hi", sk, "hi", "row_lo", " + 1")
+    em.emit("interior_hi = tl.minimum(tl.maximum((interior_hi // BLOCK_N) * BLOCK_N, interior_lo), key_hi)")
+    if mode == "split":
+        em.emit("# this program's share: whole key tiles [split_lo, split_hi)")
+        em.emit(f"chunk = tl.cdiv(tl.cdiv({sk}, NUM_SPLITS), BLOCK_N) * BLOCK_N")
+        em.emit("split_lo = split * chunk")
+        em.emit("key_lo = tl.maximum(key_lo, split_lo)")
+        em.emit("key_hi = tl.maximum(tl.minimum(key_hi, split_lo + chunk), key_lo)")
+        em.emit("interior_lo = tl.minimum(tl.maximum(interior_lo, key_lo), key_hi)")
+        em.emit("interior_hi = tl.minimum(tl.maximum(interior_hi, interior_lo), key_hi)")
+    for start_, end_, interior, what in (("key_lo", "interior_lo", False, "boundary tiles before the interior"),
+                                         ("interior_lo", "interior_hi", True, "interior tiles: no masks evaluated"),
+                                         ("interior_hi", "key_hi", False, "boundary tiles after the interior")):
+        em.emit("")
+        em.emit(f"# {what}")
+        em.key_loop(start_, end_, interior)
+    em.phase = "post"
+
+
+def _partial_ptr(em: "_Emitter", kp: KernelPlan, k: int, lay: tuple, pads: dict, split: str) -> tuple[str, str]:
+    """Address and mask of accumulator ``k``'s partials: a ``[NUM_SPLITS, grid, rows, width]`` block."""
+    i = kp.row_var
+    if not lay or lay[0] is not i or len(lay) > 2:
+        raise Unsupported("split", "an accumulator that is not per row (or per row and value column)")
+    rows = em.size(i.extent)
+    if len(lay) == 1:
+        return f"part{k}_ptr + ({split} * n_grid + grid_lin) * {rows} + offs_i", "mask_i"
+    w = pads[lay[1].name]
+    return (f"part{k}_ptr + (({split} * n_grid + grid_lin) * {rows} + offs_i[:, None]) * {w} + "
+            f"offs_{lay[1].name}[None, :]", "mask_i[:, None]")
+
+
+def _emit_partial_stores(em: "_Emitter", kp: KernelPlan, pads: dict) -> None:
+    em.phase = "post"
+    em.emit("")
+    em.emit("# this share's accumulators (max in log2 units, sums against that max) for the combine kernel")
+    for k, a in enumerate(kp.accs):
+        ptr, mask = _partial_ptr(em, kp, k, em.layout(a), pads, "split")
+        em.emit(f"tl.store({ptr}, acc{k}, mask={mask})")
+
+
+def _emit_combine(em: "_Emitter", kp: KernelPlan, pads: dict) -> None:
+    """Merge the shares: the running max over shares, each sum rescaled to it (log-sum-exp)."""
+    accs = kp.accs
+    em.emit("")
+    em.emit("# merge the shares of the key axis, as the key loop merges tiles")
+    em.emit("for s in range(0, NUM_SPLITS):")
+    em.indent += 1
+    for k, a in enumerate(accs):
+        if a.kind != "max":
+            continue
+        ptr, mask = _partial_ptr(em, kp, k, em.layout(a), pads, "s")
+        em.emit(f"m_part{k} = tl.load({ptr}, mask={mask}, other=float(\"-inf\"))")
+        em.emit(f"m_new_acc{k} = tl.maximum(acc{k}, m_part{k})")
+        em.emit(f"m_safe_acc{k} = tl.where(m_new_acc{k} == float(\"-inf\"), 0.0, m_new_acc{k})")
+        em.emit(f"alpha{k} = tl.exp2(acc{k} - m_safe_acc{k})")
+        em.emit(f"beta{k} = tl.exp2(m_part{k} - m_safe_acc{k})  # this share's sums, to the merged max")
+    for k, a in enumerate(accs):
+        if a.kind != "sum":
+            continue
+        lay = em.layout(a)
+        ptr, mask = _partial_ptr(em, kp, k, lay, pads, "s")
+        em.emit(f"part{k} = tl.load({ptr}, mask={mask}, other=0.0)")
+        if a.tied is None:
+            em.emit(f"acc{k} = acc{k} + part{k}")
+        else:
+            kt = accs.index(a.tied)
+            sfx = "[:, None]" if len(lay) > 1 else ""
+            em.emit(f"acc{k} = acc{k} * alpha{kt}{sfx} + part{k} * beta{kt}{sfx}")
+    for k, a in enumerate(accs):
+        if a.kind == "max":
+            em.emit(f"acc{k} = m_new_acc{k}")
+    em.indent -= 1
+    em.phase = "post"
+
+
+def _assemble(em: "_Emitter", kp: KernelPlan, pads: dict, mode: str, *, with_out: bool) -> KernelSource:
+    prog, i, j = kp.program, kp.row_var, kp.loop_var
     inputs = sorted(em.inputs)
     params = []
     for k in inputs:
         params.append(f"in{k}_ptr")
         params += [f"in{k}_s{d}" for d in range(len(prog.input_shapes[k]))]
-    params.append("out_ptr")
-    params += [f"out_s{d}" for d in range(len(prog.out_axes))]
+    if mode != "single":
+        params += [f"part{k}_ptr" for k in range(len(kp.accs))] + ["n_grid"]
+    if with_out:
+        params.append("out_ptr")
+        params += [f"out_s{d}" for d in range(len(prog.out_axes))]
     params += [f"z{k}" for k in range(len(em.sizes))]
     params += ["BLOCK_M: tl.constexpr", "BLOCK_N: tl.constexpr"]
-    name = "flashlight_fwd"
+    if mode != "single":
+        params.append("NUM_SPLITS: tl.constexpr")
+    name = {"single": "flashlight_fwd", "split": "flashlight_fwd_split", "combine": "flashlight_fwd_combine"}[mode]
     header = [
         "import triton",
         "import triton.language as tl",
@@ -716,10 +833,11 @@ def generate(kp: KernelPlan, *, interpret: bool, allow_tf32: bool = False,
         f"def {name}(" + ", ".join(params) + "):",
     ]
     src = "\n".join(header + em.lines) + "\n"
+    widths = [tuple(pads[v.name] for v in em.layout(a)[1:]) for a in kp.accs]
     return KernelSource(name=name, source=src, input_args=inputs,
                         runtime_sizes=list(em.sizes),
                         grid_extents=[g.extent for g in kp.grid_vars], row_extent=i.extent,
-                        loop_extent=j.extent, tile_pads=pads)
+                        loop_extent=j.extent, tile_pads=pads, acc_widths=widths)
 
 
 def _positive_const(x: Node) -> float | None:

@@ -876,19 +876,31 @@ class Labeller:
         return LT(axes, node)
 
     def gather(self, n: torch.fx.Node, x: LT, indices: list, dtype: torch.dtype) -> LT:
+        """``x[i0, i1, ...]``: index tensors on the leading axes of a program input (a padding mask
+        read at ``[batch, key]``, an ALiBi slope per head, document ids per key). The index
+        tensors broadcast together; each replaces its axis's variable in the load."""
         if not isinstance(x.node, Load):
             raise Unsupported(n.name, "indexing a computed tensor (only program inputs can be gathered from)")
-        idx_lts = [i for i in indices if i is not None]
-        if len(idx_lts) != len(indices) or len(indices) != 1:
-            raise Unsupported(n.name, "advanced indexing other than one index tensor on the first axis")
-        idx = idx_lts[0]
-        real = [(v, e) for v, e in x.axes[0] if not is_one(e)]
-        if len(real) != 1 or real[0][0] is None:
-            raise Unsupported(n.name, "gather along a merged axis")
-        v = self.find(real[0][0])
-        new_index = tuple(idx.node if (isinstance(e, IExpr) and e.op == "var" and self.find(e.args[0]) is v) else e
-                          for e in x.node.index)
-        return LT(idx.axes + x.axes[1:], Load(x.node.dtype, x.node.input, new_index))
+        if not indices or any(i is None for i in indices) or len(indices) > x.ndim:
+            raise Unsupported(n.name, "advanced indexing other than index tensors on the leading axes")
+        if not all(isinstance(i, LT) for i in indices):
+            raise Unsupported(n.name, "an index that is not a tensor")
+        replace: dict[Var, Node] = {}
+        for k, idx in enumerate(indices):
+            real = [(v, e) for v, e in x.axes[k] if not is_one(e)]
+            if len(real) > 1 or (real and real[0][0] is None):
+                raise Unsupported(n.name, "gather along a merged axis")
+            if not real:
+                continue  # a size-1 axis: every index is 0 (out of range otherwise, as in eager)
+            replace[self.find(real[0][0])] = idx
+        axes = self.broadcast(n.name, list(indices))[0] if len(indices) > 1 else indices[0].axes
+        new_index = []
+        for e in x.node.index:
+            if isinstance(e, IExpr) and e.op == "var" and self.find(e.args[0]) in replace:
+                new_index.append(replace[self.find(e.args[0])].node)
+            else:
+                new_index.append(e)
+        return LT(list(axes) + list(x.axes[len(indices):]), Load(x.node.dtype, x.node.input, tuple(new_index)))
 
     # -- output ----------------------------------------------------------------------------
     def finish(self, n: torch.fx.Node) -> Program:

@@ -20,6 +20,9 @@ node, and the caller runs the program unfused.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
 
 from flashlight_hf.compiler.ir import (Const, IExpr, Index, Load, Node, Pointwise, Program, Reduce,
                                        Unsupported, Var, is_one, map_indices, size_eq)
@@ -115,6 +118,73 @@ def _strip_casts(x: Node) -> Node:
     return x
 
 
+@dataclass(frozen=True)
+class RuntimeOffset:
+    """A key bound's constant part that includes run-time values: ``const + Σ coef·node``
+    (``const`` an int or size expression; each node a per-program integer such as a KV-cache
+    offset loaded from a tensor). Supports the ``± int`` the bound derivation applies."""
+
+    const: Any
+    terms: tuple
+
+    def __add__(self, k: Any) -> "RuntimeOffset":
+        return RuntimeOffset(self.const + k, self.terms)
+
+    def __sub__(self, k: Any) -> "RuntimeOffset":
+        return RuntimeOffset(self.const - k, self.terms)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RuntimeOffset) and self.const == other.const and \
+            len(self.terms) == len(other.terms) and all(a is b and x == y for (a, x), (b, y) in zip(self.terms, other.terms))
+
+    def __hash__(self) -> int:
+        return hash((str(self.const), tuple((id(a), x) for a, x in self.terms)))
+
+
+def _is_const(x: Node, value: float) -> bool:
+    x = _strip_casts(x)
+    return isinstance(x, Const) and not isinstance(x.value, bool) and isinstance(x.value, (int, float)) \
+        and float(x.value) == value
+
+
+def _additive_masks_as_selects(root: Node) -> Node:
+    """``s + where(keep, 0, −inf)`` → ``where(keep, s, −inf)`` (and the mirrored forms).
+
+    Transformers' eager attention adds its mask to the scores; as a select it is a mask the
+    key-bound analysis reads (whole tiles skipped, interior tiles free of it). Exact for every
+    finite or −inf score (``s + 0 = s``, ``s + −inf = −inf``)."""
+    memo: dict[int, Node] = {}
+
+    def go(x: Node) -> Node:
+        if id(x) in memo:
+            return memo[id(x)]
+        r = x
+        if isinstance(x, Pointwise):
+            args = tuple(go(a) for a in x.args)
+            r = x if all(a is b for a, b in zip(args, x.args)) else Pointwise(x.dtype, x.op, args)
+            if x.op == "add":
+                for s_, w in (args, args[::-1]):
+                    ws = _strip_casts(w)
+                    if isinstance(ws, Pointwise) and ws.op == "where" and ws.dtype.is_floating_point:
+                        c, a, b = ws.args
+                        if _is_const(a, 0.0) and _is_const(b, float("-inf")):
+                            r = Pointwise(x.dtype, "where", (c, s_, Const(x.dtype, float("-inf"))))
+                            break
+                        if _is_const(a, float("-inf")) and _is_const(b, 0.0):
+                            r = Pointwise(x.dtype, "where", (c, Const(x.dtype, float("-inf")), s_))
+                            break
+        elif isinstance(x, Reduce):
+            arg = go(x.arg)
+            r = x if arg is x.arg else Reduce(x.dtype, x.op, x.var, arg)
+        elif isinstance(x, Load) and any(isinstance(e, Node) for e in x.index):
+            idx = tuple(go(e) if isinstance(e, Node) else e for e in x.index)
+            r = Load(x.dtype, x.input, idx)
+        memo[id(x)] = r
+        return r
+
+    return go(root)
+
+
 def plan(program: Program) -> KernelPlan:
     """Classify variables, demote the key axis and rewrite every softmax stream to online form."""
     out = program.output
@@ -159,7 +229,7 @@ def plan(program: Program) -> KernelPlan:
         if not isinstance(v.extent, int) or v.extent > MAX_TILE_EXTENT:
             raise Unsupported(v.name, f"value head dim of extent {v.extent} is too large for one tile")
     grid = [v for v in out_vars if v is not row and v not in value_dims]
-    rewritten, accs = _online(out, j)
+    rewritten, accs = _online(_additive_masks_as_selects(out), j)
     kp = KernelPlan(program=program, grid_vars=grid, row_var=row, loop_var=j, tile_vars=tile_vars,
                     out_node=rewritten, accs=accs)
     kp.key_bounds, kp.bounded_masks = key_bounds(kp)
@@ -202,6 +272,11 @@ def _affine(x: Node, i: Var, j: Var) -> dict | None:
     if isinstance(x, Pointwise) and x.op == "neg":
         a = _affine(x.args[0], i, j)
         return None if a is None else {k: -v for k, v in a.items()}
+    if i not in x.vars and j not in x.vars and x.dtype in (torch.int32, torch.int64) \
+            and not any(isinstance(y, (Reduce,)) for y in walk(x)):
+        # a run-time integer the same for every row and key of a program (a KV-cache offset
+        # read from a tensor): an opaque term of the bound, evaluated once per program
+        return {1: 0, x: 1}
     return None
 
 
@@ -241,14 +316,18 @@ def _keep_atoms(pred: Node, keep: bool, i: Var, j: Var) -> tuple[list[tuple[str,
         op = pred.op if keep else {"lt": "ge", "le": "gt", "gt": "le", "ge": "lt"}[pred.op]
         d = _add_affine(a, b, -1)  # d (op) 0
         cj, ci, c = d.get(j, 0), d.get(i, 0), d.get(1, 0)
+        terms = {k: v for k, v in d.items() if isinstance(k, Node) and v != 0}
         if cj not in (1, -1) or ci not in (-1, 0, 1):
             return [], False
         if cj == -1:  # -j + ci*i + c (op) 0  ->  j (flipped op) ci*i + c
             op = {"lt": "gt", "le": "ge", "gt": "lt", "ge": "le"}[op]
         else:         # j + ci*i + c (op) 0  ->  j (op) -ci*i - c
             ci, c = -ci, -c
+            terms = {k: -v for k, v in terms.items()}
         if ci not in (0, 1):
             return [], False
+        if terms:  # run-time terms ride along with the constant: c + Σ coef·value
+            c = RuntimeOffset(c, tuple(sorted(terms.items(), key=lambda kv: id(kv[0]))))
         # now: j (op) ci*i + c
         if op == "lt":
             return [("hi", ((ci, c - 1),))], True
@@ -258,6 +337,13 @@ def _keep_atoms(pred: Node, keep: bool, i: Var, j: Var) -> tuple[list[tuple[str,
             return [("lo", ((ci, c + 1),))], True
         return [("lo", ((ci, c),))], True
     return [], False
+
+
+def _scalar_offset(c: Any, kp: KernelPlan) -> bool:
+    """Run-time bound terms must be one value per program (vary at most with the grid)."""
+    if not isinstance(c, RuntimeOffset):
+        return True
+    return all(node.vars <= set(kp.grid_vars) for node, _ in c.terms)
 
 
 def key_bounds(kp: KernelPlan) -> tuple[list[tuple[str, tuple]], list[tuple[Node, Node]]]:
@@ -289,7 +375,7 @@ def key_bounds(kp: KernelPlan) -> tuple[list[tuple[str, tuple]], list[tuple[Node
                 exact.append((body, kept))
             body = _strip_casts(kept)
         bounds = found if bounds is None else [b for b in bounds if b in found]
-    bounds = bounds or []
+    bounds = [b for b in (bounds or []) if all(_scalar_offset(c, kp) for _, c in b[1])]
     # a mask is skipped in interior tiles only if all its bounds are enforced for the loop
     exact = [(w, kept) for w, kept in exact if all(b in bounds for b in _atoms_of(w, i, j))]
     return bounds, exact

@@ -111,6 +111,12 @@ CONFIGS = [
 ]
 
 
+# Decoding (split-KV): few query rows per program, key tiles of 64; at most this many shares.
+DECODE_MAX_ROWS = 16
+DECODE_CONFIG = LaunchConfig(16, 64, 4, 2)
+MAX_SPLITS = 64
+
+
 def _bucket(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
@@ -136,6 +142,11 @@ class CompiledKernel:
         exprs = out_extents + list(src.runtime_sizes) + [src.row_extent, src.loop_extent] + list(src.grid_extents)
         self._sizes = SizeFunction(self.program, exprs)
         self._n_out, self._n_rt = len(out_extents), len(src.runtime_sizes)
+        self._split = None
+        if src.split is not None:  # the split-KV pair: compiled by Triton on first use only
+            part, combine = src.split
+            self._split = tuple((load_kernel(k), SizeFunction(self.program, list(k.runtime_sizes)))
+                                for k in (part, combine))
 
     def bound_inputs(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         device = tensors[0].device if tensors else torch.device("cpu")
@@ -207,10 +218,61 @@ class CompiledKernel:
         args.append(out)
         args += out.stride()
         args += runtime
+        splits = self._num_splits(rows, keys, n_grid, device)
+        if splits > 1:
+            return self._launch_split(inputs, out, rows, keys, n_grid, splits)
         cfg = self._choose(args, rows, keys, n_grid, device)
         for hook in _launch_hooks:
             hook(self.source.name)
         self._launch(cfg, args, rows, n_grid)
+        return out
+
+    # -- split-KV (decoding) ----------------------------------------------------------------------
+    def _num_splits(self, rows: int, keys: int, n_grid: int, device: torch.device) -> int:
+        """How many shares of the key axis: enough programs to fill the GPU when a few query
+        rows meet a long KV cache (a decode step), each share at least two key tiles."""
+        if self._split is None:
+            return 1
+        forced = os.environ.get("FLASHLIGHT_SPLIT_KV")
+        if forced is not None:
+            return max(1, int(forced))
+        if rows > DECODE_MAX_ROWS:
+            return 1
+        sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+        programs = triton.cdiv(rows, DECODE_CONFIG.block_m) * n_grid
+        want = (2 * sms) // max(programs, 1)
+        by_keys = keys // (2 * DECODE_CONFIG.block_n)
+        n = min(want, by_keys, MAX_SPLITS)
+        return 1 << (n.bit_length() - 1) if n >= 2 else 1
+
+    def _launch_split(self, inputs: list, out: torch.Tensor, rows: int, keys: int, n_grid: int,
+                      splits: int) -> torch.Tensor:
+        (part_fn, part_sizes), (comb_fn, comb_sizes) = self._split
+        part_src, comb_src = self.source.split
+        cfg = DECODE_CONFIG
+        dev = out.device
+        partials = [torch.empty((splits, n_grid, rows, *w), dtype=torch.float32, device=dev)
+                    for w in part_src.acc_widths]
+        for hook in _launch_hooks:
+            hook(part_src.name)
+        args: list[Any] = []
+        for k in part_src.input_args:
+            args.append(inputs[k])
+            args += inputs[k].stride()
+        args += partials + [n_grid] + list(part_sizes(inputs))
+        grid = (triton.cdiv(rows, cfg.block_m) * n_grid * splits,)
+        part_fn[grid](*args, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, NUM_SPLITS=splits,
+                      num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        for hook in _launch_hooks:
+            hook(comb_src.name)
+        args = []
+        for k in comb_src.input_args:
+            args.append(inputs[k])
+            args += inputs[k].stride()
+        args += partials + [n_grid, out, *out.stride()] + list(comb_sizes(inputs))
+        grid = (triton.cdiv(rows, cfg.block_m) * n_grid,)
+        comb_fn[grid](*args, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, NUM_SPLITS=splits,
+                      num_warps=4, num_stages=1)
         return out
 
 

@@ -1,0 +1,176 @@
+"""Masks as structure: what the "flashlight" mask function hands the attention function.
+
+Transformers' mask interface gives every backend the pieces of a mask — ``q_length``/``kv_length``,
+the query and key offsets (a KV cache), an index-based ``mask_function(b, h, q_idx, kv_idx)``
+(causal, sliding window, chunked, packed sequences, …) and the 2-D padding mask — and asks it to
+build whatever it wants. SDPA builds a ``[B, 1, Q, K]`` boolean tensor; we keep the pieces
+(:class:`MaskSpec`) and let the generated kernel evaluate them as index predicates:
+
+* offsets travel as a small int tensor (a run-time value of the kernel), so one kernel serves
+  every decode step; the key-bound analysis turns ``kv_idx <= q_idx`` with those offsets into a
+  loop range (tiles above the diagonal or outside a window are never visited);
+* padding becomes a per-sequence key range ``[start, end)`` when every row's kept keys are one
+  run (left or right padding) — again loop bounds — and a per-key gather otherwise;
+* tensors the mask function closes over (packed-sequence ids, position ids, block ids) become
+  kernel inputs: the function is re-assembled around the traced tensors inside the program.
+
+What cannot be expressed this way (a mask function that needs ``vmap``, a closure over an
+object we do not know) is built as a boolean tensor by Transformers' SDPA mask builder and
+loaded per tile — correct, just not structural.
+"""
+
+from __future__ import annotations
+
+import types
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import torch
+
+
+class NotStructural(Exception):
+    """The mask function holds something we cannot re-assemble inside a traced program."""
+
+
+@dataclass
+class MaskSpec:
+    """The pieces of one attention mask, as the mask interface received them."""
+
+    batch_size: int
+    q_length: int
+    kv_length: int
+    q_offset: int
+    kv_offset: int
+    mask_function: Callable
+    padding: torch.Tensor | None  # bool [B, >= kv_offset + kv_length]: True = a real token
+    device: torch.device
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    def structure(self) -> tuple[tuple, list[torch.Tensor]]:
+        """``(signature, tensors)``: the signature keys the compiled program (what changes the
+        code), the tensors are its run-time inputs (offsets, padding, closed-over ids)."""
+        if "structure" not in self._cache:
+            fn_sig, fn_tensors = closure_signature(self.mask_function)
+            offsets = torch.tensor([self.q_offset, self.kv_offset], dtype=torch.int64, device=self.device)
+            pad_kind, pad_tensors = self._padding()
+            sig = ("mask", fn_sig, pad_kind, len(fn_tensors))
+            self._cache["structure"] = (sig, [offsets, *pad_tensors, *fn_tensors])
+        return self._cache["structure"]
+
+    def _padding(self) -> tuple[str, list[torch.Tensor]]:
+        """No padding, per-row key ranges, or the padding mask itself (a gather per key)."""
+        pad = self.padding
+        if pad is None:
+            return "none", []
+        pad = pad[:, : self.kv_offset + self.kv_length].to(device=self.device, dtype=torch.bool)
+        kept = pad.sum(-1)
+        start = pad.to(torch.int8).argmax(-1)
+        start = torch.where(kept > 0, start, torch.zeros_like(start))
+        pos = torch.arange(pad.shape[-1], device=pad.device)
+        run = (pos[None, :] >= start[:, None]) & (pos[None, :] < (start + kept)[:, None])
+        flags = torch.stack([pad.all(), (run == pad).all()]).tolist()  # one host sync for both answers
+        if flags[0]:
+            return "none", []  # every key is a real token: nothing to mask
+        if flags[1]:
+            ranges = torch.stack([start, start + kept], dim=-1).to(torch.int64)
+            return "ranges", [ranges]
+        return "gather", [pad]
+
+
+def closure_signature(fn: Callable) -> tuple[tuple, list[torch.Tensor]]:
+    """A hashable description of a mask function's closure tree, and the tensors it holds (in a
+    fixed order). Functions are named by their code object; plain values are part of the key."""
+    tensors: list[torch.Tensor] = []
+
+    def sig(obj: Any) -> Any:
+        if isinstance(obj, torch.Tensor):
+            tensors.append(obj)
+            return ("tensor", obj.dtype, obj.dim())
+        if isinstance(obj, (bool, int, float, str, type(None))):
+            return ("value", type(obj).__name__, obj)
+        if isinstance(obj, (tuple, list)):
+            return (type(obj).__name__, tuple(sig(x) for x in obj))
+        if isinstance(obj, types.FunctionType):
+            cells = tuple(sig(c.cell_contents) for c in (obj.__closure__ or ()))
+            return ("fn", obj.__module__, obj.__qualname__, id(obj.__code__), cells)
+        raise NotStructural(f"the mask function closes over a {type(obj).__name__}")
+
+    return sig(fn), tensors
+
+
+def rebuild_closure(fn: Callable, tensors: Iterator[torch.Tensor]) -> Callable:
+    """``fn`` with every tensor in its closure tree replaced by the next of ``tensors`` (the
+    traced program's inputs), in the order :func:`closure_signature` listed them."""
+
+    def swap(obj: Any) -> Any:
+        if isinstance(obj, torch.Tensor):
+            return next(tensors)
+        if isinstance(obj, (tuple, list)):
+            return type(obj)(swap(x) for x in obj)
+        if isinstance(obj, types.FunctionType) and obj.__closure__:
+            cells = tuple(types.CellType(swap(c.cell_contents)) for c in obj.__closure__)
+            new = types.FunctionType(obj.__code__, obj.__globals__, obj.__name__, obj.__defaults__, cells)
+            new.__kwdefaults__ = obj.__kwdefaults__
+            return new
+        return obj
+
+    return swap(fn)
+
+
+def keep_from_structure(spec_sig: tuple, mask_function: Callable, q: torch.Tensor, k: torch.Tensor,
+                        tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Inside the traced program: the boolean keep-mask ``[B, 1, Q, K]`` from the pieces.
+
+    ``q``/``k`` give the sizes (``[B, H, Q, D]`` / ``[B, Hk, K, D]``), so lengths stay symbolic;
+    the offsets are read from a tensor, so they stay run-time values."""
+    _, _, pad_kind, _ = spec_sig
+    it = iter(tensors)
+    offsets = next(it)
+    b, q_len, kv_len = q.shape[0], q.shape[-2], k.shape[-2]
+    dev = q.device
+    batch_idx = torch.arange(b, device=dev)[:, None, None, None]
+    head_idx = torch.arange(1, device=dev)[None, :, None, None]
+    q_idx = (torch.arange(q_len, device=dev) + offsets[0])[None, None, :, None]
+    kv_idx = (torch.arange(kv_len, device=dev) + offsets[1])[None, None, None, :]
+    pad_tensors = [next(it)] if pad_kind != "none" else []
+    fn = rebuild_closure(mask_function, it)
+    keep = fn(batch_idx, head_idx, q_idx, kv_idx)
+    if pad_kind == "ranges":
+        ranges = pad_tensors[0]
+        start = ranges[:, 0][:, None, None, None]
+        end = ranges[:, 1][:, None, None, None]
+        keep = keep & (kv_idx >= start) & (kv_idx < end)
+    elif pad_kind == "gather":
+        keep = keep & pad_tensors[0][batch_idx, kv_idx]
+    return keep
+
+
+class SafeSoftmax(torch.overrides.TorchFunctionMode):
+    """Softmax whose rows with no visible key are 0 (not NaN), for the traced front-door program.
+
+    With masks as −inf selects, a query row that sees no key (a left-padding position) has a
+    softmax of 0/0. SDPA's and FlashAttention's kernels output 0 there, and so do we — but the
+    custom op's backward recomputes the *program* under autograd, and softmax's backward through
+    a NaN row poisons every key's gradient. Inside this mode the family's softmax is spelled out
+    as ``exp(x − max(m, finfo.min)) / (Σ or 1)``: the same values everywhere else, 0 on empty rows,
+    finite gradients, and a form the generator's online-softmax rewrite reads directly."""
+
+    _SOFTMAX = {torch.softmax, torch.nn.functional.softmax, torch.Tensor.softmax, torch.special.softmax}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        kwargs = kwargs or {}
+        if func in self._SOFTMAX:
+            return _safe_softmax(*args, **kwargs)
+        return func(*args, **kwargs)
+
+
+def _safe_softmax(x: torch.Tensor, dim: int | None = None, _stacklevel: int = 3,
+                  dtype: torch.dtype | None = None) -> torch.Tensor:
+    if dim is None:
+        raise ValueError("flashlight: softmax without dim inside an attention program; pass dim=-1")
+    if dtype is not None:
+        x = x.to(dtype)
+    m = x.amax(dim, keepdim=True).clamp_min(torch.finfo(x.dtype).min)
+    e = torch.exp(x - m)
+    total = e.sum(dim, keepdim=True)
+    return e / total.masked_fill(total == 0, 1.0)
