@@ -24,7 +24,8 @@ from typing import Any, Callable
 import torch
 
 from flashlight_hf.api import CompiledAttention, compile as fl_compile
-from flashlight_hf.masks import MaskSpec, NotStructural, SafeSoftmax, closure_signature, keep_from_structure
+from flashlight_hf.masks import (MaskSpec, NotStructural, SafeSoftmax, StructuredMask, closure_signature,
+                                 keep_from_structure)
 
 NAME = "flashlight"
 _compiled: dict[Any, CompiledAttention] = {}
@@ -37,18 +38,20 @@ def _warn_once(key: str, message: str) -> None:
         warnings.warn(message, stacklevel=3)
 
 
-def flashlight_mask(*args: Any, **kwargs: Any) -> "MaskSpec | torch.Tensor":
-    """The mask as structure (:class:`flashlight_hf.masks.MaskSpec`: offsets, mask function,
-    padding) for the generated kernel to evaluate as index predicates; a boolean ``[B, 1, Q, K]``
-    tensor (Transformers' SDPA builder, never "skipped") where the pieces cannot be traced."""
+def flashlight_mask(*args: Any, **kwargs: Any) -> torch.Tensor:
+    """The mask as structure (a :class:`flashlight_hf.masks.StructuredMask`: offsets, mask
+    function, padding, no memory) for the generated kernel to evaluate as index predicates; a
+    boolean ``[B, 1, Q, K]`` tensor (Transformers' SDPA builder, never "skipped") where the pieces
+    cannot be traced."""
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, causal_mask_function
 
-    spec = _mask_spec(kwargs, causal_mask_function) if not args else None
-    if spec is not None:
-        return spec
     kwargs["allow_is_causal_skip"] = False  # never hand the kernel "no mask, assume causal"
     kwargs.pop("allow_is_bidirectional_skip", None)
-    return ALL_MASK_ATTENTION_FUNCTIONS["sdpa"](*args, **kwargs)
+    build = lambda: ALL_MASK_ATTENTION_FUNCTIONS["sdpa"](*args, **kwargs)  # noqa: E731
+    spec = _mask_spec(kwargs, causal_mask_function) if not args else None
+    if spec is not None:
+        return StructuredMask(spec, build)
+    return build()
 
 
 def _mask_spec(kw: dict, default_fn: Callable) -> MaskSpec | None:
@@ -124,9 +127,9 @@ def flashlight_attention_forward(module: torch.nn.Module, query: torch.Tensor, k
         scaling = query.shape[-1] ** -0.5
     names = tuple(sorted(tensor_kwargs))
     extra = [tensor_kwargs[n] for n in names]
-    if isinstance(attention_mask, MaskSpec):
-        return _structured(module, eager, query, key, value, attention_mask, float(scaling), names, extra,
-                           const_kwargs), None
+    if isinstance(attention_mask, StructuredMask):
+        return _structured(module, eager, query, key, value, attention_mask.spec, float(scaling), names,
+                           extra, const_kwargs), None
     key_ = (type(module), eager, float(scaling), getattr(module, "num_key_value_groups", 1), names,
             tuple(sorted((k, repr(v)) for k, v in const_kwargs.items())))
     fn = _compiled.get(key_)
@@ -182,6 +185,8 @@ def _additive(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | N
     """Boolean keep-mask -> the additive float mask the families' eager code expects.
 
     Every layer of a forward pass receives the same mask object; it is converted once."""
+    if isinstance(mask, StructuredMask):
+        mask = mask.dense()
     if mask is None or mask.dtype != torch.bool:
         return mask
     version = mask._version  # bumped by in-place writes: a mask edited in place is converted again

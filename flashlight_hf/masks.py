@@ -77,6 +77,72 @@ class MaskSpec:
         return "gather", [pad]
 
 
+class StructuredMask(torch.Tensor):
+    """A ``[B, 1, Q, K]`` boolean "tensor" that holds a :class:`MaskSpec` instead of memory.
+
+    Transformers code between the mask function and the attention function treats masks as
+    tensors (``ndim`` checks, ``.contiguous()``, "already 4-D: use as is" when generation
+    prepares masks for a static cache). This wrapper answers metadata questions from the spec,
+    passes ``contiguous``/``to`` (same device and dtype) through as itself, and for anything else
+    builds the real boolean mask (Transformers' own SDPA builder, once) and runs the op on it — so
+    a model that computes on its mask stays correct, just not structural."""
+
+    spec: MaskSpec
+
+    @staticmethod
+    def __new__(cls, spec: MaskSpec, build: Callable[[], torch.Tensor]) -> "StructuredMask":
+        shape = (spec.batch_size, 1, spec.q_length, spec.kv_length)
+        t = torch.Tensor._make_wrapper_subclass(cls, shape, dtype=torch.bool, device=spec.device)
+        t.spec, t._build, t._dense = spec, build, None
+        return t
+
+    def dense(self) -> torch.Tensor:
+        """The mask as a real boolean tensor (built once)."""
+        if self._dense is None:
+            self._dense = self._build()
+        return self._dense
+
+    def __repr__(self, *, tensor_contents: Any = None) -> str:  # noqa: D105
+        s = self.spec
+        return (f"StructuredMask(batch={s.batch_size}, q={s.q_length}@{s.q_offset}, "
+                f"kv={s.kv_length}@{s.kv_offset}, padding={'yes' if s.padding is not None else 'no'})")
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):  # noqa: ANN001
+        kwargs = kwargs or {}
+        if getattr(func, "__name__", "") == "__get__" or func in _METADATA:
+            with torch._C.DisableTorchFunctionSubclass():
+                return func(*args, **kwargs)
+        self = args[0] if args else None
+        if isinstance(self, StructuredMask) and func in _IDENTITY and _same_place(self, args[1:], kwargs):
+            return self
+        unwrap = lambda x: x.dense() if isinstance(x, StructuredMask) else x  # noqa: E731
+        with torch._C.DisableTorchFunctionSubclass():
+            return func(*torch.utils._pytree.tree_map(unwrap, args), **torch.utils._pytree.tree_map(unwrap, kwargs))
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):  # noqa: ANN001
+        unwrap = lambda x: x.dense() if isinstance(x, StructuredMask) else x  # noqa: E731
+        return func(*torch.utils._pytree.tree_map(unwrap, args), **torch.utils._pytree.tree_map(unwrap, kwargs or {}))
+
+
+_METADATA = {torch.Tensor.dim, torch.Tensor.size, torch.Tensor.numel, torch.Tensor.is_contiguous,
+             torch.Tensor.get_device, torch.Tensor.element_size, torch.Tensor.__len__}
+_IDENTITY = {torch.Tensor.contiguous, torch.Tensor.to, torch.Tensor.bool, torch.Tensor.detach}
+
+
+def _same_place(t: torch.Tensor, args: tuple, kwargs: dict) -> bool:
+    """``.to(...)``-style arguments that leave the mask where and what it is."""
+    for a in list(args) + list(kwargs.values()):
+        if isinstance(a, torch.dtype) and a != torch.bool:
+            return False
+        if isinstance(a, (torch.device, str)) and torch.device(a) != t.device:
+            return False
+        if isinstance(a, torch.Tensor) and (a.dtype != torch.bool or a.device != t.device):
+            return False
+    return True
+
+
 def closure_signature(fn: Callable) -> tuple[tuple, list[torch.Tensor]]:
     """A hashable description of a mask function's closure tree, and the tensors it holds (in a
     fixed order). Functions are named by their code object; plain values are part of the key."""

@@ -552,8 +552,16 @@ class Labeller:
         if packet == "full":
             size = [as_size(s) for s in args[0]]
             return LT([[(None, s)] if not is_one(s) else [] for s in size], Const(dtype, args[1]))
-        if packet in ("zeros_like", "ones_like", "full_like", "zeros", "ones"):
-            raise Unsupported(n.name, f"{packet} (constant tensors other than full) not handled yet")
+        if packet in ("zeros", "ones", "new_zeros", "new_ones", "new_full"):
+            size_arg = args[1] if packet.startswith("new_") else args[0]
+            value = {"zeros": 0, "ones": 1, "new_zeros": 0, "new_ones": 1}.get(packet)
+            if value is None:
+                value = args[2]
+            size = [as_size(s) for s in size_arg]
+            return LT([[(None, s)] if not is_one(s) else [] for s in size], Const(dtype, value))
+        if packet in ("zeros_like", "ones_like", "full_like"):
+            value = {"zeros_like": 0, "ones_like": 1}.get(packet, args[1] if len(args) > 1 else None)
+            return LT(list(args[0].axes), Const(dtype, value))
         if t in POINTWISE_UNARY:
             x = args[0]
             return LT(x.axes, Pointwise(dtype, POINTWISE_UNARY[t], (x.node,)))
