@@ -56,6 +56,8 @@ from benchmarks.bench_attention import _free, _short, environment, log, time_fn 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 DEFAULT_IMPLS = ("sdpa", "flex_attention", "flashlight")
 REFERENCE = "sdpa"
+GATE_FIELDS = ("prefill_max_abs", "prefill_rel_err", "decode_max_abs", "decode_rel_err", "prefill_err_fp32",
+               "decode_err_fp32")
 # Issue 5's bar, as the minimum ×sdpa / ×flex (baseline time ÷ flashlight time) per phase.
 BAR = {"prefill": {"x_sdpa": 1 / 1.10, "x_flex": 1.0}, "decode": {"x_sdpa": 1 / 1.15}}
 QUICK = {"model": "llama-tiny", "prefill": [64, 128], "decode_batch": [1, 2], "context": 64,
@@ -95,6 +97,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="time impls that failed the gate too (their rows say so); default: not timed")
     p.add_argument("--warmup", type=float, default=None, help="do_bench warm-up time, ms (default 25)")
     p.add_argument("--rep", type=float, default=None, help="do_bench repetition time, ms (default 100)")
+    p.add_argument("--min-reps", type=int, default=5,
+                   help="timed calls at least, however long one call takes (default 5)")
     p.add_argument("--budget-s", type=float, default=540.0,
                    help="wall-time budget: rows not started by then are skipped (default 540)")
     p.add_argument("--quick", action="store_true",
@@ -134,6 +138,7 @@ class Run:
         self.t0 = time.perf_counter()
         self.out = Path(args.out)
         self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "errors.log").unlink(missing_ok=True)  # this run's tracebacks only
 
     def over_budget(self) -> bool:
         return time.perf_counter() - self.t0 > self.args.budget_s
@@ -146,12 +151,15 @@ class Run:
         tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
         tmp.replace(self.out / "results.json")
 
-
-def _error(row: dict[str, Any], e: BaseException, where: str) -> None:
-    row.update(status="error", error=_short(e))
-    log(f"{where}: ERROR {_short(e, 400)}")
-    if os.environ.get("BENCH_TRACEBACK"):
-        traceback.print_exc()
+    def error(self, row: dict[str, Any], e: BaseException, where: str) -> None:
+        """Record ``e`` in ``row``; its full traceback goes to ``errors.log`` in ``--out`` (the
+        row keeps one line), and to the console as well with ``BENCH_TRACEBACK=1``."""
+        row.update(status="error", error=_short(e))
+        log(f"{where}: ERROR {_short(e, 400)}")
+        with open(self.out / "errors.log", "a") as f:
+            f.write(f"=== {where}\n{traceback.format_exc()}\n")
+        if os.environ.get("BENCH_TRACEBACK"):
+            traceback.print_exc()
 
 
 def _peak_reset(device: torch.device) -> None:
@@ -167,6 +175,24 @@ def _peak_gib(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**30
 
 
+def median_ms(fn: Callable[[], Any], device: torch.device, warmup_ms: float, rep_ms: float, min_reps: int) -> float:
+    """Median milliseconds per call of ``fn`` (already called once). On CUDA ``do_bench``, with its
+    warm-up and repetition times stretched to at least one call / ``min_reps`` calls: a 32k-token
+    prefill takes longer than the default 100 ms, and do_bench would then time it only once."""
+    if device.type != "cuda":
+        return time_fn(fn, device, warmup_ms, rep_ms)
+    from triton.testing import do_bench
+
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    end.record()
+    end.synchronize()
+    estimate = start.elapsed_time(end)
+    return float(do_bench(fn, warmup=max(warmup_ms, estimate), rep=max(rep_ms, (min_reps + 0.5) * estimate),
+                          return_mode="median"))
+
+
 def time_case(run: Run, row: dict[str, Any], make: Callable[[], Callable[[], Any]], where: str) -> None:
     """Fill ``row`` with the first-call time, the median time and the peak memory of ``make()``'s call."""
     args, device = run.args, run.device
@@ -179,13 +205,13 @@ def time_case(run: Run, row: dict[str, Any], make: Callable[[], Callable[[], Any
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         row["first_call_s"] = round(time.perf_counter() - t0, 2)
-        ms = time_fn(fn, device, args.warmup, args.rep)
+        ms = median_ms(fn, device, args.warmup, args.rep, args.min_reps)
         tokens = row["batch"] * (row["tokens"] if row["phase"] == "prefill" else 1)
         row.update(status="ok" if row["impl"] in run.passed else "timed, but failed the gate", ms=ms,
                    tokens_per_s=tokens / (ms * 1e-3), peak_gib=_peak_gib(device))
         log(f"{where}: first call {row['first_call_s']:.1f}s, {ms:.3f} ms, {row['tokens_per_s']:,.0f} tok/s")
     except Exception as e:  # noqa: BLE001 - one impl failing (OOM, compile error) must not stop the run
-        _error(row, e, where)
+        run.error(row, e, where)
     finally:
         del fn
         _free(device)
@@ -202,19 +228,28 @@ def run_gate(run: Run, model, vocab: int) -> Any:
     from flashlight_hf.testing import tolerance
 
     args, device = run.args, run.device
-    ids = cases.random_ids(args.gate_batch, args.gate_len, vocab, seed=args.seed + 1, device=device)
-    ref = cases.make_reference(model, ids)
-    model = cases.use_impl(model, REFERENCE)
-    noise = cases.check_logits(model, ref)
+    impls = [REFERENCE] + [i for i in args.impls if i != REFERENCE]
+    try:
+        ids = cases.random_ids(args.gate_batch, args.gate_len, vocab, seed=args.seed + 1, device=device)
+        ref = cases.make_reference(model, ids)
+        model = cases.use_impl(model, REFERENCE)
+        noise = cases.check_logits(model, ref)
+    except Exception as e:  # noqa: BLE001 - without a reference nothing passes; rows say why
+        for impl in impls:
+            run.gate.append({"impl": impl, "limit": None, "status": None, "error": None,
+                             **dict.fromkeys(GATE_FIELDS)})
+            run.error(run.gate[-1], e, f"gate reference (sdpa) for {impl}")
+        _free(device)
+        run.save()
+        return model
     limit = max(args.tol_factor * max(noise["prefill_err_fp32"], noise["decode_err_fp32"]),
                 tolerance(DTYPES[args.dtype]))
     run.meta["gate_limit"] = limit
     log(f"gate: sdpa {args.dtype} vs float32 rel err prefill {noise['prefill_err_fp32']:.2e}, decode "
         f"{noise['decode_err_fp32']:.2e} -> limit {limit:.2e}")
-    for impl in [REFERENCE] + [i for i in args.impls if i != REFERENCE]:
+    for impl in impls:
         row = {"impl": impl, "batch": args.gate_batch, "tokens": args.gate_len, "limit": limit,
-               "prefill_max_abs": None, "prefill_rel_err": None, "decode_max_abs": None, "decode_rel_err": None,
-               "prefill_err_fp32": None, "decode_err_fp32": None, "status": None, "error": None}
+               **dict.fromkeys(GATE_FIELDS), "status": None, "error": None}
         run.gate.append(row)
         try:
             model = cases.use_impl(model, impl)
@@ -227,7 +262,7 @@ def run_gate(run: Run, model, vocab: int) -> Any:
                 f"rel err vs float32 prefill {row['prefill_err_fp32']:.2e}, decode {row['decode_err_fp32']:.2e} "
                 f"-> {row['status']}")
         except Exception as e:  # noqa: BLE001
-            _error(row, e, f"gate {impl}")
+            run.error(row, e, f"gate {impl}")
         finally:
             _free(device)
         run.save()
@@ -260,7 +295,7 @@ def run_prefill(run: Run, model, vocab: int, progress) -> Any:
                     model = cases.use_impl(model, impl)
                     time_case(run, row, lambda: cases.prefill_call(model, ids), f"prefill S{length} {impl}")
                 except Exception as e:  # noqa: BLE001
-                    _error(row, e, f"prefill S{length} {impl}")
+                    run.error(row, e, f"prefill S{length} {impl}")
             run.save()
             progress.update(1)
         del ids
@@ -282,7 +317,7 @@ def run_decode(run: Run, model, vocab: int, progress) -> Any:
                                                 seed=args.seed + 7 * batch)
             except Exception as e:  # noqa: BLE001 - e.g. OOM filling the cache: every impl's row says so
                 for row in rows:
-                    _error(row, e, f"decode B{batch} {kind} cache fill ({row['impl']})")
+                    run.error(row, e, f"decode B{batch} {kind} cache fill ({row['impl']})")
             for row in rows:
                 if row["status"] is None and not _skip(run, row):
                     impl = row["impl"]
@@ -291,7 +326,7 @@ def run_decode(run: Run, model, vocab: int, progress) -> Any:
                         time_case(run, row, lambda: cases.checked_decode_call(model, state),
                                   f"decode B{batch} ctx{args.context} {kind} {impl}")
                     except Exception as e:  # noqa: BLE001
-                        _error(row, e, f"decode B{batch} {kind} {impl}")
+                        run.error(row, e, f"decode B{batch} {kind} {impl}")
                 run.save()
                 progress.update(1)
             del state
@@ -371,7 +406,7 @@ def header_md(meta: dict[str, Any]) -> str:
         f"{cfg['seed']}), {cfg['dtype']}",
         f"- prefill: batch 1, full forward, use_cache=False, logits of the last position only; decode: one "
         f"token per row per step against a {cfg['context']}-token cache (put back after each step)",
-        f"- timing: {timer}, warmup {cfg['warmup']} ms, rep {cfg['rep']} ms",
+        f"- timing: {timer}, warmup {cfg['warmup']} ms, rep {cfg['rep']} ms (at least {cfg['min_reps']} calls)",
         f"- gate: logits of B{cfg['gate_batch']}×{cfg['gate_len']} random tokens (full forward / decode step of the "
         f"last token) vs sdpa in {cfg['dtype']} and in float32; pass: rel err vs float32 ≤ max({cfg['tol_factor']:g} × "
         f"sdpa's own, the dtype's tolerance)",

@@ -196,26 +196,25 @@ def prefill_cache(model, *, batch: int, context: int, kind: str, vocab: int, see
     return state
 
 
-def _cache_length(cache) -> int:
-    return int(cache.get_seq_length())  # a 0-d tensor for static layers
-
-
 def _check_length(state: DecodeState) -> None:
-    got = _cache_length(state.cache)
-    if got != state.context:
-        raise RuntimeError(f"{state.kind} cache holds {got} tokens, expected {state.context}: "
+    got = {int(layer.get_seq_length()) for layer in state.cache.layers}  # a 0-d tensor for static layers
+    if got != {state.context}:
+        raise RuntimeError(f"{state.kind} cache layers hold {sorted(got)} tokens, expected {state.context}: "
                            "the cache could not be put back to its context length")
 
 
 def _rewind(state: DecodeState) -> None:
-    """Put the cache back to ``context`` tokens after one step. A dynamic cache drops the
-    token just appended (``crop(-1)``: a negative count, which Transformers 5.17 and later
-    read the same way); a static cache keeps its buffers and moves each layer's write position
-    back, so the next step overwrites the same slot."""
-    if state.kind == "dynamic":
-        state.cache.crop(-1)
-    else:
-        for layer in state.cache.layers:
+    """Put every layer of the cache back to ``context`` tokens. A dynamic layer drops what was
+    appended (``crop`` with a negative count, which Transformers 5.17 and later read the same
+    way); a static layer keeps its buffers and moves its write position back, so the next step
+    overwrites the same slot. Absolute, per layer: a step that raised halfway through (some
+    layers appended, some not) leaves the next impl the same context as the first."""
+    for layer in state.cache.layers:
+        if state.kind == "dynamic":
+            extra = layer.keys.shape[-2] - state.context
+            if extra > 0:
+                layer.crop(-extra)
+        else:
             layer.cumulative_length.fill_(state.context)
 
 
@@ -241,6 +240,7 @@ def checked_decode_call(model, state: DecodeState) -> Callable[[], torch.Tensor]
     """:func:`decode_call` after one untimed step whose rewind is verified (cache length back to
     the context), so a Transformers version that rewinds differently fails loudly, not silently
     timing a growing cache."""
+    _rewind(state)  # in case an earlier impl's step raised halfway through
     run = decode_call(model, state)
     run()
     _check_length(state)

@@ -80,3 +80,34 @@ def test_decode_step_keeps_the_context_length(kind):
         again = step()
         assert int(state.cache.get_seq_length()) == 16
     torch.testing.assert_close(again, first)  # same context, same token: the same logits every step
+
+
+def test_a_step_that_raises_halfway_leaves_the_next_impl_the_same_context():
+    """An impl failing in its first layer (which already appended to the cache, the second not) must not
+    hand the next impl a longer context."""
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    def broken(module, query, *args, **kwargs):
+        if module.layer_idx == 0 and query.shape[2] == 1:
+            raise RuntimeError("broken decode kernel")
+        return sdpa_attention_forward(module, query, *args, **kwargs)
+
+    AttentionInterface.register("broken_test_impl", broken)
+    AttentionMaskInterface.register("broken_test_impl", sdpa_mask)
+    try:
+        model = cases.build_model("llama-tiny", dtype=torch.float32, device=torch.device("cpu"), seed=0)
+        state = cases.prefill_cache(model, batch=1, context=16, kind="dynamic", vocab=model.config.vocab_size, seed=0)
+        reference = cases.decode_call(model, state)()
+        model = cases.use_impl(model, "broken_test_impl")
+        with pytest.raises(RuntimeError, match="broken decode kernel"):
+            cases.checked_decode_call(model, state)
+        assert [layer.keys.shape[-2] for layer in state.cache.layers] == [17, 16]
+        model = cases.use_impl(model, "sdpa")
+        step = cases.checked_decode_call(model, state)
+        torch.testing.assert_close(step(), reference)
+        assert [layer.keys.shape[-2] for layer in state.cache.layers] == [16, 16]
+    finally:
+        for iface in (AttentionInterface, AttentionMaskInterface):
+            iface._global_mapping.pop("broken_test_impl", None)
