@@ -29,7 +29,7 @@ the Markdown is printed.
 
     python -m benchmarks.bench_llm --out $OUT
     python -m benchmarks.bench_llm --prefill 2048,8192 --decode-batch 1 --impls sdpa,flashlight --out $OUT
-    python -m benchmarks.bench_llm --quick --device cpu --out /tmp/llm     # CPU smoke test (interpreter)
+    TRITON_INTERPRET=1 python -m benchmarks.bench_llm --quick --device cpu --out /tmp/llm   # CPU smoke test
 """
 
 from __future__ import annotations
@@ -99,8 +99,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rep", type=float, default=None, help="do_bench repetition time, ms (default 100)")
     p.add_argument("--min-reps", type=int, default=5,
                    help="timed calls at least, however long one call takes (default 5)")
-    p.add_argument("--budget-s", type=float, default=540.0,
-                   help="wall-time budget: rows not started by then are skipped (default 540)")
+    p.add_argument("--budget-s", type=float, default=480.0,
+                   help="wall-time budget: rows not started by then are skipped (default 480: with the longest row, a 32k prefill, still inside a 10-minute command)")
     p.add_argument("--quick", action="store_true",
                    help="tiny sizes for a CPU smoke test: llama-tiny, prefill 64,128, decode batch 1,2 at context 64")
     p.add_argument("--out", default=os.environ.get("OUT") or str(Path(__file__).resolve().parent / "out" / "llm"))
