@@ -100,7 +100,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--min-reps", type=int, default=5,
                    help="timed calls at least, however long one call takes (default 5)")
     p.add_argument("--budget-s", type=float, default=480.0,
-                   help="wall-time budget: rows not started by then are skipped (default 480: with the longest row, a 32k prefill, still inside a 10-minute command)")
+                   help="wall-time budget: rows not started by then are skipped (default 480: with the longest "
+                        "row, a 32k prefill, still inside a 10-minute command)")
     p.add_argument("--quick", action="store_true",
                    help="tiny sizes for a CPU smoke test: llama-tiny, prefill 64,128, decode batch 1,2 at context 64")
     p.add_argument("--out", default=os.environ.get("OUT") or str(Path(__file__).resolve().parent / "out" / "llm"))
@@ -355,8 +356,8 @@ def _fmt(x: float | None, spec: str, suffix: str = "") -> str:
 
 
 def gate_table(gate: list[dict[str, Any]]) -> str:
-    lines = ["| impl | max abs Δ vs sdpa (prefill / decode) | rel err vs sdpa | rel err vs sdpa fp32 | limit | status |",
-             "|---|---:|---:|---:|---:|---|"]
+    lines = ["| impl | max abs Δ vs sdpa (prefill / decode) | rel err vs sdpa | rel err vs sdpa fp32 | limit "
+             "| status |", "|---|---:|---:|---:|---:|---|"]
 
     def pair(g: dict[str, Any], a: str, b: str, spec: str) -> str:
         return f"{_fmt(g[a], spec)} / {_fmt(g[b], spec)}"
@@ -367,13 +368,14 @@ def gate_table(gate: list[dict[str, Any]]) -> str:
             status += f": {g['error']}"
         lines.append(f"| {g['impl']} | {pair(g, 'prefill_max_abs', 'decode_max_abs', '.3g')} | "
                      f"{pair(g, 'prefill_rel_err', 'decode_rel_err', '.2e')} | "
-                     f"{pair(g, 'prefill_err_fp32', 'decode_err_fp32', '.2e')} | {_fmt(g['limit'], '.2e')} | {status} |")
+                     f"{pair(g, 'prefill_err_fp32', 'decode_err_fp32', '.2e')} | {_fmt(g['limit'], '.2e')} "
+                     f"| {status} |")
     return "\n".join(lines)
 
 
 def timing_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| phase | B | tokens | impl | ms | tok/s | ×sdpa | ×flex | issue-5 bar | first call s | peak GiB | status |",
-             "|---|---:|---:|---|---:|---:|---:|---:|---|---:|---:|---|"]
+    lines = ["| phase | B | tokens | impl | ms | tok/s | ×sdpa | ×flex | issue-5 bar | first call s | peak GiB "
+             "| status |", "|---|---:|---:|---|---:|---:|---:|---:|---|---:|---:|---|"]
     for r in rows:
         phase = r["phase"] if r["phase"] == "prefill" else f"decode ({r['cache']})"
         tokens = str(r["tokens"]) if r["phase"] == "prefill" else f"ctx {r['tokens']}"
@@ -407,10 +409,10 @@ def header_md(meta: dict[str, Any]) -> str:
         f"- prefill: batch 1, full forward, use_cache=False, logits of the last position only; decode: one "
         f"token per row per step against a {cfg['context']}-token cache (put back after each step)",
         f"- timing: {timer}, warmup {cfg['warmup']} ms, rep {cfg['rep']} ms (at least {cfg['min_reps']} calls)",
-        f"- gate: logits of B{cfg['gate_batch']}×{cfg['gate_len']} random tokens (full forward / decode step of the "
-        f"last token) vs sdpa in {cfg['dtype']} and in float32; pass: rel err vs float32 ≤ max({cfg['tol_factor']:g} × "
-        f"sdpa's own, the dtype's tolerance)",
-        f"- command: `{meta['command']}`",
+        f"- gate: logits of B{cfg['gate_batch']}×{cfg['gate_len']} random tokens (full forward / decode step of "
+        f"the last token) vs sdpa in {cfg['dtype']} and in float32; pass: rel err vs float32 ≤ "
+        f"max({cfg['tol_factor']:g} × sdpa's own, the dtype's tolerance)",
+        f"- command: `{meta['command']}` ({meta.get('wall_s')} s from the model build)",
     ])
 
 
