@@ -223,8 +223,10 @@ def _patch_flash_name_check() -> None:
         return  # a Transformers without the name check, or already patched
     patched = _not_flash_attention(original)
     for mod in list(sys.modules.values()):
+        # The module's own namespace, not getattr: on Transformers' lazy modules getattr of a
+        # missing name imports submodules (5.17: an image processor that needs torchvision).
         if getattr(mod, "__name__", "").startswith("transformers") and \
-                getattr(mod, "is_flash_attention_requested", None) is original:
+                getattr(mod, "__dict__", {}).get("is_flash_attention_requested") is original:
             mod.is_flash_attention_requested = patched
 
 
