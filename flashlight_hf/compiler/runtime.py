@@ -114,6 +114,7 @@ CONFIGS = [
 # Decoding (split-KV): few query rows per program, key tiles of 64; at most this many shares.
 DECODE_MAX_ROWS = 16
 DECODE_CONFIG = LaunchConfig(16, 64, 4, 2)
+DECODE_CONFIGS = [DECODE_CONFIG, LaunchConfig(16, 128, 4, 2), LaunchConfig(16, 64, 4, 3), LaunchConfig(16, 32, 4, 2)]
 MAX_SPLITS = 64
 
 
@@ -178,8 +179,11 @@ class CompiledKernel:
         if key in self._tuned:
             return self._tuned[key]
         cands = self._candidates()
+        if rows <= DECODE_MAX_ROWS and not os.environ.get("FLASHLIGHT_CONFIGS"):
+            cands = DECODE_CONFIGS  # a decode step: row tiles of 16, not 128 rows of which one is real
         if device.type != "cuda" or os.environ.get("FLASHLIGHT_AUTOTUNE", "1") == "0":
-            best = LaunchConfig(64, 64, 4, 2) if cands is CONFIGS else cands[-1]
+            best = (LaunchConfig(64, 64, 4, 2) if cands is CONFIGS else
+                    cands[0] if cands is DECODE_CONFIGS else cands[-1])
         else:
             from triton.testing import do_bench
             timings = []
