@@ -15,3 +15,30 @@ def __getattr__(name: str):
 
         return getattr(api, name)
     raise AttributeError(f"module 'flashlight_hf' has no attribute {name!r}")
+
+
+def _run_from_a_checkout() -> None:
+    """``eval/``, ``model_zoo/`` and ``patches/`` install as ``flashlight_hf.*`` subpackages
+    (pyproject's package-dir). Run from a plain checkout (the GPU box: no install), find them in
+    the top-level folders instead — a last-resort finder, consulted only when nothing else is."""
+    import importlib.abc
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    folders = {f"flashlight_hf.{n}": root / n for n in ("eval", "model_zoo", "patches")}
+
+    class _CheckoutFinder(importlib.abc.MetaPathFinder):
+        def find_spec(self, fullname, path=None, target=None):  # noqa: ANN001
+            folder = folders.get(fullname)
+            if folder is None or not (folder / "__init__.py").exists():
+                return None
+            return importlib.util.spec_from_file_location(fullname, folder / "__init__.py",
+                                                          submodule_search_locations=[str(folder)])
+
+    if not any(type(f).__name__ == "_CheckoutFinder" for f in sys.meta_path):
+        sys.meta_path.append(_CheckoutFinder())
+
+
+_run_from_a_checkout()
