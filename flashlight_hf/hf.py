@@ -17,6 +17,7 @@ decode kernel, patches and the model zoo come with the rest of issue 5.
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from typing import Any, Callable
@@ -156,22 +157,61 @@ def _structured(module: torch.nn.Module, eager: Callable, query: torch.Tensor, k
     Only such padding rows differ from eager; no other row reads them (their keys are masked too)."""
     sig, mask_tensors = spec.structure()
     n_mask = len(mask_tensors)
-    key_ = (type(module), eager, scaling, getattr(module, "num_key_value_groups", 1), names,
-            tuple(sorted((k, repr(v)) for k, v in const_kwargs.items())), sig)
+    groups = int(getattr(module, "num_key_value_groups", 1) or 1)
+    packed = _packs_gqa_groups(eager, query, key, groups, names)
+    key_ = (type(module), eager, scaling, groups, names,
+            tuple(sorted((k, repr(v)) for k, v in const_kwargs.items())), sig, packed)
     fn = _compiled.get(key_)
     if fn is None:
         mask_function = spec.mask_function
+        layer = _GroupsAsRows(module) if packed else module
 
         def program(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
-            keep = keep_from_structure(sig, mask_function, q, k, list(rest[:n_mask]))
+            keep = keep_from_structure(sig, mask_function, q, k, list(rest[:n_mask]), q_rows=1 if packed else None)
             bias = torch.where(keep, 0.0, float("-inf")).to(q.dtype)
             with SafeSoftmax():  # rows with no visible key: 0, not NaN (forward and backward)
-                return eager(module, q, k, v, bias, scaling=scaling, dropout=0.0, **const_kwargs,
+                return eager(layer, q, k, v, bias, scaling=scaling, dropout=0.0, **const_kwargs,
                              **dict(zip(names, rest[n_mask:])))[0]
 
-        program.__name__ = f"{type(module).__name__}_attention_structured_mask"
+        program.__name__ = f"{type(module).__name__}_attention_structured_mask{'_gqa_rows' if packed else ''}"
         fn = _compiled[key_] = fl_compile(program)
-    return fn(query, key, value, *mask_tensors, *extra)
+    if not packed:
+        return fn(query, key, value, *mask_tensors, *extra)
+    b, h, _, d = query.shape
+    hk = key.shape[1]
+    # [B, H, 1, D] -> [B, Hk, G, D]: a view (heads split into KV head and group member)
+    out = fn(query.reshape(b, hk, h // hk, d), key, value, *mask_tensors, *extra)  # [B, G, Hk, Dv]
+    return out.transpose(1, 2).reshape(b, 1, h, out.shape[-1])  # [B, 1, H, Dv], heads KV-major
+
+
+# Families whose eager attention is the Llama pattern (repeat_kv, scaled scores, mask, softmax,
+# · V): a decode step may fold the query heads of a GQA group into one row tile.
+_GQA_ROW_FAMILIES = {"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3", "granite",
+                     "olmo", "olmo2", "starcoder2", "smollm3", "cohere", "glm", "helium"}
+
+
+def _packs_gqa_groups(eager: Callable, query: torch.Tensor, key: torch.Tensor, groups: int, names: tuple) -> bool:
+    """A decode step (one query row) of a grouped-query layer: the G query heads that share a KV
+    head become G rows of one program, which then reads that KV head's cache once instead of G
+    times. Only for the Llama-pattern eager code and no per-head tensor arguments (sinks)."""
+    if query.shape[-2] != 1 or groups <= 1 or key.shape[1] * groups != query.shape[1] or \
+            set(names) - {"position_ids", "cache_position"}:  # positions: passed along, per token not per head
+        return False
+    family = getattr(eager, "__module__", "").rsplit(".", 1)[-1].replace("modeling_", "")
+    return family in _GQA_ROW_FAMILIES and os.environ.get("FLASHLIGHT_GQA_ROWS", "1") != "0"
+
+
+class _GroupsAsRows:
+    """The layer as its eager code sees it when a group's query heads are rows: K/V need no
+    repeating (one KV head per program). Everything else is the layer's own."""
+
+    def __init__(self, module: torch.nn.Module):
+        object.__setattr__(self, "_module", module)
+
+    num_key_value_groups = 1
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(object.__getattribute__(self, "_module"), name)
 
 
 # Layers hand these to attention but consume them themselves (the KV cache is already applied).

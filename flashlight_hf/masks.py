@@ -184,15 +184,16 @@ def rebuild_closure(fn: Callable, tensors: Iterator[torch.Tensor]) -> Callable:
 
 
 def keep_from_structure(spec_sig: tuple, mask_function: Callable, q: torch.Tensor, k: torch.Tensor,
-                        tensors: list[torch.Tensor]) -> torch.Tensor:
+                        tensors: list[torch.Tensor], q_rows: int | None = None) -> torch.Tensor:
     """Inside the traced program: the boolean keep-mask ``[B, 1, Q, K]`` from the pieces.
 
     ``q``/``k`` give the sizes (``[B, H, Q, D]`` / ``[B, Hk, K, D]``), so lengths stay symbolic;
-    the offsets are read from a tensor, so they stay run-time values."""
+    the offsets are read from a tensor, so they stay run-time values. ``q_rows`` overrides the
+    query length (a decode step whose rows are a GQA group's heads, not positions)."""
     _, _, pad_kind, _ = spec_sig
     it = iter(tensors)
     offsets = next(it)
-    b, q_len, kv_len = q.shape[0], q.shape[-2], k.shape[-2]
+    b, q_len, kv_len = q.shape[0], (q.shape[-2] if q_rows is None else q_rows), k.shape[-2]
     dev = q.device
     batch_idx = torch.arange(b, device=dev)[:, None, None, None]
     head_idx = torch.arange(1, device=dev)[None, :, None, None]
