@@ -20,9 +20,9 @@ from flashlight_hf.testing import rel_error
 
 
 @pytest.fixture(scope="module")
-def models():
-    eager = zoo_config("llama-tiny").build_model(attn_implementation="eager", seed=3)
-    fused = zoo_config("llama-tiny").build_model(attn_implementation="flashlight", seed=3)
+def models(device):
+    eager = zoo_config("llama-tiny").build_model(attn_implementation="eager", seed=3, device=device)
+    fused = zoo_config("llama-tiny").build_model(attn_implementation="flashlight", seed=3, device=device)
     return eager, fused
 
 
@@ -51,7 +51,7 @@ def _sources(model_key_filter=None) -> list[str]:
 
 def test_attention_receives_structure_not_a_dense_mask(models):
     _, fused = models
-    ids = torch.randint(5, 1000, (2, 9))
+    ids = torch.randint(5, 1000, (2, 9), device=fused.device)
     mask = torch.ones_like(ids)
     mask[0, :3] = 0
     seen = _masks_seen(fused, input_ids=ids, attention_mask=mask)
@@ -62,13 +62,13 @@ def test_attention_receives_structure_not_a_dense_mask(models):
     # anything else builds the real mask (Transformers' own SDPA builder): still correct
     dense = m[:, :, :, :9]
     assert isinstance(dense, torch.Tensor) and not isinstance(dense, StructuredMask)
-    expected = torch.tril(torch.ones(9, 9, dtype=torch.bool))[None, None] & mask.bool()[:, None, None, :]
+    expected = torch.tril(torch.ones(9, 9, dtype=torch.bool, device=mask.device))[None, None] & mask.bool()[:, None, None, :]
     assert torch.equal(dense, expected)
 
 
 def test_causal_and_contiguous_padding_become_loop_bounds(models):
     eager, fused = models
-    ids = torch.randint(5, 1000, (2, 40))
+    ids = torch.randint(5, 1000, (2, 40), device=fused.device)
     mask = torch.ones_like(ids)
     mask[0, :7] = 0    # left padding
     mask[1, 33:] = 0   # right padding
@@ -86,7 +86,7 @@ def test_causal_and_contiguous_padding_become_loop_bounds(models):
 
 def test_padding_with_holes_is_a_gather(models):
     eager, fused = models
-    ids = torch.randint(5, 1000, (2, 20))
+    ids = torch.randint(5, 1000, (2, 20), device=fused.device)
     mask = torch.ones_like(ids)
     mask[0, 4:7] = 0  # a hole: not one run of real tokens
     with torch.no_grad(), warnings.catch_warnings():
@@ -99,10 +99,10 @@ def test_padding_with_holes_is_a_gather(models):
 
 def test_packed_sequences_equal_separate_runs(models):
     _, fused = models
-    a = torch.randint(5, 1000, (1, 11))
-    b = torch.randint(5, 1000, (1, 7))
+    a = torch.randint(5, 1000, (1, 11), device=fused.device)
+    b = torch.randint(5, 1000, (1, 7), device=fused.device)
     packed = torch.cat([a, b], dim=1)
-    position_ids = torch.cat([torch.arange(11), torch.arange(7)])[None]
+    position_ids = torch.cat([torch.arange(11), torch.arange(7)])[None].to(fused.device)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("error", message="flashlight")
         # Transformers detects packing from position_ids only without a cache (a training setup)
@@ -115,7 +115,7 @@ def test_packed_sequences_equal_separate_runs(models):
 def test_decode_steps_reuse_one_kernel(models):
     """A KV-cache offset is a run-time value: eight decode steps build nothing new."""
     eager, fused = models
-    ids = torch.randint(5, 1000, (2, 13))
+    ids = torch.randint(5, 1000, (2, 13), device=fused.device)
     mask = torch.ones_like(ids)
     mask[1, :4] = 0
     with torch.no_grad():
