@@ -7,9 +7,11 @@ Registers ``"flashlight"`` in **both** of Transformers' public interfaces:
   function registered here always returns a boolean mask (Transformers' own SDPA mask builder,
   never "skipped" for causal), and the attention function refuses to run without one.
 * ``AttentionInterface``: the attention function traces the **family's own eager attention
-  code** (the module's ``eager_attention_forward``, with its ``repeat_kv``, scaling, softcap and
-  float32 softmax) with the layer's real arguments, and runs it through :func:`flashlight_hf.compile`
-  — one generated kernel per layer configuration, cached.
+  code** (found by :mod:`flashlight_hf.registry`: the family's ``eager_attention_forward``, with
+  its ``repeat_kv``, scaling, softcap, sinks and float32 softmax) with the layer's real
+  arguments, and runs it through :func:`flashlight_hf.compile` — one generated kernel per layer
+  configuration, cached. Families whose attention spans the module's forward (DiffLlama) get
+  a layer override from the registry, installed by :func:`enable` and removed by :func:`disable`.
 
 This step passes the mask as a tensor (loaded per key tile); masks as index structure, the
 decode kernel, patches and the model zoo come with the rest of issue 5.
@@ -18,22 +20,13 @@ decode kernel, patches and the model zoo come with the rest of issue 5.
 from __future__ import annotations
 
 import sys
-import warnings
 from typing import Any, Callable
 
 import torch
 
-from flashlight_hf.api import CompiledAttention, compile as fl_compile
+from flashlight_hf import registry
 
 NAME = "flashlight"
-_compiled: dict[Any, CompiledAttention] = {}
-_warned: set[str] = set()
-
-
-def _warn_once(key: str, message: str) -> None:
-    if key not in _warned:
-        _warned.add(key)
-        warnings.warn(message, stacklevel=3)
 
 
 def flashlight_mask(*args: Any, **kwargs: Any) -> torch.Tensor:
@@ -45,64 +38,28 @@ def flashlight_mask(*args: Any, **kwargs: Any) -> torch.Tensor:
     return ALL_MASK_ATTENTION_FUNCTIONS["sdpa"](*args, **kwargs)
 
 
-def _eager_forward_of(module: torch.nn.Module) -> Callable:
-    """The eager attention forward the module's own family defines (Llama-style by default)."""
-    fn = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
-    if fn is None:
-        from transformers.models.llama.modeling_llama import eager_attention_forward as fn
-
-        _warn_once(type(module).__name__, f"flashlight: {type(module).__name__} has no eager_attention_forward "
-                   "in its modeling file; using Llama's (repeat_kv, scaled softmax)")
-    return fn
-
-
 def flashlight_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
                                  value: torch.Tensor, attention_mask: torch.Tensor | None,
                                  scaling: float | None = None, dropout: float = 0.0,
                                  **kwargs: Any) -> tuple[torch.Tensor, None]:
-    """Transformers' attention signature: q [B,H,Q,D], k/v [B,Hk,K,D] -> ([B,Q,H,D], None)."""
-    eager = _eager_forward_of(module)
+    """Transformers' attention signature: q [B,H,Q,D], k/v [B,Hk,K,D] -> ([B,Q,H,D], None).
+
+    The family's eager attention (:func:`flashlight_hf.registry.attention_for`) is traced with
+    this layer's arguments; :func:`flashlight_hf.registry.classify_kwargs` decides, per keyword
+    argument, how the program honours it (never silently dropped)."""
+    fam = registry.attention_for(module)
     if dropout and module.training:
-        _warn_once("dropout", "flashlight: attention dropout > 0 in training is not fused; running the "
-                   "family's eager attention")
+        registry.warn_once("dropout", "flashlight: attention dropout > 0 in training is not fused; running the "
+                           "family's eager attention")
+        eager = fam.transformers_eager or fam.eager
         return eager(module, query, key, value, _additive(attention_mask, query.dtype), scaling=scaling,
                      dropout=dropout, **kwargs)
     if attention_mask is None:
         raise RuntimeError("flashlight: the attention function received no mask. Transformers passes none "
                            "when the backend's mask function is not registered: call flashlight_hf.enable() "
                            "(importing flashlight_hf.hf registers both) before building the model's masks.")
-    # Every keyword argument reaches the family's own eager code, which is what gets traced: tensors
-    # (sinks as s_aux, position biases) become kernel inputs, plain values become constants of
-    # the trace (and of the cache key). Nothing is dropped silently: objects that are neither
-    # raise, except the cache objects layers consume before calling attention.
-    tensor_kwargs = {k: v for k, v in kwargs.items() if isinstance(v, torch.Tensor)}
-    const_kwargs = {k: v for k, v in kwargs.items()
-                    if k not in tensor_kwargs and k not in _CONSUMED_BEFORE_ATTENTION}
-    odd = [k for k, v in const_kwargs.items() if not isinstance(v, (int, float, bool, str, type(None)))]
-    if odd:
-        raise NotImplementedError(f"flashlight: attention keyword arguments {sorted(odd)} of type "
-                                  f"{sorted({type(const_kwargs[k]).__name__ for k in odd})} are not handled yet; "
-                                  "use attn_implementation='sdpa' or 'eager' for this model")
-    if scaling is None:
-        scaling = query.shape[-1] ** -0.5
-    names = tuple(sorted(tensor_kwargs))
-    key_ = (type(module), eager, float(scaling), getattr(module, "num_key_value_groups", 1), names,
-            tuple(sorted((k, repr(v)) for k, v in const_kwargs.items())))
-    fn = _compiled.get(key_)
-    if fn is None:
-        def program(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
-                    *extra: torch.Tensor) -> torch.Tensor:
-            return eager(module, q, k, v, bias, scaling=scaling, dropout=0.0, **const_kwargs,
-                         **dict(zip(names, extra)))[0]
-
-        program.__name__ = f"{type(module).__name__}_attention"
-        fn = _compiled[key_] = fl_compile(program)
-    extra = [tensor_kwargs[n] for n in names]
-    return fn(query, key, value, _additive(attention_mask, query.dtype), *extra), None
-
-
-# Layers hand these to attention but consume them themselves (the KV cache is already applied).
-_CONSUMED_BEFORE_ATTENTION = {"past_key_values", "past_key_value"}
+    out = registry.run_layer(module, fam, query, key, value, _additive(attention_mask, query.dtype), scaling, kwargs)
+    return out, None
 
 
 _last_additive: list = [None, None, None, None]  # (bool mask, its version, dtype, additive mask)
@@ -161,6 +118,7 @@ def enable() -> None:
     _patch_flash_name_check()
     AttentionInterface.register(NAME, flashlight_attention_forward)
     AttentionMaskInterface.register(NAME, flashlight_mask)
+    registry.install_layer_overrides(NAME)
 
 
 def disable() -> None:
@@ -170,6 +128,7 @@ def disable() -> None:
 
     for iface in (AttentionInterface, AttentionMaskInterface):
         iface._global_mapping.pop(NAME, None)
+    registry.remove_layer_overrides()
 
 
 enable()
