@@ -250,9 +250,10 @@ class LayerProgram:
     fn: CompiledAttention
     param_names: tuple[str, ...]
     seen: dict[str, Any] = field(default_factory=dict)
+    traced: bool = False  # seen is complete only once the program has run (been traced) once
 
     def fits(self, module: torch.nn.Module) -> bool:
-        return all(getattr(module, n, _MISSING) == v for n, v in self.seen.items())
+        return self.traced and all(getattr(module, n, _MISSING) == v for n, v in self.seen.items())
 
 
 _MISSING = object()
@@ -277,8 +278,10 @@ def layer_program(module: torch.nn.Module, fam: FamilyAttention, scaling: float 
     def program(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
                 *extra: torch.Tensor) -> torch.Tensor:
         view = _ModuleView(module, dict(zip(param_names, extra[len(names):])), entry.seen)
-        return eager(view, q, k, v, mask, scaling=scaling, dropout=0.0, **constants,
-                     **dict(zip(names, extra[:len(names)])))[0]
+        out = eager(view, q, k, v, mask, scaling=scaling, dropout=0.0, **constants,
+                    **dict(zip(names, extra[:len(names)])))[0]
+        entry.traced = True
+        return out
 
     program.__name__ = f"{type(module).__name__}_attention"
     entry.fn = fl_compile(program)

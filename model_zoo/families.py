@@ -104,9 +104,10 @@ FAMILIES: dict[str, FamilySpec] = {
     "gpt_oss": FamilySpec(
         model_type="gpt_oss",
         kind="causal",
-        attention=(*_DECODER, "gqa", "sliding-window", "sinks"),
+        attention=("causal-mask", "rope", "kv-cache", "gqa", "sliding-window", "sinks"),
         about="GPT-OSS: a learned sink logit per head joins each softmax (s_aux), sliding and full "
-        "layers alternating, mixture-of-experts MLP.",
+        "layers alternating, mixture-of-experts MLP. No packing: its model builds masks without "
+        "position_ids.",
     ),
     "phi3": FamilySpec(
         model_type="phi3",
