@@ -105,8 +105,10 @@ def _patch_flash_name_check() -> None:
         return  # a Transformers without the name check, or already patched
     patched = _not_flash_attention(original)
     for mod in list(sys.modules.values()):
+        # __dict__, not getattr: Transformers' lazy modules import submodules on attribute access
+        # (5.17's top-level module would import vision processors that need torchvision)
         if getattr(mod, "__name__", "").startswith("transformers") and \
-                getattr(mod, "is_flash_attention_requested", None) is original:
+                getattr(mod, "__dict__", {}).get("is_flash_attention_requested") is original:
             mod.is_flash_attention_requested = patched
 
 
