@@ -11,7 +11,7 @@ import importlib.util
 
 from .checkpoints import CHECKPOINTS, Checkpoint, CheckpointNotInstalled, checkpoint, load_checkpoint, load_tokenizer
 from .configs import CONFIGS, ZooConfig, auto_class, merge_configs, tiny_configs, zoo_config
-from .families import FAMILIES, FamilySpec, family, merge_families
+from .families import FAMILIES, FEATURES, FamilySpec, add_features, family, merge_families
 
 # ---------------------------------------------------------------------------------------------
 # Extension point: zoo modules that add families. Each module named here defines
@@ -28,7 +28,7 @@ for _name in EXTENSIONS:
 # ---------------------------------------------------------------------------------------------
 
 __all__ = [
-    "CHECKPOINTS", "CONFIGS", "EXTENSIONS", "FAMILIES", "Checkpoint", "CheckpointNotInstalled", "FamilySpec",
-    "ZooConfig", "auto_class", "checkpoint", "family", "load_checkpoint", "load_tokenizer", "tiny_configs",
+    "CHECKPOINTS", "CONFIGS", "EXTENSIONS", "FAMILIES", "FEATURES", "Checkpoint", "CheckpointNotInstalled", "FamilySpec",
+    "ZooConfig", "add_features", "auto_class", "checkpoint", "family", "load_checkpoint", "load_tokenizer", "tiny_configs",
     "zoo_config",
 ]

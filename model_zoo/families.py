@@ -18,8 +18,10 @@ from typing import Literal
 
 Kind = Literal["causal", "encoder", "encoder-decoder"]
 
-# The attention features a FamilySpec may name; a typo in a new entry fails at import.
-FEATURES = frozenset({
+# The attention features a FamilySpec may name; a typo in a new entry fails at import. A zoo
+# extension module (see model_zoo/__init__.py) with features of its own calls add_features()
+# before defining its FamilySpecs.
+FEATURES: set[str] = {
     "causal-mask",        # queries see earlier keys only
     "bidirectional",      # encoder self-attention: padding is the only mask
     "padding-mask",       # per-sequence key padding
@@ -34,10 +36,17 @@ FEATURES = frozenset({
     "custom-scaling",     # a softmax scale other than head_dim ** -0.5
     "relative-bias",      # an additive [1, H, Q, K] position bias tensor (T5)
     "alibi",              # linear position biases per head
+    "local-attention",    # a fixed local window on some layers (GPT-Neo)
+    "disentangled",       # content/position terms gathered from relative embeddings (DeBERTa-v2)
     "differential",       # two softmax streams combined o1 - λ·o2, then a group norm
     "cross-attention",    # decoder queries over encoder keys/values
     "packing",            # several sequences per row, separated by position_ids resets
-})
+}
+
+
+def add_features(*names: str) -> None:
+    """Admit new feature names (for zoo extension modules whose families need them)."""
+    FEATURES.update(names)
 
 
 @dataclass(frozen=True)
