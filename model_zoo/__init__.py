@@ -28,7 +28,7 @@ for _name in EXTENSIONS:
 # ---------------------------------------------------------------------------------------------
 
 __all__ = [
-    "CHECKPOINTS", "CONFIGS", "EXTENSIONS", "FAMILIES", "FEATURES", "Checkpoint", "CheckpointNotInstalled", "FamilySpec",
-    "ZooConfig", "add_features", "auto_class", "checkpoint", "family", "load_checkpoint", "load_tokenizer", "tiny_configs",
-    "zoo_config",
+    "CHECKPOINTS", "CONFIGS", "EXTENSIONS", "FAMILIES", "FEATURES", "Checkpoint", "CheckpointNotInstalled",
+    "FamilySpec", "ZooConfig", "add_features", "auto_class", "checkpoint", "family", "load_checkpoint",
+    "load_tokenizer", "merge_configs", "merge_families", "tiny_configs", "zoo_config",
 ]
