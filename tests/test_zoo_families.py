@@ -166,6 +166,37 @@ def test_packed_batch_equals_separate_sequences(pair):
 
 
 # -------------------------------------------------------------------------------------------
+# Gradients through the programs flashlight writes itself (DiffLlama, GPT-OSS sinks) and softcap
+# -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("model_type", ["diffllama", "gpt_oss", "gemma2"])
+def test_backward_matches_eager(model_type):
+    """loss.backward() through the fused layers: every parameter's gradient (GPT-OSS's sinks
+    and DiffLlama's λ vectors included) equals eager's."""
+    cfg = TINY[model_type]
+    eager = cfg.build_model(attn_implementation="eager", seed=4).train()
+    fused = cfg.build_model(attn_implementation="flashlight", seed=4).train()
+    batch = padded_batch(cfg, right_padding=False)
+    launches: list[str] = []
+    remove = add_launch_hook(launches.append)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message="flashlight")
+            fused(**batch, labels=batch["input_ids"]).loss.backward()
+    finally:
+        remove()
+    assert len(launches) == attention_calls_per_forward(cfg, fused.config)
+    eager(**batch, labels=batch["input_ids"]).loss.backward()
+    for (name, p), (_, q) in zip(eager.named_parameters(), fused.named_parameters()):
+        if p.grad is None:
+            assert q.grad is None, name
+            continue
+        assert q.grad is not None, f"{cfg.name}: no gradient reached {name}"
+        err = rel_error(q.grad, p.grad)
+        assert err <= TOL, f"{cfg.name}: gradient of {name} differs from eager's by {err:.2e}"
+
+
+# -------------------------------------------------------------------------------------------
 # Switching an already-loaded eager model
 # -------------------------------------------------------------------------------------------
 
