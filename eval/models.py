@@ -99,6 +99,7 @@ def _random_model(config_name: str, *, dtype: torch.dtype, device: str | torch.d
         cfg = zoo_config(config_name)
     except KeyError as e:
         raise EvalError(e.args[0]) from None
+    _refuse_encoder_decoder(config_name, cfg.family.kind)
     model = cfg.build_model(dtype=dtype, device=device, seed=seed)
     tokenizer = None
     if cfg.tokenizer is not None:
@@ -121,6 +122,7 @@ def _transformers_model(name: str, *, dtype: torch.dtype, device: str | torch.de
     try:
         config = AutoConfig.from_pretrained(path, gguf_file=gguf_file)
         kind = _kind(config)
+        _refuse_encoder_decoder(name, kind)
         auto = AutoModelForCausalLM if kind == "causal" else AutoModel
         model = auto.from_pretrained(path, gguf_file=gguf_file, dtype=dtype)
     except (OSError, ValueError) as e:
@@ -136,6 +138,14 @@ def _transformers_model(name: str, *, dtype: torch.dtype, device: str | torch.de
     except (OSError, ValueError, TypeError):
         tokenizer = None
     return LoadedModel(model.to(device).eval(), tokenizer, kind, name, name)
+
+
+def _refuse_encoder_decoder(name: str, kind: Kind) -> None:
+    """The evaluation scores decoders (perplexity) and encoders (embeddings); say so for the rest."""
+    if kind == "encoder-decoder":
+        raise EvalError(f"{name!r} is an encoder-decoder model: the evaluation scores decoders (perplexity) and "
+                        "encoders (embeddings) only; tests/test_zoo_families.py checks encoder-decoder families "
+                        "against eager")
 
 
 def _kind(config) -> Kind:

@@ -4,39 +4,32 @@ Registers ``"flashlight"`` in **both** of Transformers' public interfaces:
 
 * ``AttentionMaskInterface``: where a backend name is missing there, Transformers hands the
   attention function no mask at all (no causal, no padding) and raises nothing. The mask
-  function registered here always returns a boolean mask (Transformers' own SDPA mask builder,
-  never "skipped" for causal), and the attention function refuses to run without one.
+  function registered here returns the mask as **structure** (:mod:`flashlight_hf.masks`: a
+  memory-less ``StructuredMask`` holding offsets, the mask function and padding), which the
+  generated kernel evaluates as index predicates and loop bounds; where the pieces cannot be
+  traced, a boolean tensor (Transformers' own SDPA builder, never "skipped" for causal). The
+  attention function refuses to run without a mask.
 * ``AttentionInterface``: the attention function traces the **family's own eager attention
-  code** (the module's ``eager_attention_forward``, with its ``repeat_kv``, scaling, softcap and
-  float32 softmax) with the layer's real arguments, and runs it through :func:`flashlight_hf.compile`
-  — one generated kernel per layer configuration, cached.
+  code** (found by :mod:`flashlight_hf.registry`: the family's ``eager_attention_forward``, with
+  its ``repeat_kv``, scaling, softcap, sinks and float32 softmax) with the layer's real
+  arguments, and runs it through :func:`flashlight_hf.compile` — one generated kernel per layer
+  configuration, cached. Families whose attention spans the module's forward (DiffLlama) get
+  a layer override from the registry, installed by :func:`enable` and removed by :func:`disable`.
 
-This step passes the mask as a tensor (loaded per key tile); masks as index structure, the
-decode kernel, patches and the model zoo come with the rest of issue 5.
+``docs/transformers.md`` follows one call through all of it (decoding included).
 """
 
 from __future__ import annotations
 
-import os
 import sys
-import warnings
 from typing import Any, Callable
 
 import torch
 
-from flashlight_hf.api import CompiledAttention, compile as fl_compile
-from flashlight_hf.masks import (MaskSpec, NotStructural, SafeSoftmax, StructuredMask, closure_signature,
-                                 keep_from_structure)
+from flashlight_hf import registry
+from flashlight_hf.masks import MaskSpec, NotStructural, StructuredMask, closure_signature
 
 NAME = "flashlight"
-_compiled: dict[Any, CompiledAttention] = {}
-_warned: set[str] = set()
-
-
-def _warn_once(key: str, message: str) -> None:
-    if key not in _warned:
-        _warned.add(key)
-        warnings.warn(message, stacklevel=3)
 
 
 def flashlight_mask(*args: Any, **kwargs: Any) -> torch.Tensor:
@@ -101,121 +94,27 @@ def flashlight_attention_forward(module: torch.nn.Module, query: torch.Tensor, k
                                  value: torch.Tensor, attention_mask: torch.Tensor | None,
                                  scaling: float | None = None, dropout: float = 0.0,
                                  **kwargs: Any) -> tuple[torch.Tensor, None]:
-    """Transformers' attention signature: q [B,H,Q,D], k/v [B,Hk,K,D] -> ([B,Q,H,D], None)."""
-    eager = _eager_forward_of(module)
+    """Transformers' attention signature: q [B,H,Q,D], k/v [B,Hk,K,D] -> ([B,Q,H,D], None).
+
+    The family's eager attention (:func:`flashlight_hf.registry.attention_for`) is traced with
+    this layer's arguments; :func:`flashlight_hf.registry.classify_kwargs` decides, per keyword
+    argument, how the program honours it (never silently dropped)."""
+    fam = registry.attention_for(module)
     if dropout and module.training:
-        _warn_once("dropout", "flashlight: attention dropout > 0 in training is not fused; running the "
-                   "family's eager attention")
+        registry.warn_once("dropout", "flashlight: attention dropout > 0 in training is not fused; running the "
+                           "family's eager attention")
+        eager = fam.transformers_eager or fam.eager
         return eager(module, query, key, value, _additive(attention_mask, query.dtype), scaling=scaling,
                      dropout=dropout, **kwargs)
     if attention_mask is None:
         raise RuntimeError("flashlight: the attention function received no mask. Transformers passes none "
                            "when the backend's mask function is not registered: call flashlight_hf.enable() "
                            "(importing flashlight_hf.hf registers both) before building the model's masks.")
-    # Every keyword argument reaches the family's own eager code, which is what gets traced: tensors
-    # (sinks as s_aux, position biases) become kernel inputs, plain values become constants of
-    # the trace (and of the cache key). Nothing is dropped silently: objects that are neither
-    # raise, except the cache objects layers consume before calling attention.
-    tensor_kwargs = {k: v for k, v in kwargs.items() if isinstance(v, torch.Tensor)}
-    const_kwargs = {k: v for k, v in kwargs.items()
-                    if k not in tensor_kwargs and k not in _CONSUMED_BEFORE_ATTENTION}
-    odd = [k for k, v in const_kwargs.items() if not isinstance(v, (int, float, bool, str, type(None)))]
-    if odd:
-        raise NotImplementedError(f"flashlight: attention keyword arguments {sorted(odd)} of type "
-                                  f"{sorted({type(const_kwargs[k]).__name__ for k in odd})} are not handled yet; "
-                                  "use attn_implementation='sdpa' or 'eager' for this model")
-    if scaling is None:
-        scaling = query.shape[-1] ** -0.5
-    names = tuple(sorted(tensor_kwargs))
-    extra = [tensor_kwargs[n] for n in names]
     if isinstance(attention_mask, StructuredMask):
-        return _structured(module, eager, query, key, value, attention_mask.spec, float(scaling), names,
-                           extra, const_kwargs), None
-    key_ = (type(module), eager, float(scaling), getattr(module, "num_key_value_groups", 1), names,
-            tuple(sorted((k, repr(v)) for k, v in const_kwargs.items())))
-    fn = _compiled.get(key_)
-    if fn is None:
-        def program(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
-                    *extra: torch.Tensor) -> torch.Tensor:
-            return eager(module, q, k, v, bias, scaling=scaling, dropout=0.0, **const_kwargs,
-                         **dict(zip(names, extra)))[0]
-
-        program.__name__ = f"{type(module).__name__}_attention"
-        fn = _compiled[key_] = fl_compile(program)
-    return fn(query, key, value, _additive(attention_mask, query.dtype), *extra), None
-
-
-def _structured(module: torch.nn.Module, eager: Callable, query: torch.Tensor, key: torch.Tensor,
-                value: torch.Tensor, spec: MaskSpec, scaling: float, names: tuple, extra: list,
-                const_kwargs: dict) -> torch.Tensor:
-    """The family's eager attention with the mask built *inside* the traced program from its
-    pieces: the generated kernel evaluates it as index predicates (loop bounds where it can).
-
-    Masked scores are −inf (a select the key-bound analysis reads), so a query row that sees no
-    key at all — a left-padding position — would be 0/0; it outputs 0 instead (:class:`SafeSoftmax`),
-    as SDPA's and FlashAttention's kernels do (eager's finfo.min mask averages every value there).
-    Only such padding rows differ from eager; no other row reads them (their keys are masked too)."""
-    sig, mask_tensors = spec.structure()
-    n_mask = len(mask_tensors)
-    groups = int(getattr(module, "num_key_value_groups", 1) or 1)
-    packed = _packs_gqa_groups(eager, query, key, groups, names)
-    key_ = (type(module), eager, scaling, groups, names,
-            tuple(sorted((k, repr(v)) for k, v in const_kwargs.items())), sig, packed)
-    fn = _compiled.get(key_)
-    if fn is None:
-        mask_function = spec.mask_function
-        layer = _GroupsAsRows(module) if packed else module
-
-        def program(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
-            keep = keep_from_structure(sig, mask_function, q, k, list(rest[:n_mask]), q_rows=1 if packed else None)
-            bias = torch.where(keep, 0.0, float("-inf")).to(q.dtype)
-            with SafeSoftmax():  # rows with no visible key: 0, not NaN (forward and backward)
-                return eager(layer, q, k, v, bias, scaling=scaling, dropout=0.0, **const_kwargs,
-                             **dict(zip(names, rest[n_mask:])))[0]
-
-        program.__name__ = f"{type(module).__name__}_attention_structured_mask{'_gqa_rows' if packed else ''}"
-        fn = _compiled[key_] = fl_compile(program)
-    if not packed:
-        return fn(query, key, value, *mask_tensors, *extra)
-    b, h, _, d = query.shape
-    hk = key.shape[1]
-    # [B, H, 1, D] -> [B, Hk, G, D]: a view (heads split into KV head and group member)
-    out = fn(query.reshape(b, hk, h // hk, d), key, value, *mask_tensors, *extra)  # [B, G, Hk, Dv]
-    return out.transpose(1, 2).reshape(b, 1, h, out.shape[-1])  # [B, 1, H, Dv], heads KV-major
-
-
-# Families whose eager attention is the Llama pattern (repeat_kv, scaled scores, mask, softmax,
-# · V): a decode step may fold the query heads of a GQA group into one row tile.
-_GQA_ROW_FAMILIES = {"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3", "granite",
-                     "olmo", "olmo2", "starcoder2", "smollm3", "cohere", "glm", "helium"}
-
-
-def _packs_gqa_groups(eager: Callable, query: torch.Tensor, key: torch.Tensor, groups: int, names: tuple) -> bool:
-    """A decode step (one query row) of a grouped-query layer: the G query heads that share a KV
-    head become G rows of one program, which then reads that KV head's cache once instead of G
-    times. Only for the Llama-pattern eager code and no per-head tensor arguments (sinks)."""
-    if query.shape[-2] != 1 or groups <= 1 or key.shape[1] * groups != query.shape[1] or \
-            set(names) - {"position_ids", "cache_position"}:  # positions: passed along, per token not per head
-        return False
-    family = getattr(eager, "__module__", "").rsplit(".", 1)[-1].replace("modeling_", "")
-    return family in _GQA_ROW_FAMILIES and os.environ.get("FLASHLIGHT_GQA_ROWS", "1") != "0"
-
-
-class _GroupsAsRows:
-    """The layer as its eager code sees it when a group's query heads are rows: K/V need no
-    repeating (one KV head per program). Everything else is the layer's own."""
-
-    def __init__(self, module: torch.nn.Module):
-        object.__setattr__(self, "_module", module)
-
-    num_key_value_groups = 1
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(object.__getattribute__(self, "_module"), name)
-
-
-# Layers hand these to attention but consume them themselves (the KV cache is already applied).
-_CONSUMED_BEFORE_ATTENTION = {"past_key_values", "past_key_value"}
+        return registry.run_layer_structured(module, fam, query, key, value, attention_mask.spec, scaling,
+                                             kwargs), None
+    out = registry.run_layer(module, fam, query, key, value, _additive(attention_mask, query.dtype), scaling, kwargs)
+    return out, None
 
 
 _last_additive: list = [None, None, None, None]  # (bool mask, its version, dtype, additive mask)
@@ -263,8 +162,8 @@ def _patch_flash_name_check() -> None:
         return  # a Transformers without the name check, or already patched
     patched = _not_flash_attention(original)
     for mod in list(sys.modules.values()):
-        # The module's own namespace, not getattr: on Transformers' lazy modules getattr of a
-        # missing name imports submodules (5.17: an image processor that needs torchvision).
+        # __dict__, not getattr: Transformers' lazy modules import submodules on attribute access
+        # (5.17's top-level module would import vision processors that need torchvision)
         if getattr(mod, "__name__", "").startswith("transformers") and \
                 getattr(mod, "__dict__", {}).get("is_flash_attention_requested") is original:
             mod.is_flash_attention_requested = patched
@@ -278,6 +177,7 @@ def enable() -> None:
     _patch_flash_name_check()
     AttentionInterface.register(NAME, flashlight_attention_forward)
     AttentionMaskInterface.register(NAME, flashlight_mask)
+    registry.install_layer_overrides(NAME)
 
 
 def disable() -> None:
@@ -287,6 +187,7 @@ def disable() -> None:
 
     for iface in (AttentionInterface, AttentionMaskInterface):
         iface._global_mapping.pop(NAME, None)
+    registry.remove_layer_overrides()
 
 
 enable()

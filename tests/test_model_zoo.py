@@ -69,3 +69,38 @@ def test_llama_1b_has_the_llama_3_2_1b_shape():
 def test_config_vocabulary_fits_its_tokenizer(name):
     cfg = zoo_config(name)
     assert len(load_tokenizer(cfg.tokenizer)) <= cfg.build_config().vocab_size
+
+
+def test_every_family_has_exactly_one_tiny_config():
+    from flashlight_hf.model_zoo import tiny_configs
+
+    tiny = tiny_configs()
+    assert set(tiny) == set(FAMILIES), sorted(set(FAMILIES) ^ set(tiny))
+    for model_type, cfg in tiny.items():
+        config = cfg.build_config()
+        assert config.model_type == model_type
+        assert getattr(config, "hidden_size", getattr(config, "d_model", None)) <= 64
+
+
+def test_extension_modules_cannot_redefine_entries():
+    from flashlight_hf.model_zoo import merge_configs, merge_families
+
+    with pytest.raises(ValueError, match="redefines families \\['llama'\\]"):
+        merge_families({"llama": FAMILIES["llama"]}, "patched")
+    with pytest.raises(ValueError, match="redefines configs \\['llama-tiny'\\]"):
+        merge_configs({"llama-tiny": CONFIGS["llama-tiny"]}, "patched")
+
+
+def test_unknown_attention_feature_is_an_error():
+    from flashlight_hf.model_zoo import FamilySpec
+
+    with pytest.raises(ValueError, match="slidng-window"):
+        FamilySpec(model_type="x", kind="causal", attention=("slidng-window",))
+
+
+def test_eval_refuses_encoder_decoder_configs_with_a_reason():
+    from flashlight_hf.eval import EvalError
+    from flashlight_hf.eval.models import load_model
+
+    with pytest.raises(EvalError, match="encoder-decoder"):
+        load_model(random_weights="t5-tiny")

@@ -1,0 +1,429 @@
+"""Per model family: the attention program ``attn_implementation="flashlight"`` traces.
+
+A Transformers family computes attention with the eager function of its own modeling file
+(``eager_attention_forward``: its ``repeat_kv``, scaling, softcap, sinks, float32 softmax…).
+Tracing *that* function with a layer's real arguments is what makes the generated kernel exact
+for the family, so this module answers, for an attention module, which function that is:
+
+* :data:`INTERFACE_FAMILIES`: the families verified by ``tests/test_zoo_families.py``, each
+  naming the modeling module whose ``eager_attention_forward`` eager mode runs;
+* :data:`REPLACED_PROGRAMS`: families whose literal eager spelling the generator does not fuse
+  trace an equivalent plain-PyTorch program of :mod:`flashlight_hf.programs` instead (GPT-OSS);
+* a family not listed warns once, naming it, and traces the ``eager_attention_forward`` its own
+  modeling file defines (what its eager mode runs) or, where there is none,
+  :func:`~flashlight_hf.programs.generic_attention` (Llama-style: ``repeat_kv``, scaled scores,
+  float32 softmax);
+* families whose attention math spans the module's forward, not one interface call, get a
+  **layer override**: DiffLlama calls the interface twice (one softmax over shared Q/K applied to
+  the two halves of V) and combines the results in its forward (``o1 - λ·o2``, group RMSNorm).
+  :mod:`flashlight_hf.differential` reproduces that math as one plain-PyTorch program, so it
+  fuses into one kernel; :func:`install_layer_overrides` routes the family's attention module to
+  it whenever its config says ``"flashlight"`` (other implementations run the original forward).
+
+It also decides what happens to each keyword argument a layer passes to attention
+(:func:`classify_kwargs`) and builds the traced program for a layer configuration
+(:func:`layer_program`), with the module's own parameters (GPT-OSS sinks) as kernel inputs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import sys
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from flashlight_hf.masks import MaskSpec, SafeSoftmax, keep_from_structure
+from flashlight_hf.api import CompiledAttention, compile as fl_compile
+from flashlight_hf.programs import generic_attention, sink_attention
+
+_warned: set[str] = set()
+
+
+def warn_once(key: str, message: str) -> None:
+    """One warning per ``key`` per process (messages start with "flashlight:")."""
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, stacklevel=3)
+
+
+# --------------------------------------------------------------------------------------------
+# Which eager function each family runs
+# --------------------------------------------------------------------------------------------
+
+# model_type -> the modeling module whose ``eager_attention_forward`` the family's eager mode runs.
+# Private Transformers layout: tests/test_zoo_families.py::test_registry_finds_every_eager_function
+# fails loudly if one moves.
+INTERFACE_FAMILIES: dict[str, str] = {
+    "llama": "transformers.models.llama.modeling_llama",
+    "mistral": "transformers.models.mistral.modeling_mistral",
+    "qwen2": "transformers.models.qwen2.modeling_qwen2",
+    "qwen3": "transformers.models.qwen3.modeling_qwen3",
+    "gemma2": "transformers.models.gemma2.modeling_gemma2",
+    "gemma3_text": "transformers.models.gemma3.modeling_gemma3",
+    "gpt_oss": "transformers.models.gpt_oss.modeling_gpt_oss",
+    "phi3": "transformers.models.phi3.modeling_phi3",
+    "gpt_neox": "transformers.models.gpt_neox.modeling_gpt_neox",
+    "gpt2": "transformers.models.gpt2.modeling_gpt2",
+    "diffllama": "transformers.models.diffllama.modeling_diffllama",
+    "bert": "transformers.models.bert.modeling_bert",
+    "modernbert": "transformers.models.modernbert.modeling_modernbert",
+    "t5": "transformers.models.t5.modeling_t5",
+    "bart": "transformers.models.bart.modeling_bart",
+}
+
+# model_type -> a program of flashlight_hf.programs traced instead of the family's own eager
+# function (same math, a spelling the generator fuses; each says why in its docstring).
+REPLACED_PROGRAMS: dict[str, Callable] = {
+    "gpt_oss": sink_attention,
+}
+
+
+def family_name(module: torch.nn.Module) -> str:
+    """The module's ``model_type`` (from its config), else its modeling module's name."""
+    config = getattr(module, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if isinstance(model_type, str):
+        return model_type
+    return type(module).__module__.rsplit(".", 1)[-1].removeprefix("modeling_")
+
+
+@dataclass(frozen=True)
+class FamilyAttention:
+    """The eager attention function one family runs, and where it came from (for messages)."""
+
+    family: str
+    eager: Callable  # the program traced into the kernel
+    source: str
+    verified: bool  # listed in INTERFACE_FAMILIES (tested), or a fallback
+    transformers_eager: Callable | None = None  # the family's own eager function, where it has one
+
+
+_by_class: dict[type, FamilyAttention] = {}
+
+
+def attention_for(module: torch.nn.Module) -> FamilyAttention:
+    """The eager attention function of ``module``'s family (looked up once per module class)."""
+    cls = type(module)
+    found = _by_class.get(cls)
+    if found is None:
+        found = _by_class[cls] = _resolve(module)
+    return found
+
+
+def _resolve(module: torch.nn.Module) -> FamilyAttention:
+    name = family_name(module)
+    path = INTERFACE_FAMILIES.get(name)
+    if path is not None:
+        fn = getattr(importlib.import_module(path), "eager_attention_forward", None)
+        if fn is None:
+            raise RuntimeError(f"flashlight: the registry expects {path}.eager_attention_forward for family "
+                               f"{name!r}, and this Transformers version has none; use "
+                               "attn_implementation='sdpa' or 'eager', or update flashlight_hf.registry")
+        program = REPLACED_PROGRAMS.get(name)
+        if program is not None:
+            return FamilyAttention(name, program, f"flashlight_hf.programs.{program.__name__}", True, fn)
+        return FamilyAttention(name, fn, f"{path}.eager_attention_forward", True, fn)
+    own_module = type(module).__module__
+    fn = getattr(sys.modules.get(own_module), "eager_attention_forward", None)
+    if fn is not None:
+        warn_once(f"family:{name}", f"flashlight: model family {name!r} is not in flashlight's registry (untested); "
+                  f"tracing the eager_attention_forward of its modeling file ({own_module})")
+        return FamilyAttention(name, fn, f"{own_module}.eager_attention_forward", False, fn)
+    warn_once(f"family:{name}", f"flashlight: model family {name!r} is not in flashlight's registry and its "
+              f"modeling file ({own_module}) defines no eager_attention_forward; using the generic Llama-style "
+              "program (repeat_kv, scaled scores, float32 softmax). Compare against attn_implementation='eager'.")
+    return FamilyAttention(name, generic_attention, "flashlight_hf.programs.generic_attention", False)
+
+
+def eager_forward_of(module: torch.nn.Module) -> Callable:
+    """The eager attention forward of ``module``'s family (see :func:`attention_for`)."""
+    return attention_for(module).eager
+
+
+# --------------------------------------------------------------------------------------------
+# Keyword arguments a layer passes to attention
+# --------------------------------------------------------------------------------------------
+
+# Carried by the mask Transformers builds through the "flashlight" mask function (sliding
+# window, causal vs bidirectional, packed-sequence boundaries from position_ids), or meaningful
+# only to FlashAttention's varlen path. They reach the traced eager function only when it names
+# them as parameters: a changing position_ids tensor as an unused kernel input would only cost
+# a new specialisation per length.
+MASK_CARRIED = frozenset({"sliding_window", "is_causal", "position_ids", "cu_seq_lens_q", "cu_seq_lens_k",
+                          "max_length_q", "max_length_k"})
+# Flags with no effect on the attention output.
+NO_EFFECT = frozenset({"use_cache", "output_hidden_states", "output_router_logits", "deterministic", "return_dict",
+                       "cache_position"})
+# Consumed by the layer before it calls attention (the KV cache is already applied; encoder
+# states are already projected to K/V).
+CONSUMED_BEFORE = frozenset({"past_key_values", "past_key_value", "cache", "encoder_hidden_states",
+                             "encoder_attention_mask"})
+# Passed to the family's eager code and traced: tensors become kernel inputs, plain values
+# constants of the trace (and of the cache key).
+TRACED = frozenset({"softcap", "s_aux", "position_bias", "head_mask", "layer_head_mask"})
+KNOWN_KWARGS = MASK_CARRIED | NO_EFFECT | CONSUMED_BEFORE | TRACED | {"output_attentions"}
+
+
+@dataclass
+class LayerKwargs:
+    """A layer's attention keyword arguments, sorted by what the traced program does with them."""
+
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # kernel inputs
+    constants: dict[str, Any] = field(default_factory=dict)  # constants of the trace
+
+
+def classify_kwargs(fam: FamilyAttention, kwargs: dict[str, Any]) -> LayerKwargs:
+    """Decide, per keyword argument, how the traced program honours it; never drop one silently.
+
+    Unknown names are passed to the family's eager code like known traced ones, with one warning
+    naming them; values that are neither tensors nor plain Python values raise."""
+    params = _parameters(fam.eager)
+    out = LayerKwargs()
+    for name, value in kwargs.items():
+        if name == "output_attentions":
+            if value:
+                warn_once("output_attentions", "flashlight: output_attentions=True: the fused kernel never "
+                          "materialises attention weights, so the layers return None for them; use "
+                          "attn_implementation='eager' to inspect weights")
+            continue
+        if name in CONSUMED_BEFORE or ((name in MASK_CARRIED or name in NO_EFFECT) and name not in params):
+            continue
+        if name not in KNOWN_KWARGS:
+            warn_once(f"kwarg:{fam.family}:{name}", f"flashlight: {fam.family} passes the attention keyword "
+                      f"argument {name!r}, which flashlight does not know; it is passed to {fam.source} as is and "
+                      "traced into the kernel. Check the result against attn_implementation='eager'.")
+        if isinstance(value, torch.Tensor):
+            out.tensors[name] = value
+        elif isinstance(value, (int, float, bool, str, type(None))):
+            out.constants[name] = value
+        else:
+            raise NotImplementedError(f"flashlight: {fam.family} passes the attention keyword argument {name!r} "
+                                      f"of type {type(value).__name__}, which cannot become part of a traced "
+                                      "kernel; use attn_implementation='sdpa' or 'eager' for this model")
+    return out
+
+
+def _parameters(fn: Callable) -> frozenset[str]:
+    try:
+        return frozenset(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return frozenset()
+
+
+# --------------------------------------------------------------------------------------------
+# The traced program of one layer configuration
+# --------------------------------------------------------------------------------------------
+
+_PLAIN = (int, float, bool, str, type(None))
+
+
+class _ModuleView:
+    """Stands in for the attention module while its family's eager code is traced.
+
+    The module's own parameters (GPT-OSS reads its sinks from ``module.sinks``) are the
+    program's inputs, so every layer shares one kernel and gradients reach them; other
+    attributes read through to the module, and the plain values read are recorded so a layer
+    whose values differ (another head count, another training flag) gets its own program."""
+
+    def __init__(self, module: torch.nn.Module, tensors: dict[str, torch.Tensor], seen: dict[str, Any],
+                 overrides: dict[str, Any] | None = None):
+        object.__setattr__(self, "_fl_module", module)
+        object.__setattr__(self, "_fl_tensors", tensors)
+        object.__setattr__(self, "_fl_seen", seen)
+        object.__setattr__(self, "_fl_overrides", overrides or {})
+
+    def __getattr__(self, name: str) -> Any:
+        overrides = object.__getattribute__(self, "_fl_overrides")
+        if name in overrides:  # what the program changes on purpose (GQA groups folded into rows)
+            return overrides[name]
+        tensors = object.__getattribute__(self, "_fl_tensors")
+        if name in tensors:
+            return tensors[name]
+        value = getattr(object.__getattribute__(self, "_fl_module"), name)
+        if isinstance(value, _PLAIN):
+            object.__getattribute__(self, "_fl_seen")[name] = value
+        return value
+
+
+@dataclass
+class LayerProgram:
+    """One compiled program and the module attributes its trace read (to share it safely)."""
+
+    fn: CompiledAttention
+    param_names: tuple[str, ...]
+    seen: dict[str, Any] = field(default_factory=dict)
+    traced: bool = False  # seen is complete only once the program has run (been traced) once
+
+    def fits(self, module: torch.nn.Module) -> bool:
+        return self.traced and all(getattr(module, n, _MISSING) == v for n, v in self.seen.items())
+
+
+_MISSING = object()
+_programs: dict[Any, list[LayerProgram]] = {}
+
+
+def layer_program(module: torch.nn.Module, fam: FamilyAttention, scaling: float | None,
+                  kw: LayerKwargs) -> LayerProgram:
+    """The compiled program for this layer configuration: ``fn(q, k, v, mask, *kw.tensors,
+    *params)`` returns the family's attention output; built on first use, then cached."""
+    params = dict(module.named_parameters(recurse=False))
+    names = tuple(sorted(kw.tensors))
+    key = (type(module), fam.eager, repr(scaling), names, tuple(sorted(params)),
+           tuple(sorted((k, repr(v)) for k, v in kw.constants.items())))
+    candidates = _programs.setdefault(key, [])
+    for prog in candidates:
+        if prog.fits(module):
+            return prog
+    eager, constants, param_names = fam.eager, dict(kw.constants), tuple(sorted(params))
+    entry = LayerProgram(fn=None, param_names=param_names)  # type: ignore[arg-type]
+
+    def program(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                *extra: torch.Tensor) -> torch.Tensor:
+        view = _ModuleView(module, dict(zip(param_names, extra[len(names):])), entry.seen)
+        out = eager(view, q, k, v, mask, scaling=scaling, dropout=0.0, **constants,
+                    **dict(zip(names, extra[:len(names)])))[0]
+        entry.traced = True
+        return out
+
+    program.__name__ = f"{type(module).__name__}_attention"
+    entry.fn = fl_compile(program)
+    candidates.append(entry)
+    return entry
+
+
+def structured_layer_program(module: torch.nn.Module, fam: FamilyAttention, scaling: float | None,
+                             kw: LayerKwargs, sig: tuple, mask_function: Callable, n_mask: int,
+                             gqa_rows: bool) -> LayerProgram:
+    """Like :func:`layer_program`, with the mask built *inside* the program from its pieces
+    (:func:`flashlight_hf.masks.keep_from_structure`): ``fn(q, k, v, *mask_tensors, *kw.tensors,
+    *params)``. The masked scores are −inf selects the generator reads as loop bounds; the
+    family's softmax runs as :class:`~flashlight_hf.masks.SafeSoftmax` (rows that see no key: 0).
+    ``gqa_rows``: a decode step whose rows are the query heads of one KV head's group."""
+    params = dict(module.named_parameters(recurse=False))
+    names = tuple(sorted(kw.tensors))
+    key = (type(module), fam.eager, repr(scaling), names, tuple(sorted(params)),
+           tuple(sorted((k, repr(v)) for k, v in kw.constants.items())), sig, gqa_rows)
+    candidates = _programs.setdefault(key, [])
+    for prog in candidates:
+        if prog.fits(module):
+            return prog
+    eager, constants, param_names = fam.eager, dict(kw.constants), tuple(sorted(params))
+    entry = LayerProgram(fn=None, param_names=param_names)  # type: ignore[arg-type]
+    overrides = {"num_key_value_groups": 1} if gqa_rows else None
+
+    def program(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
+        keep = keep_from_structure(sig, mask_function, q, k, list(rest[:n_mask]), q_rows=1 if gqa_rows else None)
+        bias = torch.where(keep, 0.0, float("-inf")).to(q.dtype)
+        extra = rest[n_mask:]
+        view = _ModuleView(module, dict(zip(param_names, extra[len(names):])), entry.seen, overrides)
+        with SafeSoftmax():  # rows with no visible key: 0, not NaN (forward and backward)
+            out = eager(view, q, k, v, bias, scaling=scaling, dropout=0.0, **constants,
+                        **dict(zip(names, extra[:len(names)])))[0]
+        entry.traced = True
+        return out
+
+    program.__name__ = f"{type(module).__name__}_attention_structured_mask{'_gqa_rows' if gqa_rows else ''}"
+    entry.fn = fl_compile(program)
+    candidates.append(entry)
+    return entry
+
+
+# Families whose eager attention is the Llama pattern (repeat_kv, scaled scores, mask, softmax,
+# · V) with nothing per head besides: a decode step may fold a GQA group's query heads into rows.
+GQA_ROW_FAMILIES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3",
+                              "gemma3_text", "granite", "olmo", "olmo2", "starcoder2", "smollm3", "cohere", "helium"})
+
+
+def _gqa_rows(fam: FamilyAttention, module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
+              kw: LayerKwargs) -> bool:
+    """A decode step (one query row) of a grouped-query layer: the G query heads that share a KV
+    head become G rows of one program, which then reads that KV head's cache once instead of G
+    times. Only for the Llama-pattern eager code with no per-head tensors (sinks, biases)."""
+    groups = int(getattr(module, "num_key_value_groups", 1) or 1)
+    if query.shape[-2] != 1 or groups <= 1 or kw.tensors or key.shape[1] * groups != query.shape[1]:
+        return False
+    if any(True for _ in module.named_parameters(recurse=False)):
+        return False
+    return fam.family in GQA_ROW_FAMILIES and os.environ.get("FLASHLIGHT_GQA_ROWS", "1") != "0"
+
+
+def run_layer_structured(module: torch.nn.Module, fam: FamilyAttention, query: torch.Tensor, key: torch.Tensor,
+                         value: torch.Tensor, spec: MaskSpec, scaling: float | None,
+                         kwargs: dict[str, Any]) -> torch.Tensor:
+    """The family's attention output ``[B, Q, H, D]`` with the mask passed as structure."""
+    kw = classify_kwargs(fam, kwargs)
+    sig, mask_tensors = spec.structure()
+    rows = _gqa_rows(fam, module, query, key, kw)
+    prog = structured_layer_program(module, fam, scaling, kw, sig, spec.mask_function, len(mask_tensors), rows)
+    params = [getattr(module, n) for n in prog.param_names]
+    tensors = [kw.tensors[n] for n in sorted(kw.tensors)]
+    if not rows:
+        return prog.fn(query, key, value, *mask_tensors, *tensors, *params)
+    b, h, _, d = query.shape
+    hk = key.shape[1]
+    # [B, H, 1, D] -> [B, Hk, G, D]: a view (heads split into KV head and group member)
+    out = prog.fn(query.reshape(b, hk, h // hk, d), key, value, *mask_tensors, *tensors, *params)  # [B, G, Hk, Dv]
+    return out.transpose(1, 2).reshape(b, 1, h, out.shape[-1])  # [B, 1, H, Dv], heads KV-major
+
+
+def run_layer(module: torch.nn.Module, fam: FamilyAttention, query: torch.Tensor, key: torch.Tensor,
+              value: torch.Tensor, mask: torch.Tensor | None, scaling: float | None,
+              kwargs: dict[str, Any]) -> torch.Tensor:
+    """The family's attention output ``[B, Q, H, D]`` through its compiled program."""
+    kw = classify_kwargs(fam, kwargs)
+    prog = layer_program(module, fam, scaling, kw)
+    params = [getattr(module, n) for n in prog.param_names]
+    return prog.fn(query, key, value, mask, *[kw.tensors[n] for n in sorted(kw.tensors)], *params)
+
+
+# --------------------------------------------------------------------------------------------
+# Layer overrides: families whose attention math spans the module's forward
+# --------------------------------------------------------------------------------------------
+
+# (modeling module, attention class, factory of the flashlight forward given the original)
+def _layer_overrides() -> list[tuple[str, str, Callable[[Callable], Callable]]]:
+    from flashlight_hf import differential
+
+    return [("transformers.models.diffllama.modeling_diffllama", "DiffLlamaAttention", differential.flashlight_forward)]
+
+
+_installed: dict[tuple[str, str], Callable] = {}
+
+
+def install_layer_overrides(impl_name: str) -> None:
+    """Route each overridden attention class to its flashlight forward while the module's config
+    selects ``impl_name``; any other implementation runs the class's original forward."""
+    for path, cls_name, make in _layer_overrides():
+        if (path, cls_name) in _installed:
+            continue
+        try:
+            cls = getattr(importlib.import_module(path), cls_name)
+        except (ImportError, AttributeError) as exc:
+            raise RuntimeError(f"flashlight: cannot find {path}.{cls_name} to route its differential attention "
+                               f"({exc}); this Transformers version moved it: update flashlight_hf.registry") from exc
+        original = cls.forward
+        _installed[(path, cls_name)] = original
+        cls.forward = _dispatching(original, make(original), impl_name)
+
+
+def remove_layer_overrides() -> None:
+    """Restore every overridden class's original forward."""
+    for (path, cls_name), original in list(_installed.items()):
+        setattr(getattr(importlib.import_module(path), cls_name), "forward", original)
+        del _installed[(path, cls_name)]
+
+
+def _dispatching(original: Callable, fused: Callable, impl_name: str) -> Callable:
+    def forward(self: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        if getattr(self.config, "_attn_implementation", None) == impl_name:
+            return fused(self, *args, **kwargs)
+        return original(self, *args, **kwargs)
+
+    forward.__wrapped__ = original  # type: ignore[attr-defined]
+    forward.__doc__ = original.__doc__
+    return forward
