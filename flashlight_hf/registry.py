@@ -27,6 +27,7 @@ It also decides what happens to each keyword argument a layer passes to attentio
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import os
@@ -81,6 +82,11 @@ INTERFACE_FAMILIES: dict[str, str] = {
 REPLACED_PROGRAMS: dict[str, Callable] = {
     "gpt_oss": sink_attention,
 }
+
+
+# Programs whose every softmax row holds a finite logit besides the keys (attention sinks): a
+# query that sees no key attends to the sink only, never 0/0.
+ROWS_NEVER_EMPTY = frozenset({sink_attention})
 
 
 def family_name(module: torch.nn.Module) -> str:
@@ -321,7 +327,9 @@ def structured_layer_program(module: torch.nn.Module, fam: FamilyAttention, scal
         bias = torch.where(keep, 0.0, float("-inf")).to(q.dtype)
         extra = rest[n_mask:]
         view = _ModuleView(module, dict(zip(param_names, extra[len(names):])), entry.seen, overrides)
-        with SafeSoftmax():  # rows with no visible key: 0, not NaN (forward and backward)
+        # rows with no visible key: 0, not NaN (forward and backward) — unless every softmax row
+        # holds a finite logit of its own (a sink), where the family's softmax is kept as written
+        with contextlib.nullcontext() if eager in ROWS_NEVER_EMPTY else SafeSoftmax():
             out = eager(view, q, k, v, bias, scaling=scaling, dropout=0.0, **constants,
                         **dict(zip(names, extra[:len(names)])))[0]
         entry.traced = True

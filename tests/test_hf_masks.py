@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import flashlight_hf.hf as fl_hf
+from flashlight_hf import registry
 from flashlight_hf.compiler.runtime import add_launch_hook
 from flashlight_hf.masks import StructuredMask
 from flashlight_hf.model_zoo.configs import zoo_config
@@ -45,8 +46,13 @@ def _masks_seen(model, **inputs) -> list:
     return seen
 
 
-def _sources(model_key_filter=None) -> list[str]:
-    return [b.source.source for c in fl_hf._compiled.values() for b in c._builds.values() if b.source is not None]
+def _compiled():
+    """Every compiled attention program the registry holds."""
+    return [p.fn for progs in registry._programs.values() for p in progs]
+
+
+def _sources() -> list[str]:
+    return [b.source.source for c in _compiled() for b in c._builds.values() if b.source is not None]
 
 
 def test_attention_receives_structure_not_a_dense_mask(models):
@@ -120,7 +126,7 @@ def test_decode_steps_reuse_one_kernel(models):
     mask[1, :4] = 0
     with torch.no_grad():
         fused.generate(input_ids=ids, attention_mask=mask, max_new_tokens=2, do_sample=False)  # warm up
-        builds = sum(len(c._builds) for c in fl_hf._compiled.values())
+        builds = sum(len(c._builds) for c in _compiled())
         launches: list[str] = []
         remove = add_launch_hook(launches.append)
         try:
@@ -129,5 +135,5 @@ def test_decode_steps_reuse_one_kernel(models):
             remove()
         ref = eager.generate(input_ids=ids, attention_mask=mask, max_new_tokens=8, do_sample=False)
     assert torch.equal(got, ref)
-    assert sum(len(c._builds) for c in fl_hf._compiled.values()) == builds, "a decode step recompiled"
+    assert sum(len(c._builds) for c in _compiled()) == builds, "a decode step recompiled"
     assert len(launches) >= 8 * fused.config.num_hidden_layers
