@@ -161,6 +161,9 @@ def enable() -> None:
     _patch_flash_name_check()
     AttentionInterface.register(NAME, flashlight_attention_forward)
     AttentionMaskInterface.register(NAME, flashlight_mask)
+    from flashlight_hf.patches import install as install_patches  # families outside the interface
+
+    install_patches()
 
 
 def disable() -> None:
@@ -170,6 +173,9 @@ def disable() -> None:
 
     for iface in (AttentionInterface, AttentionMaskInterface):
         iface._global_mapping.pop(NAME, None)
+    from flashlight_hf.patches import uninstall as uninstall_patches
+
+    uninstall_patches()
 
 
 enable()
