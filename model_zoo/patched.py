@@ -42,6 +42,13 @@ PATCHED_FAMILIES: dict[str, FamilySpec] = {
         about="GPT-Neo: alternating global and local (sliding-window) layers, unscaled float32 scores "
               "(patches.gpt_neo).",
     ),
+    "gptj": FamilySpec(
+        model_type="gptj",
+        kind="causal",
+        attention=("rope", "causal-mask", "padding-mask", "kv-cache"),
+        about="GPT-J: partial rotary, float32 scores. Patched (patches.gptj) only on Transformers versions "
+              "where it bypasses AttentionInterface (5.17); from 5.2x the front door's interface serves it.",
+    ),
     "deberta-v2": FamilySpec(
         model_type="deberta-v2",
         kind="encoder",
@@ -84,6 +91,13 @@ PATCHED_CONFIGS: dict[str, ZooConfig] = {
         fields=dict(hidden_size=64, num_layers=2, num_heads=4, attention_types=[[["global", "local"], 1]],
                     window_size=4, vocab_size=1024, max_position_embeddings=64, bos_token_id=1, eos_token_id=2),
         about="one global and one local layer (window 4), 4 heads, head dim 16; for tests",
+    ),
+    "gptj-tiny": ZooConfig(
+        name="gptj-tiny",
+        family=PATCHED_FAMILIES["gptj"],
+        fields=dict(n_embd=64, n_layer=2, n_head=4, rotary_dim=8, vocab_size=1024, n_positions=64,
+                    bos_token_id=1, eos_token_id=2),
+        about="2 layers, 4 heads, head dim 16, rotary on the first 8 features; for tests",
     ),
     "deberta-v2-tiny": ZooConfig(
         name="deberta-v2-tiny",

@@ -13,9 +13,9 @@ Entry points for the front door (``flashlight_hf.hf``) and users:
 * :func:`apply` / :func:`remove` / :func:`is_patched` — the same by hand, on one model;
 * :data:`PATCHED_MODEL_TYPES` — the ``config.model_type`` values handled here.
 
-GPT-J is not here: from Transformers 5.2x its attention goes through ``AttentionInterface``
-(``GPTJAttention`` calls ``ALL_ATTENTION_FUNCTIONS.get_interface``), so the front door's
-interface registration covers it (on 5.17 it still bypasses the interface; see README.md).
+A family is patched only where the installed Transformers' modeling file bypasses the interface:
+GPT-J does on 5.17 (patched there) but goes through ``AttentionInterface`` from 5.2x, where the
+front door's interface registration serves it and "gptj" is not in :data:`PATCHED_MODEL_TYPES`.
 """
 
 from __future__ import annotations
@@ -31,9 +31,13 @@ from .bloom import PATCH as _BLOOM
 from .deberta_v2 import PATCH as _DEBERTA_V2
 from .falcon import PATCH as _FALCON
 from .gpt_neo import PATCH as _GPT_NEO
+from .gptj import PATCH as _GPTJ
 from .mpt import PATCH as _MPT
 
-PATCHES: dict[str, FamilyPatch] = {p.model_type: p for p in (_BLOOM, _MPT, _FALCON, _GPT_NEO, _DEBERTA_V2)}
+PATCHES: dict[str, FamilyPatch] = {
+    p.model_type: p for p in (_BLOOM, _MPT, _FALCON, _GPT_NEO, _DEBERTA_V2, _GPTJ)
+    if _transformers.bypasses_attention_interface(p.module)
+}
 PATCHED_MODEL_TYPES: frozenset[str] = frozenset(PATCHES)
 
 # Implementations a patched model can be switched back to without reloading: its attention

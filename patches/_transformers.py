@@ -6,8 +6,8 @@ How Transformers 5.x treats an implementation name for a family outside the atte
 * Loading (``from_pretrained`` / ``from_config``): ``get_correct_attn_implementation`` accepts
   any name registered in ``AttentionInterface`` — "flashlight" included — for every model, and
   writes it to ``config._attn_implementation``. BLOOM, MPT and DeBERTa-v2 then build their eager
-  modules; Falcon and GPT-Neo index a module-level dict of attention classes by that name
-  (``FALCON_ATTENTION_CLASSES`` / ``GPT_NEO_ATTENTION_CLASSES``) and would raise ``KeyError``:
+  modules; Falcon, GPT-Neo (and GPT-J on 5.17) index a module-level dict of attention classes by
+  that name (``FALCON_ATTENTION_CLASSES`` / ``GPT_NEO_ATTENTION_CLASSES`` / ``GPTJ_ATTENTION_CLASSES``) and would raise ``KeyError``:
   :func:`install` maps "flashlight" to their eager class there.
 * Switching (``set_attn_implementation``): for a class whose modeling source never calls
   ``ALL_ATTENTION_FUNCTIONS.get_interface(`` (``_can_set_attn_implementation``), Transformers
@@ -26,17 +26,20 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 from typing import Any, Callable
 
 import torch
 
 from ._base import NAME
 
-# (module, dict name) of the per-implementation attention-class tables that must know "flashlight"
-CLASS_TABLES = (
-    ("transformers.models.falcon.modeling_falcon", "FALCON_ATTENTION_CLASSES"),
-    ("transformers.models.gpt_neo.modeling_gpt_neo", "GPT_NEO_ATTENTION_CLASSES"),
-)
+# model_type -> (module, dict name) of the per-implementation attention-class tables that must know
+# "flashlight" (GPT-J's exists only where GPT-J bypasses the interface: Transformers 5.17)
+CLASS_TABLES = {
+    "falcon": ("transformers.models.falcon.modeling_falcon", "FALCON_ATTENTION_CLASSES"),
+    "gpt_neo": ("transformers.models.gpt_neo.modeling_gpt_neo", "GPT_NEO_ATTENTION_CLASSES"),
+    "gptj": ("transformers.models.gptj.modeling_gptj", "GPTJ_ATTENTION_CLASSES"),
+}
 
 _installed: dict[str, Any] = {}
 
@@ -46,10 +49,17 @@ def set_config_implementation(config: Any, name: str) -> None:
     config._attn_implementation_internal = name
 
 
+def bypasses_attention_interface(module_name: str) -> bool:
+    """Whether a modeling file computes attention itself: the same source test Transformers'
+    ``_can_set_attn_implementation`` uses."""
+    source = inspect.getsource(importlib.import_module(module_name))
+    return "ALL_ATTENTION_FUNCTIONS.get_interface(" not in source
+
+
 def _register_in_class_tables() -> None:
-    for module_name, table_name in CLASS_TABLES:
-        table = getattr(importlib.import_module(module_name), table_name)
-        if NAME not in table:
+    for module_name, table_name in CLASS_TABLES.values():
+        table = getattr(importlib.import_module(module_name), table_name, None)
+        if table is not None and NAME not in table:
             table[NAME] = table["eager"]
             _installed.setdefault("tables", []).append(table)
 
