@@ -2,8 +2,9 @@
 one warning per fallback reason, and the mask conversions the families' own code expects.
 
 A family patch replaces ``forward`` on the *instances* of one attention class inside one model
-(never the class), so two models of the same family — one patched, one not — coexist. The
-replacement is dormant unless the model's config says ``"flashlight"``: the masks a family's
+(never the class), so two models of the same family — one patched, one not — coexist; the
+replacement is a method bound to the instance, so ``copy.deepcopy`` of a patched model gives a
+patched copy running its own weights. The replacement is dormant unless the model's config says ``"flashlight"``: the masks a family's
 model builds depend on ``config._attn_implementation`` (Transformers' mask interface), so the
 patched code only runs when it knows which mask format it receives.
 """
@@ -11,6 +12,7 @@ patched code only runs when it knows which mask format it receives.
 from __future__ import annotations
 
 import importlib
+import types
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -19,8 +21,9 @@ import torch
 
 NAME = "flashlight"
 
-# Key of the per-instance record: (the instance's own ``forward`` entry before patching or
-# _MISSING, the attention implementation the model had before it was switched to flashlight).
+# Key of the per-instance record: the instance's own ``forward`` entry before patching (or
+# _MISSING), the implementation the model had before it was switched to flashlight, the patch,
+# the model's config. Kept on the instance so that ``copy.deepcopy(model)`` copies it along.
 _STATE = "_flashlight_patch_state"
 _MISSING = object()
 
@@ -57,18 +60,22 @@ class FamilyPatch:
         return getattr(importlib.import_module(self.module), self.attention_class)
 
 
-def patched_forward(patch: FamilyPatch, module: torch.nn.Module, original: Callable, config: Any) -> Callable:
-    """The callable stored on the instance: the family's fused forward while the config says
-    flashlight, the original forward otherwise (a config switched behind the patch's back)."""
+def _original_forward(module: torch.nn.Module) -> Callable:
+    own = module.__dict__[_STATE]["own"]
+    return type(module).forward.__get__(module) if own is _MISSING else own
 
-    def forward(*args: Any, **kwargs: Any) -> Any:
-        if getattr(config, "_attn_implementation", None) != NAME:
-            return original(*args, **kwargs)
-        return patch.forward(module, original, config, *args, **kwargs)
 
-    forward.__wrapped__ = original  # type: ignore[attr-defined]
-    forward.__name__ = f"flashlight_{patch.model_type}_attention_forward"
-    return forward
+def _dispatch(module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+    """The patched ``forward``, bound to the instance: the family's fused forward while the config
+    says flashlight, the original forward otherwise (a config switched behind the patch's back).
+
+    A bound method, not a closure: ``copy.deepcopy`` rebinds it to the copied module, so a copy
+    of a patched model runs its own weights."""
+    state = module.__dict__[_STATE]
+    original = _original_forward(module)
+    if getattr(state["config"], "_attn_implementation", None) != NAME:
+        return original(*args, **kwargs)
+    return state["patch"].forward(module, original, state["config"], *args, **kwargs)
 
 
 def attention_modules(model: torch.nn.Module, patch: FamilyPatch) -> list[torch.nn.Module]:
@@ -80,10 +87,9 @@ def install_on(module: torch.nn.Module, patch: FamilyPatch, config: Any, previou
     """Patch one instance; False when it already carries the patch."""
     if _STATE in module.__dict__:
         return False
-    own = module.__dict__.get("forward", _MISSING)
-    original = module.forward  # bound: the class's forward, or a wrapper someone installed before us
-    module.__dict__[_STATE] = (own, previous_impl)
-    module.forward = patched_forward(patch, module, original, config)
+    own = module.__dict__.get("forward", _MISSING)  # e.g. a wrapper someone installed before us
+    module.__dict__[_STATE] = {"own": own, "previous": previous_impl, "patch": patch, "config": config}
+    module.forward = types.MethodType(_dispatch, module)
     return True
 
 
@@ -92,12 +98,11 @@ def remove_from(module: torch.nn.Module) -> str | None:
     state = module.__dict__.pop(_STATE, None)
     if state is None:
         return None
-    own, previous_impl = state
-    if own is _MISSING:
+    if state["own"] is _MISSING:
         del module.forward
     else:
-        module.forward = own
-    return previous_impl
+        module.forward = state["own"]
+    return state["previous"]
 
 
 def is_patched_module(module: torch.nn.Module) -> bool:
@@ -106,7 +111,7 @@ def is_patched_module(module: torch.nn.Module) -> bool:
 
 def previous_implementation(module: torch.nn.Module) -> str:
     """The attention implementation the model had before this (patched) module was patched."""
-    return module.__dict__[_STATE][1]
+    return module.__dict__[_STATE]["previous"]
 
 
 # -- masks ------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ to be the standard bucketed ones (anything else falls back to the original code,
 from __future__ import annotations
 
 import sys
+import weakref
 from typing import Any, Callable
 
 import torch
@@ -52,7 +53,9 @@ def deberta_v2_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask
 
 _program = fl_compile(deberta_v2_attention)
 
-# (relative_pos tensor, its version, q_len, k_len, buckets, max_pos) of the last check that passed
+# (weak reference to the relative_pos tensor, its version, (q_len, k_len)) of the last check that
+# passed: every layer of a forward pass receives the same tensor, checked once. Weak, so a large
+# [1, N, N] position tensor is not kept alive after the forward pass.
 _checked: list = [None, None, None]
 
 
@@ -72,29 +75,28 @@ def _distance_tables(module: torch.nn.Module, q_len: int, k_len: int, device: to
 
 
 def _standard_relative_pos(relative_pos: torch.Tensor | None, rel: torch.Tensor, q_len: int, k_len: int) -> bool:
-    """Whether ``relative_pos`` is bucket(i − j) (what ``build_relative_position`` gives): checked
-    once per tensor (every layer of a forward pass receives the same one)."""
+    """Whether ``relative_pos`` is ``rel[i − j + K − 1]`` (what ``build_relative_position`` gives).
+
+    A Toeplitz test plus its first row and column — no N×N index tensor — once per tensor."""
     if relative_pos is None:
         return True
-    key = (relative_pos, relative_pos._version, (q_len, k_len))
-    if _checked[0] is relative_pos and _checked[1:] == list(key[1:]):
+    if _checked[0] is not None and _checked[0]() is relative_pos and \
+            _checked[1:] == [relative_pos._version, (q_len, k_len)]:
         return True
     rp = relative_pos
-    if rp.dim() == 4:
-        if rp.shape[0] != 1 or rp.shape[1] != 1:
-            return False
-        rp = rp[0]
-    if rp.dim() == 3:
+    while rp.dim() > 2:
         if rp.shape[0] != 1:
             return False
         rp = rp[0]
-    if tuple(rp.shape) != (q_len, k_len):
+    if rp.dim() != 2 or tuple(rp.shape) != (q_len, k_len):
         return False
-    i = torch.arange(q_len, device=rp.device)[:, None]
-    j = torch.arange(k_len, device=rp.device)[None, :]
-    ok = bool(torch.equal(rp.to(torch.long), rel.to(rp.device)[i - j + (k_len - 1)]))
+    rp = rp.to(torch.long)
+    rel = rel.to(rp.device)
+    ok = (torch.equal(rp[0, :], rel[:k_len].flip(0))  # i = 0: d = −j
+          and torch.equal(rp[:, 0], rel[k_len - 1:])  # j = 0: d = i
+          and torch.equal(rp[1:, 1:], rp[:-1, :-1]))  # constant along every diagonal
     if ok:
-        _checked[:] = list(key)
+        _checked[:] = [weakref.ref(relative_pos), relative_pos._version, (q_len, k_len)]
     return ok
 
 

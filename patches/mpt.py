@@ -15,6 +15,7 @@ of returning ``None`` silently.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable
 
 import torch
@@ -98,7 +99,7 @@ def install_model_hooks(model: torch.nn.Module) -> None:
             continue
 
         def record(mod: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-            wants = kwargs.get("output_attentions")
+            wants = inspect.signature(mod.forward).bind_partial(*args, **kwargs).arguments.get("output_attentions")
             wants = mod.config.output_attentions if wants is None else wants
             for block in mod.blocks:
                 setattr(block.attn, _WANTS_ATTENTIONS, bool(wants))

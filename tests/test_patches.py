@@ -282,3 +282,63 @@ def test_dropout_in_training_falls_back_to_the_family_code():
     finally:
         remove()
     assert not launches
+
+
+@pytest.mark.parametrize("name", ["bloom-tiny", "deberta-v2-tiny"])
+def test_backward_matches_eager(name: str):
+    """The custom op's backward (eager recompute) reaches every parameter, the relative-position
+    projections that feed DeBERTa's gathered terms included."""
+    zc = PATCHED_CONFIGS[name]
+    ids, mask = _batch(8)
+    keep = mask.bool()
+    grads = []
+    for impl in ("eager", "flashlight"):
+        model = zc.build_model(attn_implementation=impl, seed=3)  # eval mode: no dropout either side
+        out = _output(model, ids, mask)[keep]
+        # a random projection: a plain sum of squares of a LayerNorm output has ~0 gradient
+        (out * torch.randn(out.shape, generator=torch.Generator().manual_seed(9))).sum().backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    scale = max(float(g.norm()) for g in grads[0].values())
+    for n in grads[0]:
+        if float(grads[0][n].norm()) <= 1e-6 * scale:
+            # analytically zero (a bias added equally to every key's score, e.g. DeBERTa's
+            # pos_key_proj.bias, cancels in the softmax): both sides are rounding noise
+            assert float(grads[1][n].norm()) <= 1e-5 * scale, n
+            continue
+        err = rel_error(grads[1][n], grads[0][n])
+        assert err <= 1e-4, f"{name}: gradient of {n} differs from eager's by {err:.2e}"
+
+
+def test_deepcopy_of_a_patched_model_runs_its_own_weights():
+    import copy
+
+    _, fused = models("falcon-rope-tiny")
+    twin = copy.deepcopy(fused)
+    assert patches.is_patched(twin)
+    ids, mask = _batch(10)
+    with torch.no_grad():
+        for p in twin.parameters():
+            p.mul_(0.5)
+    (a, _), (b, launches) = _strict_run(lambda: _output(fused, ids, mask)), _strict_run(lambda: _output(twin, ids, mask))
+    assert len(launches) == twin.config.num_hidden_layers
+    assert not torch.allclose(a, b), "the copy must run its own (changed) weights, not the original's"
+    assert patches.remove(twin) and patches.is_patched(fused)
+
+
+def test_deberta_relative_positions_other_than_the_standard_ones_fall_back():
+    from flashlight_hf.patches.deberta_v2 import _distance_tables, _standard_relative_pos
+
+    eager, fused = models("deberta-v2-tiny")
+    layer = _attention_modules(fused)[0]
+    n = 21
+    _, _, rel = _distance_tables(layer, n, n, torch.device("cpu"))
+    from transformers.models.deberta_v2.modeling_deberta_v2 import build_relative_position
+
+    x = torch.zeros(1, n, 8)
+    standard = build_relative_position(x, x, bucket_size=layer.position_buckets,
+                                       max_position=layer.max_relative_positions)
+    assert _standard_relative_pos(standard, rel, n, n)
+    odd = standard.clone()
+    odd[0, 5, 9] += 1  # breaks one diagonal only
+    assert not _standard_relative_pos(odd, rel, n, n)
