@@ -342,3 +342,32 @@ def test_deberta_relative_positions_other_than_the_standard_ones_fall_back():
     odd = standard.clone()
     odd[0, 5, 9] += 1  # breaks one diagonal only
     assert not _standard_relative_pos(odd, rel, n, n)
+
+
+def test_from_pretrained_with_flashlight_applies_the_patch(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    eager, _ = models("mpt-tiny")
+    eager.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="flashlight").eval()
+    assert patches.is_patched(loaded) and loaded.config._attn_implementation == "flashlight"
+    ids, mask = _batch(11)
+    got, launches = _strict_run(lambda: _output(loaded, ids, mask))
+    assert len(launches) == loaded.config.num_hidden_layers
+    with torch.no_grad():
+        ref = _output(eager, ids, mask)
+    assert rel_error(got[mask.bool()], ref[mask.bool()]) <= 1e-4
+
+
+def test_falcon_switches_back_to_sdpa():
+    """Falcon's eager class also runs SDPA at run time, so "sdpa" is a valid target without reloading."""
+    eager, _ = models("falcon-rope-tiny")
+    model = PATCHED_CONFIGS["falcon-rope-tiny"].build_model(attn_implementation="flashlight", seed=1)
+    model.set_attn_implementation("sdpa")
+    assert not patches.is_patched(model) and model.config._attn_implementation == "sdpa"
+    ids, mask = _batch(12)
+    got, launches = _strict_run(lambda: _output(model, ids, mask))
+    assert not launches
+    with torch.no_grad():
+        ref = _output(eager, ids, mask)
+    assert rel_error(got[mask.bool()], ref[mask.bool()]) <= 1e-4
