@@ -2,11 +2,12 @@
 one warning per fallback reason, and the mask conversions the families' own code expects.
 
 A family patch replaces ``forward`` on the *instances* of one attention class inside one model
-(never the class), so two models of the same family — one patched, one not — coexist; the
+(never the class), so two models of the same family — one patched, one not — coexist. The
 replacement is a method bound to the instance, so ``copy.deepcopy`` of a patched model gives a
-patched copy running its own weights. The replacement is dormant unless the model's config says ``"flashlight"``: the masks a family's
-model builds depend on ``config._attn_implementation`` (Transformers' mask interface), so the
-patched code only runs when it knows which mask format it receives.
+patched copy running its own weights. It is dormant unless the model's config says
+``"flashlight"``: the masks a family's model builds depend on ``config._attn_implementation``
+(Transformers' mask interface), so the patched code only runs when it knows which mask format
+it receives.
 """
 
 from __future__ import annotations
