@@ -178,6 +178,9 @@ def enable() -> None:
     AttentionInterface.register(NAME, flashlight_attention_forward)
     AttentionMaskInterface.register(NAME, flashlight_mask)
     registry.install_layer_overrides(NAME)
+    from flashlight_hf.patches import install as install_patches  # families outside the interface
+
+    install_patches()
 
 
 def disable() -> None:
@@ -188,6 +191,9 @@ def disable() -> None:
     for iface in (AttentionInterface, AttentionMaskInterface):
         iface._global_mapping.pop(NAME, None)
     registry.remove_layer_overrides()
+    from flashlight_hf.patches import uninstall as uninstall_patches
+
+    uninstall_patches()
 
 
 enable()
