@@ -28,6 +28,7 @@ It also decides what happens to each keyword argument a layer passes to attentio
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import inspect
 import os
@@ -75,6 +76,9 @@ INTERFACE_FAMILIES: dict[str, str] = {
     "modernbert": "transformers.models.modernbert.modeling_modernbert",
     "t5": "transformers.models.t5.modeling_t5",
     "bart": "transformers.models.bart.modeling_bart",
+    # GPT-J goes through the interface from Transformers 5.2x; on 5.17 it bypasses it and
+    # patches/gptj.py serves it (this entry is then never consulted)
+    "gptj": "transformers.models.gptj.modeling_gptj",
 }
 
 # model_type -> a program of flashlight_hf.programs traced instead of the family's own eager
@@ -214,7 +218,9 @@ def classify_kwargs(fam: FamilyAttention, kwargs: dict[str, Any]) -> LayerKwargs
     return out
 
 
+@functools.lru_cache(maxsize=None)
 def _parameters(fn: Callable) -> frozenset[str]:
+    """The parameter names of an eager function (cached: asked once per layer call)."""
     try:
         return frozenset(inspect.signature(fn).parameters)
     except (TypeError, ValueError):
@@ -273,69 +279,61 @@ _MISSING = object()
 _programs: dict[Any, list[LayerProgram]] = {}
 
 
+@dataclass(frozen=True)
+class MaskStructure:
+    """How a structured mask enters a program: its signature (what changes the code), the
+    family's mask function, how many mask tensors lead the inputs, and whether a decode step's
+    rows are a GQA group's query heads."""
+
+    sig: tuple
+    # not part of the cache key: each forward builds a new closure; its code and plain values
+    # are in ``sig``, its tensors are run-time inputs
+    mask_function: Callable = field(compare=False, hash=False)
+    n_mask: int = 0
+    gqa_rows: bool = False
+
+
 def layer_program(module: torch.nn.Module, fam: FamilyAttention, scaling: float | None,
-                  kw: LayerKwargs) -> LayerProgram:
-    """The compiled program for this layer configuration: ``fn(q, k, v, mask, *kw.tensors,
-    *params)`` returns the family's attention output; built on first use, then cached."""
+                  kw: LayerKwargs, structure: MaskStructure | None = None) -> LayerProgram:
+    """The compiled program for this layer configuration, built on first use, then cached.
+
+    Without ``structure``: ``fn(q, k, v, mask, *kw.tensors, *params)`` with the mask a tensor.
+    With it: ``fn(q, k, v, *mask_tensors, *kw.tensors, *params)``, the mask built *inside* the
+    program from its pieces (:func:`flashlight_hf.masks.keep_from_structure`) as −inf selects the
+    generator reads as loop bounds, the family's softmax run as
+    :class:`~flashlight_hf.masks.SafeSoftmax` (rows that see no key: 0) unless its rows can
+    never be empty (sinks)."""
     params = dict(module.named_parameters(recurse=False))
     names = tuple(sorted(kw.tensors))
     key = (type(module), fam.eager, repr(scaling), names, tuple(sorted(params)),
-           tuple(sorted((k, repr(v)) for k, v in kw.constants.items())))
+           tuple(sorted((k, repr(v)) for k, v in kw.constants.items())), structure)
     candidates = _programs.setdefault(key, [])
     for prog in candidates:
         if prog.fits(module):
             return prog
     eager, constants, param_names = fam.eager, dict(kw.constants), tuple(sorted(params))
     entry = LayerProgram(fn=None, param_names=param_names)  # type: ignore[arg-type]
-
-    def program(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
-                *extra: torch.Tensor) -> torch.Tensor:
-        view = _ModuleView(module, dict(zip(param_names, extra[len(names):])), entry.seen)
-        out = eager(view, q, k, v, mask, scaling=scaling, dropout=0.0, **constants,
-                    **dict(zip(names, extra[:len(names)])))[0]
-        entry.traced = True
-        return out
-
-    program.__name__ = f"{type(module).__name__}_attention"
-    entry.fn = fl_compile(program)
-    candidates.append(entry)
-    return entry
-
-
-def structured_layer_program(module: torch.nn.Module, fam: FamilyAttention, scaling: float | None,
-                             kw: LayerKwargs, sig: tuple, mask_function: Callable, n_mask: int,
-                             gqa_rows: bool) -> LayerProgram:
-    """Like :func:`layer_program`, with the mask built *inside* the program from its pieces
-    (:func:`flashlight_hf.masks.keep_from_structure`): ``fn(q, k, v, *mask_tensors, *kw.tensors,
-    *params)``. The masked scores are −inf selects the generator reads as loop bounds; the
-    family's softmax runs as :class:`~flashlight_hf.masks.SafeSoftmax` (rows that see no key: 0).
-    ``gqa_rows``: a decode step whose rows are the query heads of one KV head's group."""
-    params = dict(module.named_parameters(recurse=False))
-    names = tuple(sorted(kw.tensors))
-    key = (type(module), fam.eager, repr(scaling), names, tuple(sorted(params)),
-           tuple(sorted((k, repr(v)) for k, v in kw.constants.items())), sig, gqa_rows)
-    candidates = _programs.setdefault(key, [])
-    for prog in candidates:
-        if prog.fits(module):
-            return prog
-    eager, constants, param_names = fam.eager, dict(kw.constants), tuple(sorted(params))
-    entry = LayerProgram(fn=None, param_names=param_names)  # type: ignore[arg-type]
-    overrides = {"num_key_value_groups": 1} if gqa_rows else None
+    rows = structure is not None and structure.gqa_rows
+    overrides = {"num_key_value_groups": 1} if rows else None
+    n_mask = 1 if structure is None else structure.n_mask
 
     def program(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
-        keep = keep_from_structure(sig, mask_function, q, k, list(rest[:n_mask]), q_rows=1 if gqa_rows else None)
-        bias = torch.where(keep, 0.0, float("-inf")).to(q.dtype)
         extra = rest[n_mask:]
         view = _ModuleView(module, dict(zip(param_names, extra[len(names):])), entry.seen, overrides)
-        # rows with no visible key: 0, not NaN (forward and backward) — unless every softmax row
-        # holds a finite logit of its own (a sink), where the family's softmax is kept as written
-        with contextlib.nullcontext() if eager in ROWS_NEVER_EMPTY else SafeSoftmax():
-            out = eager(view, q, k, v, bias, scaling=scaling, dropout=0.0, **constants,
-                        **dict(zip(names, extra[:len(names)])))[0]
+        call = dict(scaling=scaling, dropout=0.0, **constants, **dict(zip(names, extra[:len(names)])))
+        if structure is None:
+            out = eager(view, q, k, v, rest[0], **call)[0]
+        else:
+            keep = keep_from_structure(structure.sig, structure.mask_function, q, k, list(rest[:n_mask]),
+                                       q_rows=1 if rows else None)
+            bias = torch.where(keep, 0.0, float("-inf")).to(q.dtype)
+            with contextlib.nullcontext() if eager in ROWS_NEVER_EMPTY else SafeSoftmax():
+                out = eager(view, q, k, v, bias, **call)[0]
         entry.traced = True
         return out
 
-    program.__name__ = f"{type(module).__name__}_attention_structured_mask{'_gqa_rows' if gqa_rows else ''}"
+    suffix = "" if structure is None else "_structured_mask" + ("_gqa_rows" if rows else "")
+    program.__name__ = f"{type(module).__name__}_attention{suffix}"
     entry.fn = fl_compile(program)
     candidates.append(entry)
     return entry
@@ -367,7 +365,7 @@ def run_layer_structured(module: torch.nn.Module, fam: FamilyAttention, query: t
     kw = classify_kwargs(fam, kwargs)
     sig, mask_tensors = spec.structure()
     rows = _gqa_rows(fam, module, query, key, kw)
-    prog = structured_layer_program(module, fam, scaling, kw, sig, spec.mask_function, len(mask_tensors), rows)
+    prog = layer_program(module, fam, scaling, kw, MaskStructure(sig, spec.mask_function, len(mask_tensors), rows))
     params = [getattr(module, n) for n in prog.param_names]
     tensors = [kw.tensors[n] for n in sorted(kw.tensors)]
     if not rows:

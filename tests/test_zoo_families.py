@@ -263,7 +263,11 @@ def test_registry_finds_every_eager_function():
     private layout): fail loudly, naming the family, when one moves."""
     import importlib
 
+    from flashlight_hf.patches import PATCHED_MODEL_TYPES
+
     for model_type, path in registry.INTERFACE_FAMILIES.items():
+        if model_type in PATCHED_MODEL_TYPES:
+            continue  # this Transformers' version bypasses the interface for it: patches/ serves it
         module = importlib.import_module(path)
         assert callable(getattr(module, "eager_attention_forward", None)), f"{model_type}: {path} moved"
     for model_type in TINY:

@@ -8,6 +8,7 @@ processes never see a half-written kernel.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import os
@@ -116,6 +117,11 @@ DECODE_MAX_ROWS = 16
 DECODE_CONFIG = LaunchConfig(16, 64, 4, 2)
 DECODE_CONFIGS = [DECODE_CONFIG, LaunchConfig(16, 128, 4, 2), LaunchConfig(16, 64, 4, 3), LaunchConfig(16, 32, 4, 2)]
 MAX_SPLITS = 64
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 def _bucket(n: int) -> int:
@@ -242,7 +248,8 @@ class CompiledKernel:
             return max(1, int(forced))
         if rows > DECODE_MAX_ROWS:
             return 1
-        sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+        sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device()) \
+            if device.type == "cuda" else 4
         programs = triton.cdiv(rows, DECODE_CONFIG.block_m) * n_grid
         want = (2 * sms) // max(programs, 1)
         by_keys = keys // (2 * DECODE_CONFIG.block_n)
