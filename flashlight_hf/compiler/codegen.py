@@ -306,9 +306,7 @@ class _Emitter:
                 if not interior:
                     body = f"tl.where({self.broadcast('mask_j', (j,), lay_full)}, {body}, float(\"-inf\"))"
                 self.emit(f"m_tile{k} = tl.max({body}, axis={lay_full.index(j)}) * {scale}  # in log2 units")
-                self.emit(f"m_new_acc{k} = tl.maximum(acc{k}, m_tile{k})  # running max")
-                self.emit(f"m_safe_acc{k} = tl.where(m_new_acc{k} == float(\"-inf\"), 0.0, m_new_acc{k})")
-                self.emit(f"alpha{k} = tl.exp2(acc{k} - m_safe_acc{k})  # rescales the sums tied to this max")
+                self.running_max(k, f"m_tile{k}")
         for k, a in enumerate(accs):
             if a.kind != "sum":
                 continue
@@ -332,6 +330,14 @@ class _Emitter:
                 self.emit(f"acc{k} = m_new_acc{k}")
         self.indent -= 2 if skipping else 1
         self.interior = False
+
+    def running_max(self, k: int, incoming: str) -> None:
+        """Max accumulator ``k`` meets ``incoming`` (a key tile's max, or a share's): the new max,
+        a safe copy for exponents (a row that has seen only −inf stays finite), and the factor
+        ``alpha`` that rescales the sums tied to it."""
+        self.emit(f"m_new_acc{k} = tl.maximum(acc{k}, {incoming})  # running max")
+        self.emit(f"m_safe_acc{k} = tl.where(m_new_acc{k} == float(\"-inf\"), 0.0, m_new_acc{k})")
+        self.emit(f"alpha{k} = tl.exp2(acc{k} - m_safe_acc{k})  # rescales the sums tied to this max")
 
     def tile_skip_guard(self, interior: bool) -> bool:
         """Emit ``if <some key of this tile is kept>:`` for data-dependent masks; True if emitted."""
@@ -784,9 +790,7 @@ def _emit_combine(em: "_Emitter", kp: KernelPlan, pads: dict) -> None:
             continue
         ptr, mask = _partial_ptr(em, kp, k, em.layout(a), pads, "s")
         em.emit(f"m_part{k} = tl.load({ptr}, mask={mask}, other=float(\"-inf\"))")
-        em.emit(f"m_new_acc{k} = tl.maximum(acc{k}, m_part{k})")
-        em.emit(f"m_safe_acc{k} = tl.where(m_new_acc{k} == float(\"-inf\"), 0.0, m_new_acc{k})")
-        em.emit(f"alpha{k} = tl.exp2(acc{k} - m_safe_acc{k})")
+        em.running_max(k, f"m_part{k}")
         em.emit(f"beta{k} = tl.exp2(m_part{k} - m_safe_acc{k})  # this share's sums, to the merged max")
     for k, a in enumerate(accs):
         if a.kind != "sum":
