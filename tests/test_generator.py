@@ -517,3 +517,21 @@ def test_explain_reports_ir_source_and_fallbacks(device: str):
     assert len(e.sources) == 1 and "@triton.jit" in e.sources[0] and e.sources[0].count("# running max") >= 2
     text = str(e)
     assert text.startswith("kernels: 1") and "IR:" in text and "kernel 0 source:" in text
+
+
+def size_derived_scale(q, k, v):
+    """A scale computed from run-time sizes with floor and true division (1 / (Sk // 4 + 1))."""
+    n = k.shape[-2] // 4 + 1
+    return torch.softmax(q @ k.transpose(-2, -1) * (1.0 / n), dim=-1) @ v
+
+
+def test_scales_from_run_time_sizes_are_not_truncated(device: str):
+    """A size expression with a real value is a float kernel argument (printing it as an int
+    would silently scale every score by 0)."""
+    compiled = flashlight_hf.compile(size_derived_scale)
+    for sq, sk in ((9, 21), (16, 40)):
+        args = _inputs("vanilla", torch.float32, device, sq, sk)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message="flashlight")
+            out = compiled(*args)
+        assert_close(out, size_derived_scale(*[a.double() for a in args]), torch.float32, tf32=False)

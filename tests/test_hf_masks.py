@@ -137,3 +137,25 @@ def test_decode_steps_reuse_one_kernel(models):
     assert torch.equal(got, ref)
     assert sum(len(c._builds) for c in _compiled()) == builds, "a decode step recompiled"
     assert len(launches) >= 8 * fused.config.num_hidden_layers
+
+
+@pytest.mark.parametrize("splits", ["3"])
+def test_generate_with_split_kv_decode_steps_matches_eager(models, monkeypatch, splits):
+    """Decode steps forced onto the split-KV pair (shares of the cache + log-sum-exp combine),
+    with the GQA group's heads as rows: the same tokens as eager, and the split kernels ran."""
+    eager, fused = models
+    ids = torch.randint(5, 1000, (2, 11), device=fused.device)
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0
+    monkeypatch.setenv("FLASHLIGHT_SPLIT_KV", splits)
+    launches: list[str] = []
+    remove = add_launch_hook(launches.append)
+    try:
+        with torch.no_grad():
+            got = fused.generate(input_ids=ids, attention_mask=mask, max_new_tokens=4, do_sample=False)
+    finally:
+        remove()
+    with torch.no_grad():
+        ref = eager.generate(input_ids=ids, attention_mask=mask, max_new_tokens=4, do_sample=False)
+    assert torch.equal(got, ref)
+    assert "flashlight_fwd_split" in launches and "flashlight_fwd_combine" in launches

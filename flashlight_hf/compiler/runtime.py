@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import sympy
+from sympy.printing.pycode import PythonCodePrinter
 import torch
 import triton
 
 from flashlight_hf.compiler.codegen import KernelSource
-from flashlight_hf.compiler.ir import Program
+from flashlight_hf.compiler.ir import Program, Unsupported
 
 _launch_hooks: list[Callable[[str], None]] = []
 _lock = threading.Lock()
@@ -63,6 +64,43 @@ def load_kernel(src: KernelSource) -> Any:
     return getattr(module, src.name)
 
 
+class _SizePrinter(PythonCodePrinter):
+    """Python source for size expressions, including the integer functions torch's symbolic
+    shapes use (``FloorDiv``, ``CeilDiv``, ``Mod``, true divisions)."""
+
+    def _print_FloorDiv(self, e):  # noqa: ANN001, ANN202
+        return f"(({self._print(e.args[0])}) // ({self._print(e.args[1])}))"
+
+    def _print_CeilDiv(self, e):  # noqa: ANN001, ANN202
+        return f"(-((-({self._print(e.args[0])})) // ({self._print(e.args[1])})))"
+
+    def _print_PythonMod(self, e):  # noqa: ANN001, ANN202
+        return f"(({self._print(e.args[0])}) % ({self._print(e.args[1])}))"
+
+    _print_Mod = _print_PythonMod
+
+    def _print_FloatTrueDiv(self, e):  # noqa: ANN001, ANN202
+        return f"(({self._print(e.args[0])}) / ({self._print(e.args[1])}))"
+
+    _print_IntTrueDiv = _print_FloatTrueDiv
+
+    def _print_ToFloat(self, e):  # noqa: ANN001, ANN202
+        return f"float({self._print(e.args[0])})"
+
+    def _print_TruncToInt(self, e):  # noqa: ANN001, ANN202
+        return f"int({self._print(e.args[0])})"
+
+
+def _is_float_size(e: sympy.Expr) -> bool:
+    """A size expression with a real value (a scale ``1 / n``), not an index extent: printed
+    as ``float(...)``; ``int(...)`` would silently truncate it."""
+    if e.is_integer is True:
+        return False
+    if e.is_integer is False or e.atoms(sympy.Float):
+        return True
+    return any(type(f).__name__ in ("FloatTrueDiv", "ToFloat", "IntTrueDiv") for f in e.atoms(sympy.Function))
+
+
 class SizeFunction:
     """All run-time sizes of a kernel as one compiled Python function of the input shapes.
 
@@ -82,9 +120,13 @@ class SizeFunction:
         for e in exprs:
             if isinstance(e, int):
                 body.append(repr(e))
-            else:
-                body.append(f"int({sympy.pycode(sympy.sympify(e))})" if sympy.sympify(e).is_integer is not False
-                            else f"float({sympy.pycode(sympy.sympify(e))})")
+                continue
+            e = sympy.sympify(e)
+            try:
+                code = _SizePrinter().doprint(e)
+            except Exception as exc:  # noqa: BLE001 - an expression we cannot print: the program falls back
+                raise Unsupported("sizes", f"a run-time size {e} cannot be computed ({type(exc).__name__})") from None
+            body.append(f"float({code})" if _is_float_size(e) else f"int({code})")
         names = [str(s) for s in symbols]
         src = f"def sizes({', '.join(names)}):\n    return ({', '.join(body)}{',' if len(body) == 1 else ''})\n"
         scope: dict[str, Any] = {"math": __import__("math")}
