@@ -214,7 +214,23 @@ class CompiledAttention:
         # the fast key admits only flat positional arguments, so the tensors are those of args
         tensors = [a for a in args if isinstance(a, torch.Tensor)] if fast is not None else \
             cap.split_args(args, kwargs)[0]
+        if fast is not None and _plain_eager_call(tensors):
+            # nothing to differentiate, trace or export: launch directly (the custom op's
+            # dispatch costs tens of microseconds per call, a decode step's layers add them up)
+            return b.kernel(tensors)
         return torch.ops.flashlight.fused(b.op_key, tensors)
+
+
+def _plain_eager_call(tensors: list[torch.Tensor]) -> bool:
+    """An eager call with real tensors that needs no autograd: the custom op would only add
+    dispatch. Under torch.compile / export / fake tensors, or with gradients, the op is used."""
+    if torch.compiler.is_compiling():
+        return False
+    grad = torch.is_grad_enabled()
+    for t in tensors:
+        if (grad and t.requires_grad) or type(t) is not torch.Tensor and not isinstance(t, torch.nn.Parameter):
+            return False
+    return True
 
 
 def compile(fn: Callable) -> CompiledAttention:  # noqa: A001 - the public name the issue asks for
