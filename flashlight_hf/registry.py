@@ -8,7 +8,8 @@ for the family, so this module answers, for an attention module, which function 
 * :data:`INTERFACE_FAMILIES`: the families verified by ``tests/test_zoo_families.py``, each
   naming the modeling module whose ``eager_attention_forward`` eager mode runs;
 * :data:`REPLACED_PROGRAMS`: families whose literal eager spelling the generator does not fuse
-  trace an equivalent plain-PyTorch program of :mod:`flashlight_hf.programs` instead (GPT-OSS);
+  would trace an equivalent plain-PyTorch program of :mod:`flashlight_hf.programs` instead (none
+  today: GPT-OSS's sinks with their max shift fuse as written);
 * a family not listed warns once, naming it, and traces the ``eager_attention_forward`` its own
   modeling file defines (what its eager mode runs) or, where there is none,
   :func:`~flashlight_hf.programs.generic_attention` (Llama-style: ``repeat_kv``, scaled scores,
@@ -41,7 +42,7 @@ import torch
 
 from flashlight_hf.masks import MaskSpec, SafeSoftmax, keep_from_structure
 from flashlight_hf.api import CompiledAttention, compile as fl_compile
-from flashlight_hf.programs import generic_attention, sink_attention
+from flashlight_hf.programs import generic_attention
 
 _warned: set[str] = set()
 
@@ -83,14 +84,13 @@ INTERFACE_FAMILIES: dict[str, str] = {
 
 # model_type -> a program of flashlight_hf.programs traced instead of the family's own eager
 # function (same math, a spelling the generator fuses; each says why in its docstring).
-REPLACED_PROGRAMS: dict[str, Callable] = {
-    "gpt_oss": sink_attention,
-}
+REPLACED_PROGRAMS: dict[str, Callable] = {}
 
 
-# Programs whose every softmax row holds a finite logit besides the keys (attention sinks): a
-# query that sees no key attends to the sink only, never 0/0.
-ROWS_NEVER_EMPTY = frozenset({sink_attention})
+# Families whose every softmax row holds a finite logit besides the keys (attention sinks): a
+# query that sees no key attends to the sink only, never 0/0, so their softmax is traced as
+# written (not as SafeSoftmax).
+ROWS_NEVER_EMPTY = frozenset({"gpt_oss"})
 
 
 def family_name(module: torch.nn.Module) -> str:
@@ -327,7 +327,7 @@ def layer_program(module: torch.nn.Module, fam: FamilyAttention, scaling: float 
             keep = keep_from_structure(structure.sig, structure.mask_function, q, k, list(rest[:n_mask]),
                                        q_rows=1 if rows else None)
             bias = torch.where(keep, 0.0, float("-inf")).to(q.dtype)
-            with contextlib.nullcontext() if eager in ROWS_NEVER_EMPTY else SafeSoftmax():
+            with contextlib.nullcontext() if fam.family in ROWS_NEVER_EMPTY else SafeSoftmax():
                 out = eager(view, q, k, v, bias, **call)[0]
         entry.traced = True
         return out

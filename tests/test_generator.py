@@ -535,3 +535,27 @@ def test_scales_from_run_time_sizes_are_not_truncated(device: str):
             warnings.filterwarnings("error", message="flashlight")
             out = compiled(*args)
         assert_close(out, size_derived_scale(*[a.double() for a in args]), torch.float32, tf32=False)
+
+
+def gpt_oss_sinks_literal(q, k, v, sinks):
+    """GPT-OSS's eager spelling: sinks joined to the logits, the joined row max subtracted
+    (``max(dim).values``), softmax, sink column dropped."""
+    s = q @ k.transpose(2, 3) * q.shape[-1] ** -0.5
+    i = torch.arange(q.shape[-2], device=q.device)[:, None] + (k.shape[-2] - q.shape[-2])
+    j = torch.arange(k.shape[-2], device=q.device)[None, :]
+    s = s + torch.where(j <= i, 0.0, float("-inf"))
+    joined = torch.cat([s, sinks.reshape(1, -1, 1, 1).expand(q.shape[0], -1, q.shape[-2], -1)], dim=-1)
+    joined = joined - joined.max(dim=-1, keepdim=True).values
+    return torch.softmax(joined, dim=-1, dtype=joined.dtype)[..., :-1] @ v
+
+
+def test_sinks_with_a_row_max_shift_fuse(device: str):
+    """softmax(x − max x) is softmax(x): the shift is dropped, the sinks fuse as one kernel."""
+    q, k, v = _inputs("vanilla", torch.float32, device, 37, 53)
+    sinks = torch.randn(q.shape[1], device=device)
+    assert flashlight_hf.explain(gpt_oss_sinks_literal, q, k, v, sinks).num_kernels == 1
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="flashlight")
+        out = flashlight_hf.compile(gpt_oss_sinks_literal)(q, k, v, sinks)
+    ref = gpt_oss_sinks_literal(q.double(), k.double(), v.double(), sinks.double())
+    assert_close(out, ref, torch.float32, tf32=False)

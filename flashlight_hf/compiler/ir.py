@@ -496,6 +496,9 @@ class Labeller:
         # itself (a SymInt / SymFloat, or a number) is what later ops read
         if t in _SIZE_OPS:
             return val
+        if t is operator.getitem and isinstance(args[0], tuple):
+            got = args[0][args[1]]
+            return _NotHandled(n.name, "the indices of a max/min (argmax) are not handled") if got is None else got
         if t in (aten._assert_tensor_metadata.default, aten._assert_scalar.default,
                  aten.sym_constrain_range_for_size.default) or str(t).startswith("aten._assert"):
             return None
@@ -509,6 +512,15 @@ class Labeller:
             return args[0]
         if packet == "cat":
             return self.cat(n, args[0], args[1] if len(args) > 1 else kwargs.get("dim", 0))
+        if packet in ("max", "min") and t in (aten.max.dim, aten.min.dim):
+            # (values, indices): the values are amax/amin; the indices are not supported
+            dtype = self.val(n)[0].dtype
+            values = self.call_packet(n, "amax" if packet == "max" else "amin", t, args, kwargs, dtype)
+            return (values, None)
+        return self.call_packet(n, packet, t, args, kwargs, dtype)
+
+    def call_packet(self, n: torch.fx.Node, packet: str, t: Any, args: list, kwargs: dict,
+                    dtype: torch.dtype) -> Any:
         pieced = [a for a in args if isinstance(a, LT) and a.pieces is not None]
         if pieced:
             return self.on_pieces(n, packet, args, kwargs, dtype)
@@ -640,8 +652,28 @@ class Labeller:
             pieces = [p if p.node.dtype == dtype else LT(p.axes, Pointwise(dtype, "cast", (p.node,)))
                       for p in x.pieces]
             return LT(x.axes, pieces[0].node, pieces=pieces, piece_axis=dim)
+        if packet in ("amax", "amin"):
+            dims = args[1] if len(args) > 1 else kwargs.get("dim")
+            dims = [dims] if isinstance(dims, int) else list(dims or [])
+            if [d % x.ndim for d in dims] != [dim]:
+                raise Unsupported(n.name, f"{packet} of a concatenated tensor along another axis")
+            parts = [self.reduce(n, packet, [p, *args[1:]], kwargs, dtype) for p in x.pieces]
+            node = parts[0].node
+            for other in parts[1:]:
+                node = Pointwise(dtype, "maximum" if packet == "amax" else "minimum", (node, other.node))
+            return LT(parts[0].axes, node)
+        if packet in ("sub", "add", "mul", "div") and len(args) == 2 and isinstance(args[1], (LT, int, float)):
+            other = self.scalar(args[1], dtype)
+            if other.ndim == x.ndim and not is_one(axis_extent(other.axes[dim])):
+                raise Unsupported(n.name, f"{packet} of a concatenated tensor and a tensor varying along its parts")
+            pieces = []
+            for p in x.pieces:
+                axes, (a, b) = self.broadcast(n.name, [p, other])
+                pieces.append(LT(axes, Pointwise(dtype, packet, (a, b))))
+            return LT(x.axes, pieces[0].node, pieces=pieces, piece_axis=dim)
         if packet in ("_softmax", "softmax") and args[1] % x.ndim == dim:
             nodes = [p.node if p.node.dtype == dtype else Pointwise(dtype, "cast", (p.node,)) for p in x.pieces]
+            nodes = _shift_free(nodes, {v for p in x.pieces for v, _ in p.axes[dim] if v is not None}, self)
             maxes = [self.reduce_axis(n.name, "max", nd, p.axes[dim], dtype) for nd, p in zip(nodes, x.pieces)]
             m = maxes[0]
             for other in maxes[1:]:
@@ -981,6 +1013,49 @@ def substitute(node: Node, m: dict[Var, IExpr], lab: Labeller) -> Node:
         return v
 
     return map_indices(node, lambda e: lab.resolve(e).subst(m), on_reduce)
+
+
+class _NotHandled:
+    """A value the labeller does not model (a max's indices): harmless until an op reads it."""
+
+    def __init__(self, where: str, reason: str):
+        self._where, self._reason = where, reason
+
+    def __getattr__(self, name: str) -> Any:
+        raise Unsupported(object.__getattribute__(self, "_where"), object.__getattribute__(self, "_reason"))
+
+
+def _shift_free(nodes: list[Node], axis_vars: set, lab: "Labeller") -> list[Node]:
+    """``softmax(x − c)`` is ``softmax(x)`` when ``c`` is constant along the softmax axis (a row
+    max subtracted before the softmax, as GPT-OSS's eager code does): drop the shift, so the
+    online rewrite sees scores, not scores minus another key reduction."""
+    shifts = {id(x.args[1]) for x in nodes if isinstance(x, Pointwise) and x.op == "sub"}
+    if len(shifts) != 1 or not all(isinstance(x, Pointwise) and x.op == "sub" for x in nodes):
+        return nodes
+    c = nodes[0].args[1]
+    roots = {lab.find(v) for v in axis_vars}
+    if _free_roots(c, lab, {}) & roots:
+        return nodes
+    return [x.args[0] for x in nodes]
+
+
+def _free_roots(x: Node, lab: "Labeller", memo: dict) -> set:
+    """The variables ``x`` depends on, as union-find roots (before canonicalisation a reduction's
+    argument may still name its variable by an alias)."""
+    if id(x) in memo:
+        return memo[id(x)]
+    if isinstance(x, Reduce):
+        out = _free_roots(x.arg, lab, memo) - {lab.find(x.var)}
+    elif isinstance(x, (Load, Index)):
+        out = {lab.find(v) for v in x.vars}
+        for c in x.children():
+            out |= _free_roots(c, lab, memo)
+    else:
+        out = set()
+        for c in x.children():
+            out |= _free_roots(c, lab, memo)
+    memo[id(x)] = out
+    return out
 
 
 def canonicalize(node: Node, lab: Labeller) -> Node:
