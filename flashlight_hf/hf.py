@@ -79,17 +79,6 @@ def _mask_spec(kw: dict, default_fn: Callable) -> MaskSpec | None:
                     device=torch.device(device))
 
 
-def _eager_forward_of(module: torch.nn.Module) -> Callable:
-    """The eager attention forward the module's own family defines (Llama-style by default)."""
-    fn = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
-    if fn is None:
-        from transformers.models.llama.modeling_llama import eager_attention_forward as fn
-
-        _warn_once(type(module).__name__, f"flashlight: {type(module).__name__} has no eager_attention_forward "
-                   "in its modeling file; using Llama's (repeat_kv, scaled softmax)")
-    return fn
-
-
 def flashlight_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
                                  value: torch.Tensor, attention_mask: torch.Tensor | None,
                                  scaling: float | None = None, dropout: float = 0.0,

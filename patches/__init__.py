@@ -20,8 +20,6 @@ front door's interface registration serves it and "gptj" is not in :data:`PATCHE
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from . import _transformers
