@@ -10,7 +10,8 @@ build whatever it wants. SDPA builds a ``[B, 1, Q, K]`` boolean tensor; we keep 
   every decode step; the key-bound analysis turns ``kv_idx <= q_idx`` with those offsets into a
   loop range (tiles above the diagonal or outside a window are never visited);
 * padding becomes a per-sequence key range ``[start, end)`` when every row's kept keys are one
-  run (left or right padding) — again loop bounds — and a per-key gather otherwise;
+  run (left or right padding) — again loop bounds — and one flag read per key otherwise (and
+  always in decode steps, where classifying it would cost a host sync per step);
 * tensors the mask function closes over (packed-sequence ids, position ids, block ids) become
   kernel inputs: the function is re-assembled around the traced tensors inside the program.
 
@@ -26,6 +27,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 import torch
+
+
+# Query lengths up to this are decode steps: padding is read per key, never analysed on the host.
+DECODE_ROWS = 16
 
 
 class NotStructural(Exception):
@@ -58,11 +63,16 @@ class MaskSpec:
         return self._cache["structure"]
 
     def _padding(self) -> tuple[str, list[torch.Tensor]]:
-        """No padding, per-row key ranges, or the padding mask itself (a gather per key)."""
+        """No padding, per-row key ranges, or this call's ``[B, K]`` padding flags (read per key)."""
         pad = self.padding
         if pad is None:
             return "none", []
         pad = pad[:, : self.kv_offset + self.kv_length].to(device=self.device, dtype=torch.bool)
+        window = pad[:, self.kv_offset: self.kv_offset + self.kv_length]  # this call's keys: [B, K]
+        if self.q_length <= DECODE_ROWS:
+            # a decode step: reading one flag per key costs less than the host sync that
+            # classifying the padding needs (it would stall every step's launch queue)
+            return "keys", [window]
         kept = pad.sum(-1)
         start = pad.to(torch.int8).argmax(-1)
         start = torch.where(kept > 0, start, torch.zeros_like(start))
@@ -74,7 +84,7 @@ class MaskSpec:
         if flags[1]:
             ranges = torch.stack([start, start + kept], dim=-1).to(torch.int64)
             return "ranges", [ranges]
-        return "gather", [pad]
+        return "keys", [window]
 
 
 class StructuredMask(torch.Tensor):
@@ -207,8 +217,8 @@ def keep_from_structure(spec_sig: tuple, mask_function: Callable, q: torch.Tenso
         start = ranges[:, 0][:, None, None, None]
         end = ranges[:, 1][:, None, None, None]
         keep = keep & (kv_idx >= start) & (kv_idx < end)
-    elif pad_kind == "gather":
-        keep = keep & pad_tensors[0][batch_idx, kv_idx]
+    elif pad_kind == "keys":  # the [B, K] flags of this call's keys, read along the key axis
+        keep = keep & pad_tensors[0][:, None, None, :]
     return keep
 
 

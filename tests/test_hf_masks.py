@@ -90,7 +90,7 @@ def test_causal_and_contiguous_padding_become_loop_bounds(models):
     assert interior.count("tl.load(") == 2, interior
 
 
-def test_padding_with_holes_is_a_gather(models):
+def test_padding_with_holes_is_read_per_key(models):
     eager, fused = models
     ids = torch.randint(5, 1000, (2, 20), device=fused.device)
     mask = torch.ones_like(ids)
