@@ -63,8 +63,8 @@ def _mask_spec(kw: dict, default_fn: Callable) -> MaskSpec | None:
         if cache_position is None:
             return None
         q_length = int(cache_position.shape[0])
-    if q_offset is None:
-        q_offset = int(cache_position[0]) if cache_position is not None and q_length else 0
+    if q_offset is None:  # the first query position, kept on the device (no sync)
+        q_offset = cache_position[0] if cache_position is not None and q_length else 0
     kv_length, kv_offset = int(kw["kv_length"]), int(kw.get("kv_offset") or 0)
     pad = kw.get("attention_mask")
     device = kw.get("device") or (pad.device if pad is not None else torch.device("cpu"))
@@ -75,7 +75,7 @@ def _mask_spec(kw: dict, default_fn: Callable) -> MaskSpec | None:
         if short > 0:  # the 2-D mask may be shorter than the cache: missing keys are not real tokens
             pad = torch.nn.functional.pad(pad.to(torch.bool), (0, short), value=False)
     return MaskSpec(batch_size=int(kw["batch_size"]), q_length=int(q_length), kv_length=kv_length,
-                    q_offset=int(q_offset), kv_offset=kv_offset, mask_function=fn, padding=pad,
+                    q_offset=q_offset if isinstance(q_offset, torch.Tensor) else int(q_offset), kv_offset=kv_offset, mask_function=fn, padding=pad,
                     device=torch.device(device))
 
 

@@ -44,7 +44,7 @@ class MaskSpec:
     batch_size: int
     q_length: int
     kv_length: int
-    q_offset: int
+    q_offset: int | torch.Tensor  # a static cache hands a 0-d device tensor: kept there (no sync)
     kv_offset: int
     mask_function: Callable
     padding: torch.Tensor | None  # bool [B, >= kv_offset + kv_length]: True = a real token
@@ -56,7 +56,7 @@ class MaskSpec:
         code), the tensors are its run-time inputs (offsets, padding, closed-over ids)."""
         if "structure" not in self._cache:
             fn_sig, fn_tensors = closure_signature(self.mask_function)
-            offsets = torch.tensor([self.q_offset, self.kv_offset], dtype=torch.int64, device=self.device)
+            offsets = _device_ints([self.q_offset, self.kv_offset], self.device)
             pad_kind, pad_tensors = self._padding()
             sig = ("mask", fn_sig, pad_kind, len(fn_tensors))
             self._cache["structure"] = (sig, [offsets, *pad_tensors, *fn_tensors])
@@ -151,6 +151,16 @@ def _same_place(t: torch.Tensor, args: tuple, kwargs: dict) -> bool:
         if isinstance(a, torch.Tensor) and (a.dtype != torch.bool or a.device != t.device):
             return False
     return True
+
+
+def _device_ints(values: list, device: torch.device) -> torch.Tensor:
+    """``values`` (ints or 0-d tensors) as an int64 tensor on ``device`` without a host sync.
+
+    ``torch.tensor([...], device="cuda")`` copies from pageable memory, which waits for the
+    stream to drain: once per forward, that would stall every decode step's launch queue."""
+    parts = [v.to(device=device, dtype=torch.int64).reshape(()) if isinstance(v, torch.Tensor)
+             else torch.full((), int(v), dtype=torch.int64, device=device) for v in values]
+    return torch.stack(parts)
 
 
 def closure_signature(fn: Callable) -> tuple[tuple, list[torch.Tensor]]:
