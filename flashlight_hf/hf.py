@@ -75,8 +75,14 @@ def _mask_spec(kw: dict, default_fn: Callable) -> MaskSpec | None:
         if short > 0:  # the 2-D mask may be shorter than the cache: missing keys are not real tokens
             pad = torch.nn.functional.pad(pad.to(torch.bool), (0, short), value=False)
     return MaskSpec(batch_size=int(kw["batch_size"]), q_length=int(q_length), kv_length=kv_length,
-                    q_offset=q_offset if isinstance(q_offset, torch.Tensor) else int(q_offset), kv_offset=kv_offset, mask_function=fn, padding=pad,
+                    q_offset=_snapshot(q_offset), kv_offset=kv_offset, mask_function=fn, padding=pad,
                     device=torch.device(device))
+
+
+def _snapshot(offset: Any) -> int | torch.Tensor:
+    """The query offset as it is *now*. A static cache hands its own position tensor, which
+    its layers advance in place before attention runs: copy it on the device (no host sync)."""
+    return offset.detach().clone() if isinstance(offset, torch.Tensor) else int(offset)
 
 
 def flashlight_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
