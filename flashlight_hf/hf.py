@@ -27,7 +27,7 @@ from typing import Any, Callable
 import torch
 
 from flashlight_hf import registry
-from flashlight_hf.masks import MaskSpec, NotStructural, StructuredMask, closure_signature
+from flashlight_hf.masks import MaskSpec, NotStructural, StructuredMask, as_dense, closure_signature
 
 NAME = "flashlight"
 
@@ -119,8 +119,7 @@ def _additive(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | N
     """Boolean keep-mask -> the additive float mask the families' eager code expects.
 
     Every layer of a forward pass receives the same mask object; it is converted once."""
-    if isinstance(mask, StructuredMask):
-        mask = mask.dense()
+    mask = as_dense(mask)
     if mask is None or mask.dtype != torch.bool:
         return mask
     version = mask._version  # bumped by in-place writes: a mask edited in place is converted again

@@ -136,6 +136,12 @@ class StructuredMask(torch.Tensor):
         return func(*torch.utils._pytree.tree_map(unwrap, args), **torch.utils._pytree.tree_map(unwrap, kwargs or {}))
 
 
+def as_dense(x: Any) -> Any:
+    """``x`` with a :class:`StructuredMask` replaced by its dense boolean mask (anything else as is):
+    for code that needs the mask as a real tensor."""
+    return x.dense() if isinstance(x, StructuredMask) else x
+
+
 _METADATA = {torch.Tensor.dim, torch.Tensor.size, torch.Tensor.numel, torch.Tensor.is_contiguous,
              torch.Tensor.get_device, torch.Tensor.element_size, torch.Tensor.__len__}
 _IDENTITY = {torch.Tensor.contiguous, torch.Tensor.to, torch.Tensor.bool, torch.Tensor.detach}

@@ -20,6 +20,8 @@ from typing import Any, Callable
 
 import torch
 
+from flashlight_hf.masks import as_dense
+
 NAME = "flashlight"
 
 # Key of the per-instance record: the instance's own ``forward`` entry before patching (or
@@ -78,15 +80,10 @@ def _dispatch(module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         return original(*args, **kwargs)
     # These families' programs take the boolean keep-mask as a tensor (their model code also does
     # arithmetic on it): a structured mask reaching them is made dense here, once per forward.
-    args = tuple(_dense(a) for a in args)
-    kwargs = {k: _dense(v) for k, v in kwargs.items()}
+    args = tuple(as_dense(a) for a in args)
+    kwargs = {k: as_dense(v) for k, v in kwargs.items()}
     return state["patch"].forward(module, original, state["config"], *args, **kwargs)
 
-
-def _dense(x: Any) -> Any:
-    from flashlight_hf.masks import StructuredMask
-
-    return x.dense() if isinstance(x, StructuredMask) else x
 
 
 def attention_modules(model: torch.nn.Module, patch: FamilyPatch) -> list[torch.nn.Module]:
