@@ -38,6 +38,7 @@ import argparse
 import json
 import os
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -102,6 +103,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rep", type=float, default=None, help="do_bench repetition time, ms (default 100)")
     p.add_argument("--min-reps", type=int, default=5,
                    help="timed calls at least, however long one call takes (default 5)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="decode: after each impl's first timing, this many more rounds that time the impls "
+                        "in turn; a row's ms is the median over its rounds (a host-bound decode step drifts "
+                        "with the host's load over a run: interleaving puts every impl under the same drift)")
     p.add_argument("--budget-s", type=float, default=480.0,
                    help="wall-time budget: rows not started by then are skipped (default 480: with the longest "
                         "row, a 32k prefill, still inside a 10-minute command)")
@@ -331,8 +336,38 @@ def run_decode(run: Run, model, vocab: int, progress) -> Any:
                         run.error(row, e, f"decode B{batch} {kind} {impl}")
                 run.save()
                 progress.update(1)
+            if state is not None and args.rounds > 1:
+                model = time_rounds(run, model, rows, state, f"decode B{batch} {kind}")
             del state
             _free(run.device)
+    return model
+
+
+def time_rounds(run: Run, model, rows: list[dict[str, Any]], state: Any, where: str) -> Any:
+    """``--rounds - 1`` more timings of every timed row, the impls in turn each round; each row's
+    ``ms`` becomes the median over all its rounds (``round_ms`` keeps them)."""
+    args = run.args
+    timed = [r for r in rows if r.get("ms") is not None]
+    for r in timed:
+        r["round_ms"] = [r["ms"]]
+    for _ in range(args.rounds - 1):
+        if run.over_budget():
+            break
+        for r in timed:
+            try:
+                model = cases.use_impl(model, r["impl"])
+                fn = cases.decode_call(model, state)
+                fn()
+                r["round_ms"].append(median_ms(fn, run.device, args.warmup, args.rep, args.min_reps))
+            except Exception as e:  # noqa: BLE001 - keep the rounds already measured
+                run.error(r, e, f"{where} {r['impl']} (rounds)")
+                break
+    for r in timed:
+        r["ms"] = statistics.median(r["round_ms"])
+        r["tokens_per_s"] = r["batch"] / (r["ms"] * 1e-3)
+    log(f"{where}: medians over {len(timed[0]['round_ms']) if timed else 0} rounds: "
+        + ", ".join(f"{r['impl']} {r['ms']:.3f} ms" for r in timed))
+    run.save()
     return model
 
 

@@ -221,6 +221,21 @@ class CompiledAttention:
         return torch.ops.flashlight.fused(b.op_key, tensors)
 
 
+    def into(self, out: torch.Tensor, *args: Any) -> torch.Tensor:
+        """``out.copy_(self(*args))`` without the copy where the kernel can write ``out`` itself
+        (any strides: a caller's final layout). ``args`` are flat positional arguments."""
+        fast = _fast_key(args, {})
+        b = self._fast.get(fast) if fast is not None else None
+        if b is None:
+            b = self.build_for(args, {})
+            if fast is not None:
+                self._fast[fast] = b
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        if fast is not None and b.kernel is not None and _plain_eager_call(tensors + [out]):
+            return b.kernel(tensors, out=out)
+        return out.copy_(self(*args))
+
+
 def _plain_eager_call(tensors: list[torch.Tensor]) -> bool:
     """An eager call with real tensors that needs no autograd: the custom op would only add
     dispatch. Under torch.compile / export / fake tensors, or with gradients, the op is used."""

@@ -58,7 +58,7 @@ class MaskSpec:
             fn_sig, fn_tensors = closure_signature(self.mask_function)
             offsets = _device_ints([self.q_offset, self.kv_offset], self.device)
             pad_kind, pad_tensors = self._padding()
-            sig = ("mask", fn_sig, pad_kind, len(fn_tensors))
+            sig = _intern(("mask", fn_sig, pad_kind, len(fn_tensors)))
             self._cache["structure"] = (sig, [offsets, *pad_tensors, *fn_tensors])
         return self._cache["structure"]
 
@@ -159,11 +159,41 @@ def _same_place(t: torch.Tensor, args: tuple, kwargs: dict) -> bool:
     return True
 
 
+class Signature(tuple):
+    """A mask signature that hashes once. Every attention layer of a forward looks its program
+    up by this key; interned (:func:`_intern`), the lookups of later forwards find the very
+    same object, so they compare by identity instead of walking the nested tuple."""
+
+    def __hash__(self) -> int:
+        h = self.__dict__.get("hash")
+        if h is None:
+            h = self.__dict__["hash"] = tuple.__hash__(self)
+        return h
+
+
+_SIGNATURES: dict[tuple, Signature] = {}
+
+
+def _intern(sig: tuple) -> Signature:
+    found = _SIGNATURES.get(sig)
+    if found is None:
+        if len(_SIGNATURES) > 4096:  # closures over ever-new values: do not grow without bound
+            _SIGNATURES.clear()
+        found = _SIGNATURES[sig] = Signature(sig)
+    return found
+
+
 def _device_ints(values: list, device: torch.device) -> torch.Tensor:
     """``values`` (ints or 0-d tensors) as an int64 tensor on ``device`` without a host sync.
 
     ``torch.tensor([...], device="cuda")`` copies from pageable memory, which waits for the
     stream to drain: once per forward, that would stall every decode step's launch queue."""
+    if not any(isinstance(v, torch.Tensor) for v in values):
+        host = torch.tensor([int(v) for v in values], dtype=torch.int64)
+        if device.type != "cuda":
+            return host.to(device)
+        # from page-locked memory the copy is truly asynchronous: one transfer, no wait
+        return host.pin_memory().to(device, non_blocking=True)
     parts = [v.to(device=device, dtype=torch.int64).reshape(()) if isinstance(v, torch.Tensor)
              else torch.full((), int(v), dtype=torch.int64, device=device) for v in values]
     return torch.stack(parts)

@@ -35,6 +35,7 @@ import inspect
 import os
 import sys
 import warnings
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -277,6 +278,9 @@ class LayerProgram:
 
 _MISSING = object()
 _programs: dict[Any, list[LayerProgram]] = {}
+# per attention module: (call key -> (program, GQA rows?)), so a layer's repeated calls skip
+# building the full program key (parameters, sorted constants); weak: models come and go
+_layer_memo: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -364,17 +368,33 @@ def run_layer_structured(module: torch.nn.Module, fam: FamilyAttention, query: t
     """The family's attention output ``[B, Q, H, D]`` with the mask passed as structure."""
     kw = classify_kwargs(fam, kwargs)
     sig, mask_tensors = spec.structure()
-    rows = _gqa_rows(fam, module, query, key, kw)
-    prog = layer_program(module, fam, scaling, kw, MaskStructure(sig, spec.mask_function, len(mask_tensors), rows))
+    # what this layer ran last time with the same call shape: a decode loop repeats it at every step
+    memo = _layer_memo.setdefault(module, {})
+    memo_key = (fam.eager, scaling, sig, len(mask_tensors), tuple(kw.tensors), tuple(kw.constants.items()),
+                query.shape[1], query.shape[2], key.shape[1], os.environ.get("FLASHLIGHT_GQA_ROWS"))
+    hit = memo.get(memo_key)
+    if hit is not None and hit[0].fits(module):
+        prog, rows = hit
+    else:
+        rows = _gqa_rows(fam, module, query, key, kw)
+        prog = layer_program(module, fam, scaling, kw,
+                             MaskStructure(sig, spec.mask_function, len(mask_tensors), rows))
+        if len(memo) > 64:
+            memo.clear()
+        memo[memo_key] = (prog, rows)
     params = [getattr(module, n) for n in prog.param_names]
     tensors = [kw.tensors[n] for n in sorted(kw.tensors)]
     if not rows:
         return prog.fn(query, key, value, *mask_tensors, *tensors, *params)
     b, h, _, d = query.shape
-    hk = key.shape[1]
+    hk, dv = key.shape[1], value.shape[-1]
+    # the kernel writes [B, 1, H, Dv] (heads KV-major, as repeat_kv orders them) through a
+    # [B, G, Hk, Dv] view, the program's output layout: no copy after
+    out = torch.empty(b, 1, h, dv, dtype=query.dtype, device=query.device)
     # [B, H, 1, D] -> [B, Hk, G, D]: a view (heads split into KV head and group member)
-    out = prog.fn(query.reshape(b, hk, h // hk, d), key, value, *mask_tensors, *tensors, *params)  # [B, G, Hk, Dv]
-    return out.transpose(1, 2).reshape(b, 1, h, out.shape[-1])  # [B, 1, H, Dv], heads KV-major
+    prog.fn.into(out.view(b, hk, h // hk, dv).transpose(1, 2), query.reshape(b, hk, h // hk, d), key, value,
+                 *mask_tensors, *tensors, *params)
+    return out
 
 
 def run_layer(module: torch.nn.Module, fam: FamilyAttention, query: torch.Tensor, key: torch.Tensor,

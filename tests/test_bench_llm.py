@@ -26,7 +26,7 @@ IMPLS = ["eager", "sdpa", "flashlight"]
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench_llm")
     results = main(["--quick", "--device", "cpu", "--impls", ",".join(IMPLS + ["no_such_impl"]),
-                    "--cache", "dynamic,static", "--out", str(out)])
+                    "--cache", "dynamic,static", "--rounds", "2", "--out", str(out)])
     return out, results
 
 
@@ -111,3 +111,13 @@ def test_a_step_that_raises_halfway_leaves_the_next_impl_the_same_context():
     finally:
         for iface in (AttentionInterface, AttentionMaskInterface):
             iface._global_mapping.pop("broken_test_impl", None)
+
+
+def test_decode_rounds_interleave_impls(quick_run):
+    """--rounds 2: every timed decode row has two round timings and its ms is their median."""
+    _, results = quick_run
+    decode = [r for r in results["rows"] if r["phase"] == "decode" and r.get("ms") is not None]
+    assert decode
+    for r in decode:
+        assert len(r["round_ms"]) == 2, r
+        assert r["ms"] == pytest.approx(sum(r["round_ms"]) / 2)

@@ -14,6 +14,7 @@ import importlib.util
 import os
 import tempfile
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -23,6 +24,7 @@ from sympy.printing.pycode import PythonCodePrinter
 import torch
 import triton
 
+from flashlight_hf.compiler._triton_launch import Launcher
 from flashlight_hf.compiler.codegen import KernelSource
 from flashlight_hf.compiler.ir import Program, Unsupported
 
@@ -176,16 +178,21 @@ class CompiledKernel:
 
     Tile sizes are autotuned per (row-count, key-count) power-of-two bucket on the first call
     that lands in a bucket (GPU only); sequence lengths stay runtime arguments, so a bucket
-    never recompiles the source.
+    never recompiles the source. A decode step's bucket also decides between one launch and
+    the split-KV pair. What a call's input shapes imply (sizes, grid, splits) is computed once
+    per set of shapes: a decode loop repeats them at every layer of every step.
     """
 
     program: Program
     source: KernelSource
     _fn: Any = None
     _tuned: dict = field(default_factory=dict)
+    _plans: dict = field(default_factory=dict)
+    _direct: bool | None = None
 
     def __post_init__(self) -> None:
         self._fn = load_kernel(self.source)
+        self._launcher = Launcher(self._fn)
         out_extents = [sum_extent(ax) for ax in self.program.out_axes]
         src = self.source
         exprs = out_extents + list(src.runtime_sizes) + [src.row_extent, src.loop_extent] + list(src.grid_extents)
@@ -196,13 +203,16 @@ class CompiledKernel:
             part, combine = src.split
             self._split = tuple((load_kernel(k), SizeFunction(self.program, list(k.runtime_sizes)))
                                 for k in (part, combine))
+            self._split_launchers = tuple(Launcher(fn) for fn, _ in self._split)
 
     def bound_inputs(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        bindings = self.program.bindings
+        if self._direct is None:
+            self._direct = all(isinstance(b, int) for b in bindings)
+        if self._direct:
+            return [tensors[b] for b in bindings]
         device = tensors[0].device if tensors else torch.device("cpu")
-        out = []
-        for b in self.program.bindings:
-            out.append(tensors[b] if isinstance(b, int) else b.to(device))
-        return out
+        return [tensors[b] if isinstance(b, int) else b.to(device) for b in bindings]
 
     def _candidates(self) -> list[LaunchConfig]:
         forced = os.environ.get("FLASHLIGHT_CONFIGS")
@@ -218,20 +228,60 @@ class CompiledKernel:
         return CONFIGS
 
     def _launch(self, cfg: LaunchConfig, args: list, rows: int, n_grid: int) -> None:
-        grid = (triton.cdiv(rows, cfg.block_m) * n_grid,)
-        self._fn[grid](*args, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-                       num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        self._launcher(triton.cdiv(rows, cfg.block_m) * n_grid, args,
+                       (("BLOCK_M", cfg.block_m), ("BLOCK_N", cfg.block_n)), cfg.num_warps, cfg.num_stages)
 
-    def _choose(self, args: list, rows: int, keys: int, n_grid: int, device: torch.device) -> LaunchConfig:
-        key = (_bucket(rows), _bucket(keys))
+    def _plan(self, inputs: list[torch.Tensor]) -> _ShapePlan:
+        """Everything a call with these input shapes launches, but the launch configuration."""
+        sizes = self._sizes(inputs)
+        n_out, n_rt = self._n_out, self._n_rt
+        n_grid = 1
+        for g in sizes[n_out + n_rt + 2:]:
+            n_grid *= g
+        rows, keys = sizes[n_out + n_rt], sizes[n_out + n_rt + 1]
+        plan = _ShapePlan(out_shape=tuple(sizes[:n_out]), runtime=list(sizes[n_out:n_out + n_rt]), rows=rows,
+                          keys=keys, n_grid=n_grid, splits=self._num_splits(rows, keys, n_grid, inputs[0].device))
+        if self._split is not None:
+            (_, part_sizes), (_, comb_sizes) = self._split
+            plan.part_sizes, plan.comb_sizes = list(part_sizes(inputs)), list(comb_sizes(inputs))
+        return plan
+
+    def _choose(self, args: list, inputs: list[torch.Tensor], out: torch.Tensor, plan: _ShapePlan,
+                env: tuple[str | None, str | None]) -> tuple[LaunchConfig, int]:
+        """(tile configuration, key splits) for this call, tuned once per shape bucket.
+
+        Prefill-sized calls time tile configurations with ``do_bench`` (GPU time). A decode step
+        (at most ``DECODE_MAX_ROWS`` rows) also chooses between one launch and the split-KV pair,
+        timed back to back in wall-clock time: a decode step is often bound by the host's launch
+        cost rather than by memory, and a second launch costs more than the GPU time it saves."""
+        rows, keys, n_grid, device = plan.rows, plan.keys, plan.n_grid, out.device
+        forced_splits, decode = env[0] is not None, rows <= DECODE_MAX_ROWS and not env[1]
+        key = (_bucket(rows), _bucket(keys)) + ((_bucket(n_grid),) if decode else ())
         if key in self._tuned:
-            return self._tuned[key]
-        cands = self._candidates()
-        if rows <= DECODE_MAX_ROWS and not os.environ.get("FLASHLIGHT_CONFIGS"):
-            cands = DECODE_CONFIGS  # a decode step: row tiles of 16, not 128 rows of which one is real
+            cfg, splits = self._tuned[key]
+            return cfg, (plan.splits if splits > 1 or forced_splits else 1)
+        cands = DECODE_CONFIGS if decode else self._candidates()
         if device.type != "cuda" or os.environ.get("FLASHLIGHT_AUTOTUNE", "1") == "0":
             best = (LaunchConfig(64, 64, 4, 2) if cands is CONFIGS else
                     cands[0] if cands is DECODE_CONFIGS else cands[-1])
+            choice = (DECODE_CONFIG, plan.splits) if plan.splits > 1 else (best, 1)
+        elif decode:
+            options: list[tuple[LaunchConfig, int]] = []
+            if not forced_splits or plan.splits <= 1:
+                options += [(c, 1) for c in cands]
+            if plan.splits > 1:
+                options.append((DECODE_CONFIG, plan.splits))
+            timings = []
+            for cfg, splits in options:
+                run = (lambda c=cfg: self._launch(c, args, rows, n_grid)) if splits == 1 else \
+                    (lambda s=splits: self._run_split(inputs, out, plan, s))
+                try:
+                    timings.append((_wall_clock_ms(run), (cfg, splits)))
+                except Exception:  # noqa: BLE001 - a tile that does not fit this GPU: skip it
+                    continue
+            if not timings:
+                raise RuntimeError("flashlight: no launch configuration fits this kernel on this GPU")
+            choice = min(timings, key=lambda t: t[0])[1]
         else:
             from triton.testing import do_bench
             timings = []
@@ -244,22 +294,27 @@ class CompiledKernel:
                     continue
             if not timings:
                 raise RuntimeError("flashlight: no launch configuration fits this kernel on this GPU")
-            best = min(timings, key=lambda t: t[0])[1]
-        self._tuned[key] = best
-        return best
+            choice = (min(timings, key=lambda t: t[0])[1], 1)
+        self._tuned[key] = choice
+        return choice[0], (plan.splits if choice[1] > 1 else 1)
 
-    def __call__(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    def __call__(self, tensors: Sequence[torch.Tensor], out: torch.Tensor | None = None) -> torch.Tensor:
+        """Launch on ``tensors`` (the program's inputs); the result goes to a new tensor, or into
+        ``out`` (any strides) when given: the caller's final layout, with no copy after."""
         inputs = self.bound_inputs(tensors)
-        sizes = self._sizes(inputs)
-        n_out, n_rt = self._n_out, self._n_rt
-        out_shape = sizes[:n_out]
-        runtime = sizes[n_out:n_out + n_rt]
-        rows, keys = sizes[n_out + n_rt], sizes[n_out + n_rt + 1]
-        n_grid = 1
-        for g in sizes[n_out + n_rt + 2:]:
-            n_grid *= g
+        env = (os.environ.get("FLASHLIGHT_SPLIT_KV"), os.environ.get("FLASHLIGHT_CONFIGS"))
+        shape_key = (tuple(t.shape for t in inputs), env)
+        plan = self._plans.get(shape_key)
+        if plan is None:
+            if len(self._plans) >= 256:  # a dynamic cache's decode loop: one new shape per step
+                self._plans.clear()
+            plan = self._plans[shape_key] = self._plan(inputs)
         device = inputs[0].device
-        out = torch.empty(out_shape, dtype=self.program.out_dtype, device=device)
+        if out is None:
+            out = torch.empty(plan.out_shape, dtype=self.program.out_dtype, device=device)
+        elif tuple(out.shape) != plan.out_shape or out.dtype != self.program.out_dtype or out.device != device:
+            raise ValueError(f"flashlight: out= is {tuple(out.shape)} {out.dtype} on {out.device}; this call "
+                             f"writes {plan.out_shape} {self.program.out_dtype} on {device}")
         if out.numel() == 0:
             return out
         args: list[Any] = []
@@ -269,14 +324,18 @@ class CompiledKernel:
             args += t.stride()
         args.append(out)
         args += out.stride()
-        args += runtime
-        splits = self._num_splits(rows, keys, n_grid, device)
+        args += plan.runtime
+        cfg, splits = self._choose(args, inputs, out, plan, env)
         if splits > 1:
-            return self._launch_split(inputs, out, rows, keys, n_grid, splits)
-        cfg = self._choose(args, rows, keys, n_grid, device)
+            part_src, comb_src = self.source.split
+            for hook in _launch_hooks:
+                hook(part_src.name)
+                hook(comb_src.name)
+            self._run_split(inputs, out, plan, splits)
+            return out
         for hook in _launch_hooks:
             hook(self.source.name)
-        self._launch(cfg, args, rows, n_grid)
+        self._launch(cfg, args, plan.rows, plan.n_grid)
         return out
 
     # -- split-KV (decoding) ----------------------------------------------------------------------
@@ -298,35 +357,55 @@ class CompiledKernel:
         n = min(want, by_keys, MAX_SPLITS)
         return 1 << (n.bit_length() - 1) if n >= 2 else 1
 
-    def _launch_split(self, inputs: list, out: torch.Tensor, rows: int, keys: int, n_grid: int,
-                      splits: int) -> torch.Tensor:
-        (part_fn, part_sizes), (comb_fn, comb_sizes) = self._split
+    def _run_split(self, inputs: list, out: torch.Tensor, plan: _ShapePlan, splits: int) -> None:
+        """The partials kernel over ``splits`` shares of the keys, then the combine kernel."""
+        part_fn, comb_fn = self._split_launchers
         part_src, comb_src = self.source.split
-        cfg = DECODE_CONFIG
+        cfg, rows, n_grid = DECODE_CONFIG, plan.rows, plan.n_grid
         dev = out.device
         partials = [torch.empty((splits, n_grid, rows, *w), dtype=torch.float32, device=dev)
                     for w in part_src.acc_widths]
-        for hook in _launch_hooks:
-            hook(part_src.name)
         args: list[Any] = []
         for k in part_src.input_args:
             args.append(inputs[k])
             args += inputs[k].stride()
-        args += partials + [n_grid] + list(part_sizes(inputs))
-        grid = (triton.cdiv(rows, cfg.block_m) * n_grid * splits,)
-        part_fn[grid](*args, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, NUM_SPLITS=splits,
-                      num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-        for hook in _launch_hooks:
-            hook(comb_src.name)
+        args += partials + [n_grid] + plan.part_sizes
+        tiles = (("BLOCK_M", cfg.block_m), ("BLOCK_N", cfg.block_n), ("NUM_SPLITS", splits))
+        part_fn(triton.cdiv(rows, cfg.block_m) * n_grid * splits, args, tiles, cfg.num_warps, cfg.num_stages)
         args = []
         for k in comb_src.input_args:
             args.append(inputs[k])
             args += inputs[k].stride()
-        args += partials + [n_grid, out, *out.stride()] + list(comb_sizes(inputs))
-        grid = (triton.cdiv(rows, cfg.block_m) * n_grid,)
-        comb_fn[grid](*args, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, NUM_SPLITS=splits,
-                      num_warps=4, num_stages=1)
-        return out
+        args += partials + [n_grid, out, *out.stride()] + plan.comb_sizes
+        comb_fn(triton.cdiv(rows, cfg.block_m) * n_grid, args, tiles, 4, 1)
+
+
+@dataclass
+class _ShapePlan:
+    """A call's sizes for one set of input shapes, computed once (a decode loop repeats them)."""
+
+    out_shape: tuple
+    runtime: list
+    rows: int
+    keys: int
+    n_grid: int
+    splits: int
+    part_sizes: list = field(default_factory=list)
+    comb_sizes: list = field(default_factory=list)
+
+
+def _wall_clock_ms(fn: Callable[[], None], reps: int = 20) -> float:
+    """Milliseconds per call of ``fn`` run back to back, host included (median of 3 runs)."""
+    fn()
+    torch.cuda.synchronize()
+    runs = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+        runs.append((time.perf_counter() - t0) / reps * 1e3)
+    return sorted(runs)[1]
 
 
 def sum_extent(ax: list) -> Any:

@@ -1,0 +1,217 @@
+"""Where a batch-1 decode step's host time goes: cProfile and CUDA sync detection per impl.
+
+A 1B model's batch-1 decode step is bound by the host (Python and kernel launches), so the
+attention backend's per-layer host cost decides the step time. This prints, for each impl, the
+functions with the most own time over ``--steps`` steps, and every synchronising CUDA call
+one step makes (``torch.cuda.set_sync_debug_mode``): a sync per layer drains the launch queue
+and serialises host and GPU. Without the profiler's overhead, it then times (perf_counter, no
+sync) each layer's attention function and the kernel launches inside it, per call.
+
+    python -m benchmarks.profile_decode --out $OUT
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import os
+import pstats
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import llm_cases as cases  # noqa: E402
+
+
+class HostTimes:
+    """Wraps callables to add up their host time per call (no CUDA sync: launches are async)."""
+
+    def __init__(self) -> None:
+        self.total: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
+        self._undo: list = []
+
+    def wrap(self, owner: Any, attr: str, label: str) -> None:
+        original = getattr(owner, attr)
+
+        def timed(*a: Any, **k: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return original(*a, **k)
+            finally:
+                self.total[label] = self.total.get(label, 0.0) + time.perf_counter() - t0
+                self.calls[label] = self.calls.get(label, 0) + 1
+
+        setattr(owner, attr, timed)
+        self._undo.append((owner, attr, original))
+
+    def restore(self) -> None:
+        for owner, attr, original in reversed(self._undo):
+            setattr(owner, attr, original)
+        self._undo.clear()
+
+    def table(self, steps: int) -> list[str]:
+        rows = ["| function | calls per step | µs per call | µs per step |", "|---|---:|---:|---:|"]
+        for label, t in self.total.items():
+            n = self.calls[label]
+            rows.append(f"| {label} | {n / steps:.0f} | {t / n * 1e6:.1f} | {t / steps * 1e6:.0f} |")
+        return rows
+
+
+def host_breakdown(model, state: Any, impl: str, steps: int) -> list[str]:
+    """Host µs per call of the attention function, the flashlight runtime and Triton's launch."""
+    import triton.runtime.jit as tjit
+    from transformers import AttentionInterface
+
+    from flashlight_hf.compiler import runtime
+
+    times = HostTimes()
+    mapping = AttentionInterface._global_mapping  # bench-only: wrap the registered function in place
+    fn = mapping[impl]
+    mapping[impl] = lambda *a, _f=fn, **k: _timed_call(times, "attention function", _f, a, k)
+    if impl == "flashlight":
+        from flashlight_hf import api, registry
+
+        times.wrap(registry, "run_layer_structured", "registry.run_layer_structured")
+        times.wrap(api.CompiledAttention, "into", "CompiledAttention.into")
+        times.wrap(runtime.CompiledKernel, "__call__", "CompiledKernel.__call__")
+        times.wrap(runtime.CompiledKernel, "_choose", "CompiledKernel._choose")
+        times.wrap(runtime.CompiledKernel, "_launch", "CompiledKernel._launch (one kernel)")
+        times.wrap(runtime.CompiledKernel, "_run_split", "CompiledKernel._run_split (split-KV pair)")
+        times.wrap(tjit.JITFunction, "run", "triton JITFunction.run")
+        times.wrap(torch, "empty", "torch.empty")
+    step = cases.decode_call(model, state)
+    try:
+        for _ in range(3):
+            step()
+        times.total.clear()
+        times.calls.clear()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        wall = (time.perf_counter() - t0) / steps * 1e3
+    finally:
+        mapping[impl] = fn
+        times.restore()
+    return [f"host time per call ({impl}, {wall:.3f} ms per step with the wrappers):", "", *times.table(steps), ""]
+
+
+def _timed_call(times: HostTimes, label: str, fn: Any, a: tuple, k: dict) -> Any:
+    t0 = time.perf_counter()
+    try:
+        return fn(*a, **k)
+    finally:
+        times.total[label] = times.total.get(label, 0.0) + time.perf_counter() - t0
+        times.calls[label] = times.calls.get(label, 0) + 1
+
+
+def launch_costs(n: int = 500) -> list[str]:
+    """Host µs per launch, back to back without a sync: what one more kernel per layer costs."""
+    import triton
+    import triton.language as tl
+
+    from flashlight_hf.compiler._triton_launch import Launcher
+
+    @triton.jit
+    def copy(x_ptr, y_ptr, n_elem, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        tl.store(y_ptr + offs, tl.load(x_ptr + offs, mask=offs < n_elem), mask=offs < n_elem)
+
+    x = torch.randn(1024, device="cuda")
+    y = torch.empty_like(x)
+    launcher = Launcher(copy)
+    cases = {
+        "torch.add (one ATen kernel)": lambda: torch.add(x, 1.0, out=y),
+        "triton fn[grid](...) (JITFunction.run)": lambda: copy[(8,)](x, y, 1024, BLOCK=128),
+        "flashlight Launcher (kept CompiledKernel)": lambda: launcher(8, [x, y, 1024], (("BLOCK", 128),), 4, 2),
+        "torch.empty (no launch)": lambda: torch.empty(1024, device="cuda"),
+    }
+    rows = ["| launch | µs per call |", "|---|---:|"]
+    for name, fn in cases.items():
+        for _ in range(20):
+            fn()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        us = (time.perf_counter() - t0) / n * 1e6
+        torch.cuda.synchronize()
+        rows.append(f"| {name} | {us:.1f} |")
+    return ["host cost per launch on this machine:", "", *rows, ""]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="llama-1b")
+    p.add_argument("--impls", default="sdpa,flashlight")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--context", type=int, default=4096)
+    p.add_argument("--cache", default="dynamic")
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--top", type=int, default=30)
+    p.add_argument("--host-breakdown", action="store_true", help="also on CPU (always on CUDA)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--out", default=os.environ.get("OUT") or "benchmarks/out")
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    model = cases.build_model(args.model, dtype=dtype, device=device, seed=0)
+    state = cases.prefill_cache(model, batch=args.batch, context=args.context, kind=args.cache,
+                                vocab=model.config.vocab_size, seed=1)
+    report = []
+    for impl in args.impls.split(","):
+        model = cases.use_impl(model, impl)
+        step = cases.decode_call(model, state)
+        for _ in range(5):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                torch.cuda.set_sync_debug_mode("warn")
+                step()
+                torch.cuda.set_sync_debug_mode(0)
+            syncs = [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message)]
+        else:
+            syncs = []
+        t0 = time.perf_counter()
+        for _ in range(args.steps):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        ms = (time.perf_counter() - t0) / args.steps * 1e3
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(args.steps):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        prof.disable()
+        buf = io.StringIO()
+        pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(args.top)
+        report += [f"## {impl}: {ms:.3f} ms per step (B{args.batch}, ctx {args.context}, {args.cache} cache)",
+                   f"synchronising calls in one step: {len(syncs)}", *[f"  - {s}" for s in syncs[:10]],
+                   "```", buf.getvalue().strip(), "```", ""]
+        if device.type == "cuda" or args.host_breakdown:
+            report += host_breakdown(model, state, impl, args.steps)
+        print("\n".join(report[-6 - len(syncs[:10]):]), flush=True)
+    if device.type == "cuda":
+        report += launch_costs()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "profile_decode.md").write_text("\n".join(report) + "\n")
+    print("\n".join(report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

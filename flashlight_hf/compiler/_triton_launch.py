@@ -1,0 +1,85 @@
+"""Launching a generated kernel again without Triton's per-call argument binding.
+
+``JITFunction.run`` binds and specialises every argument at each launch, which costs tens of
+microseconds of host time (about 50 µs per launch on the GPU box, measured in
+``benchmarks/profile_decode.py``). A decode step launches one or two kernels per layer, and a
+batch-1 decode step is bound by exactly this host time. So after Triton has compiled a kernel
+for a specialisation, we keep the ``CompiledKernel`` its ``run`` returned and launch that
+directly (``compiled[grid](*args)``) whenever a later call has the same specialisation.
+
+This is the only module that touches Triton's private launch API. What makes it safe is the
+key: it must separate every pair of calls Triton would compile differently. It holds, per
+argument, more than Triton specialises on (pointer dtype and 16-byte alignment; integer width
+class, equal to 1, divisible by 16), plus the device, the constexprs and the launch options.
+``tests/test_triton_launch.py`` (GPU) checks that claim against Triton's own cache, so a
+Triton release that specialises on something new fails that test instead of launching a
+kernel compiled for other arguments. ``FLASHLIGHT_FAST_LAUNCH=0`` turns this off.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+
+def specialization_key(args: list) -> tuple | None:
+    """What Triton specialises a launch on, per argument (a superset); None: an argument type
+    this module does not know, so the call goes through Triton's own path."""
+    key: list[Any] = []
+    device = None
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            key.append((a.dtype, a.data_ptr() % 16 == 0))
+            device = device or (a.device.type, a.device.index)
+        elif isinstance(a, bool):
+            key.append(("bool", a))
+        elif isinstance(a, int):
+            key.append((a == 1, a % 16 == 0, -(2 ** 31) <= a < 2 ** 31, a < 2 ** 63))
+        elif isinstance(a, float):
+            key.append("float")
+        else:
+            return None
+    key.append(device)
+    return tuple(key)
+
+
+class Launcher:
+    """``launcher(grid, args, constexprs, num_warps, num_stages)``: ``fn[grid](*args, **constexprs,
+    num_warps=..., num_stages=...)``, through the kept ``CompiledKernel`` when the specialisation
+    was seen before."""
+
+    def __init__(self, fn: Any):
+        self.fn = fn
+        self.kernels: dict[tuple, Any] = {}
+        self.enabled = _supported(fn)
+
+    def __call__(self, grid: int, args: list, constexprs: tuple[tuple[str, int], ...], num_warps: int,
+                 num_stages: int) -> None:
+        key = None
+        if self.enabled and os.environ.get("FLASHLIGHT_FAST_LAUNCH", "1") != "0":
+            spec = specialization_key(args)
+            if spec is not None:
+                key = (spec, constexprs, num_warps, num_stages)
+                kept = self.kernels.get(key)
+                if kept is not None:
+                    compiled, tail = kept
+                    compiled[(grid, 1, 1)](*args, *tail)
+                    return
+        compiled = self.fn[(grid,)](*args, **dict(constexprs), num_warps=num_warps, num_stages=num_stages)
+        if key is not None and compiled is not None and callable(getattr(compiled, "__getitem__", None)):
+            # Triton's runner takes every parameter in signature order, constexprs included
+            names = list(getattr(self.fn, "arg_names", []))[len(args):]
+            values = dict(constexprs)
+            if sorted(names) == sorted(values):
+                self.kernels[key] = (compiled, tuple(values[n] for n in names))
+
+
+def _supported(fn: Any) -> bool:
+    """A real (not interpreted) JITFunction whose run returns a subscriptable CompiledKernel."""
+    try:
+        from triton.runtime.jit import JITFunction
+    except ImportError:  # pragma: no cover - a Triton without this class: Triton's own path only
+        return False
+    return type(fn) is JITFunction and os.environ.get("TRITON_INTERPRET", "0") in ("", "0")
