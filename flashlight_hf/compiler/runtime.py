@@ -256,7 +256,9 @@ class CompiledKernel:
         cost rather than by memory, and a second launch costs more than the GPU time it saves."""
         rows, keys, n_grid, device = plan.rows, plan.keys, plan.n_grid, out.device
         forced_splits, decode = env[0] is not None, rows <= DECODE_MAX_ROWS and not env[1]
-        key = (_bucket(rows), _bucket(keys)) + ((_bucket(n_grid),) if decode else ())
+        # forced splits / configurations are part of the key: a choice made under them is not
+        # the tuned choice once they are unset
+        key = (_bucket(rows), _bucket(keys), env) + ((_bucket(n_grid),) if decode else ())
         if key in self._tuned:
             cfg, splits = self._tuned[key]
             return cfg, (plan.splits if splits > 1 or forced_splits else 1)

@@ -1,0 +1,84 @@
+"""What the runtime does per call (flashlight_hf/compiler/runtime.py and api.CompiledAttention.into):
+writing into a caller's tensor of any strides, one plan per set of input shapes, and the
+decode-step choice between one launch and the split-KV pair. A decode loop repeats the same
+call at every layer of every step, so these paths carry most launches a model makes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import flashlight_hf
+from flashlight_hf.compiler.runtime import DECODE_CONFIG, add_launch_hook
+from flashlight_hf.masks import Signature, _device_ints, _intern
+from flashlight_hf.testing import assert_close, poison_
+
+
+def attention(q, k, v):
+    return torch.softmax(q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5, dim=-1) @ v
+
+
+def _qkv(device: str, b: int = 2, h: int = 3, sq: int = 37, sk: int = 45, d: int = 32):
+    return (torch.randn(b, h, sq, d, device=device), torch.randn(b, h, sk, d, device=device),
+            torch.randn(b, h, sk, d, device=device))
+
+
+def test_into_writes_a_strided_view_in_place(device: str):
+    """The kernel writes the caller's final layout through its strides: [B, S, H, D] memory
+    seen as [B, H, S, D], every element written (poisoned first), nothing copied after."""
+    q, k, v = _qkv(device)
+    compiled = flashlight_hf.compile(attention)
+    final = poison_(torch.empty(2, 37, 3, 32, device=device))
+    view = final.transpose(1, 2)
+    got = compiled.into(view, q, k, v)
+    assert got.data_ptr() == final.data_ptr()
+    assert_close(final.transpose(1, 2), attention(q.double(), k.double(), v.double()), torch.float32, tf32=False)
+
+
+def test_into_with_a_wrong_shape_says_what_it_writes(device: str):
+    q, k, v = _qkv(device)
+    compiled = flashlight_hf.compile(attention)
+    compiled(q, k, v)
+    with pytest.raises(ValueError, match=r"writes \(2, 3, 37, 32\)"):
+        compiled.into(torch.empty(2, 3, 36, 32, device=device), q, k, v)
+
+
+def test_one_plan_per_set_of_shapes(device: str):
+    """Same shapes reuse their plan; a new length gets its own, and both stay right."""
+    compiled = flashlight_hf.compile(attention)
+    for sk in (45, 45, 70, 45):
+        q, k, v = _qkv(device, sk=sk)
+        assert_close(compiled(q, k, v), attention(q.double(), k.double(), v.double()), torch.float32, tf32=False)
+    kernel = next(iter(compiled._builds.values())).kernel
+    assert len(kernel._plans) == 2
+
+
+def test_forced_single_launch_for_a_decode_step(device: str, monkeypatch):
+    """FLASHLIGHT_SPLIT_KV=1 keeps a decode step that would split in one launch, still right."""
+    compiled = flashlight_hf.compile(attention)
+    sk = 64 * DECODE_CONFIG.block_n
+    q, k, v = _qkv(device, b=1, h=1, sq=1, sk=sk)
+    launches: list[str] = []
+    remove = add_launch_hook(launches.append)
+    try:
+        monkeypatch.setenv("FLASHLIGHT_SPLIT_KV", "1")
+        assert_close(compiled(q, k, v), attention(q.double(), k.double(), v.double()), torch.float32, tf32=False)
+        monkeypatch.delenv("FLASHLIGHT_SPLIT_KV")
+        assert_close(compiled(q, k, v), attention(q.double(), k.double(), v.double()), torch.float32, tf32=False)
+    finally:
+        remove()
+    assert launches == ["flashlight_fwd", "flashlight_fwd_split", "flashlight_fwd_combine"], launches
+
+
+def test_mask_signatures_are_interned_and_hash_once():
+    a = _intern(("mask", ("fn", 1, ("value", "int", 3)), "none", 0))
+    b = _intern(("mask", ("fn", 1, ("value", "int", 3)), "none", 0))
+    assert a is b and isinstance(a, Signature)
+    assert hash(a) == hash(tuple(a)) and a == tuple(a)
+    assert _intern(("mask", ("fn", 2), "none", 0)) is not a
+
+
+def test_device_ints_from_plain_ints_and_tensors():
+    assert _device_ints([3, 7], torch.device("cpu")).tolist() == [3, 7]
+    got = _device_ints([torch.tensor(5, dtype=torch.int32), 9], torch.device("cpu"))
+    assert got.dtype == torch.int64 and got.tolist() == [5, 9]
