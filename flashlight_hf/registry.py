@@ -369,7 +369,9 @@ def run_layer_structured(module: torch.nn.Module, fam: FamilyAttention, query: t
     kw = classify_kwargs(fam, kwargs)
     sig, mask_tensors = spec.structure()
     # what this layer ran last time with the same call shape: a decode loop repeats it at every step
-    memo = _layer_memo.setdefault(module, {})
+    memo = _layer_memo.get(module)
+    if memo is None:
+        memo = _layer_memo[module] = {}
     memo_key = (fam.eager, scaling, sig, len(mask_tensors), tuple(kw.tensors), tuple(kw.constants.items()),
                 query.shape[1], query.shape[2], key.shape[1], os.environ.get("FLASHLIGHT_GQA_ROWS"))
     hit = memo.get(memo_key)

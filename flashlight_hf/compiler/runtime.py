@@ -239,8 +239,10 @@ class CompiledKernel:
         for g in sizes[n_out + n_rt + 2:]:
             n_grid *= g
         rows, keys = sizes[n_out + n_rt], sizes[n_out + n_rt + 1]
-        plan = _ShapePlan(out_shape=tuple(sizes[:n_out]), runtime=list(sizes[n_out:n_out + n_rt]), rows=rows,
-                          keys=keys, n_grid=n_grid, splits=self._num_splits(rows, keys, n_grid, inputs[0].device))
+        out_shape = torch.Size(sizes[:n_out])
+        plan = _ShapePlan(out_shape=out_shape, runtime=list(sizes[n_out:n_out + n_rt]), rows=rows,
+                          keys=keys, n_grid=n_grid, splits=self._num_splits(rows, keys, n_grid, inputs[0].device),
+                          empty=out_shape.numel() == 0)
         if self._split is not None:
             (_, part_sizes), (_, comb_sizes) = self._split
             plan.part_sizes, plan.comb_sizes = list(part_sizes(inputs)), list(comb_sizes(inputs))
@@ -305,29 +307,24 @@ class CompiledKernel:
         ``out`` (any strides) when given: the caller's final layout, with no copy after."""
         inputs = self.bound_inputs(tensors)
         env = (os.environ.get("FLASHLIGHT_SPLIT_KV"), os.environ.get("FLASHLIGHT_CONFIGS"))
-        shape_key = (tuple(t.shape for t in inputs), env)
+        shape_key = (tuple([t.shape for t in inputs]), env)
         plan = self._plans.get(shape_key)
         if plan is None:
             if len(self._plans) >= 256:  # a dynamic cache's decode loop: one new shape per step
                 self._plans.clear()
             plan = self._plans[shape_key] = self._plan(inputs)
-        device = inputs[0].device
+        first = inputs[0]
         if out is None:
-            out = torch.empty(plan.out_shape, dtype=self.program.out_dtype, device=device)
-        elif tuple(out.shape) != plan.out_shape or out.dtype != self.program.out_dtype or out.device != device:
+            out = torch.empty(plan.out_shape, dtype=self.program.out_dtype, device=first.device)
+        elif out.shape != plan.out_shape or out.dtype != self.program.out_dtype or \
+                out.get_device() != first.get_device():
             raise ValueError(f"flashlight: out= is {tuple(out.shape)} {out.dtype} on {out.device}; this call "
-                             f"writes {plan.out_shape} {self.program.out_dtype} on {device}")
-        if out.numel() == 0:
+                             f"writes {tuple(plan.out_shape)} {self.program.out_dtype} on {first.device}")
+        if plan.empty:
             return out
-        args: list[Any] = []
-        for k in self.source.input_args:
-            t = inputs[k]
-            args.append(t)
-            args += t.stride()
-        args.append(out)
-        args += out.stride()
-        args += plan.runtime
-        cfg, splits = self._choose(args, inputs, out, plan, env)
+        if plan.choice is None:  # tuned (or looked up) once per set of shapes
+            plan.choice = self._choose(self._args(inputs, out, plan), inputs, out, plan, env)
+        cfg, splits = plan.choice
         if splits > 1:
             part_src, comb_src = self.source.split
             for hook in _launch_hooks:
@@ -337,8 +334,20 @@ class CompiledKernel:
             return out
         for hook in _launch_hooks:
             hook(self.source.name)
-        self._launch(cfg, args, plan.rows, plan.n_grid)
+        self._launch(cfg, self._args(inputs, out, plan), plan.rows, plan.n_grid)
         return out
+
+    def _args(self, inputs: list[torch.Tensor], out: torch.Tensor, plan: _ShapePlan) -> list[Any]:
+        """The kernel's arguments: each input with its strides, the output with its, the sizes."""
+        args: list[Any] = []
+        for k in self.source.input_args:
+            t = inputs[k]
+            args.append(t)
+            args.extend(t.stride())
+        args.append(out)
+        args.extend(out.stride())
+        args.extend(plan.runtime)
+        return args
 
     # -- split-KV (decoding) ----------------------------------------------------------------------
     def _num_splits(self, rows: int, keys: int, n_grid: int, device: torch.device) -> int:
@@ -394,6 +403,8 @@ class _ShapePlan:
     splits: int
     part_sizes: list = field(default_factory=list)
     comb_sizes: list = field(default_factory=list)
+    empty: bool = False  # the output has no elements: nothing to launch
+    choice: tuple | None = None  # (LaunchConfig, splits), once chosen
 
 
 def _wall_clock_ms(fn: Callable[[], None], reps: int = 20) -> float:
