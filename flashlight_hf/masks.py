@@ -192,8 +192,10 @@ def _device_ints(values: list, device: torch.device) -> torch.Tensor:
         host = torch.tensor([int(v) for v in values], dtype=torch.int64)
         if device.type != "cuda":
             return host.to(device)
-        # from page-locked memory the copy is truly asynchronous: one transfer, no wait
-        return host.pin_memory().to(device, non_blocking=True)
+        if not torch.cuda.is_current_stream_capturing():
+            # from page-locked memory the copy is truly asynchronous: one transfer, no wait
+            # (not while a CUDA graph is captured: a replay would read the freed host buffer)
+            return host.pin_memory().to(device, non_blocking=True)
     parts = [v.to(device=device, dtype=torch.int64).reshape(()) if isinstance(v, torch.Tensor)
              else torch.full((), int(v), dtype=torch.int64, device=device) for v in values]
     return torch.stack(parts)
