@@ -23,11 +23,16 @@ def _args(name: str, device: str, sq: int, sk: int):
     return _more_inputs(name, device, sq, sk)
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["pair", "fused"])
 @pytest.mark.parametrize("name", sorted(DECODE))
-def test_split_kv_matches_float64(name: str, device: str, monkeypatch):
+def test_split_kv_matches_float64(name: str, fused: bool, device: str, monkeypatch):
+    """Split as a partials + combine pair, and fused (the last share of a row tile combines,
+    FLASHLIGHT_FUSED_SPLIT=1): run twice each, so the fused kernel's tickets must be reset."""
     fn = DECODE[name]
     compiled = flashlight_hf.compile(fn)
     launches: list[str] = []
+    if fused:
+        monkeypatch.setenv("FLASHLIGHT_FUSED_SPLIT", "1")
     remove = add_launch_hook(launches.append)
     try:
         # shares that split tiles unevenly (7), and more shares than key tiles (16: empty ones)
@@ -36,12 +41,14 @@ def test_split_kv_matches_float64(name: str, device: str, monkeypatch):
             args = _args(name, device, sq, sk)
             with warnings.catch_warnings():
                 warnings.filterwarnings("error", message="flashlight")
-                out = compiled(*args)
+                outs = [compiled(*args), compiled(*args)]
             ref = fn(*[a.double() if a.is_floating_point() else a for a in args])
-            assert_close(out, ref, torch.float32, tf32=False, what=f"{name} split {splits}")
+            for out in outs:
+                assert_close(out, ref, torch.float32, tf32=False, what=f"{name} split {splits}")
     finally:
         remove()
-    assert launches == ["flashlight_fwd_split", "flashlight_fwd_combine"] * 2, launches
+    expected = ["flashlight_fwd_split_fused"] if fused else ["flashlight_fwd_split", "flashlight_fwd_combine"]
+    assert launches == expected * 4, launches
 
 
 def test_decode_shapes_split_on_their_own(device: str):

@@ -45,6 +45,7 @@ class KernelSource:
     tile_pads: dict[str, int]
     acc_widths: list = field(default_factory=list)  # per accumulator: its columns per row (partials)
     split: "tuple[KernelSource, KernelSource] | None" = None  # split-KV (partials, combine) pair
+    split_fused: "KernelSource | None" = None  # split-KV in one launch: the last share combines
 
 
 def _pow2(n: int) -> int:
@@ -605,8 +606,9 @@ def generate(kp: KernelPlan, *, interpret: bool, allow_tf32: bool = False,
         part = _generate(kp, interpret, allow_tf32, warp_specialize, "split")
         combine = _generate(kp, interpret, allow_tf32, warp_specialize, "combine")
         main.split = (part, combine)
+        main.split_fused = _generate(kp, interpret, allow_tf32, warp_specialize, "fused")
     except Unsupported:
-        main.split = None  # decode runs the single kernel
+        main.split = main.split_fused = None  # decode runs the single kernel
     return main
 
 
@@ -615,7 +617,9 @@ def _generate(kp: KernelPlan, interpret: bool, allow_tf32: bool, warp_specialize
     """One kernel. ``mode``: ``single`` (the whole key axis per program); ``split`` (a share of
     the key axis per program, accumulators written as partials: decoding, where a few query rows
     meet a long KV cache and one program per row tile would leave most of the GPU idle);
-    ``combine`` (merges the partials with their log-sum-exp rescaling, then the epilogue)."""
+    ``combine`` (merges the partials with their log-sum-exp rescaling, then the epilogue);
+    ``fused`` (``split`` then, in the program that finishes its row tile's shares last, the
+    ``combine``: one launch instead of two, counted through a per-tile atomic ticket)."""
     em = _Emitter(kp, interpret, allow_tf32)
     em.warp_specialize = warp_specialize
     prog = kp.program
@@ -628,7 +632,7 @@ def _generate(kp: KernelPlan, interpret: bool, allow_tf32: bool, warp_specialize
     # -- coordinates -------------------------------------------------------------------------
     em.emit("# program coordinates: one program per (row tile, grid point)")
     em.emit("pid = tl.program_id(0)")
-    if mode == "split":
+    if mode in ("split", "fused"):
         em.emit("split = pid % NUM_SPLITS  # which share of the key axis this program reduces")
         em.emit("pid = pid // NUM_SPLITS")
     em.emit(f"n_row_tiles = tl.cdiv({em.size(i.extent)}, BLOCK_M)")
@@ -651,15 +655,7 @@ def _generate(kp: KernelPlan, interpret: bool, allow_tf32: bool, warp_specialize
         em.acc_names[id(a)] = f"acc{k}"
     em.emit("")
     em.emit("# loop-carried state: one accumulator per key reduction (online softmax state per stream)")
-    for k, a in enumerate(accs):
-        lay = em.layout(a)
-        shape = ", ".join("BLOCK_M" if v is i else str(pads[v.name]) for v in lay)
-        init = 'float("-inf")' if a.kind == "max" else "0.0"
-        em.emit(f"acc{k} = tl.full([{shape}], {init}, tl.float32)  # {a.kind} over {j.name}")
-        if a.init is not None:
-            start = em.scaled(a.init, LOG2E, lay)
-            em.emit(f"acc{k} = tl.maximum(acc{k}, {start})  # the max starts from a key-independent value "
-                    "(a sink or a floor), log2 units")
+    _emit_acc_init(em, kp, pads)
     if mode == "combine":
         _emit_combine(em, kp, pads)
     else:
@@ -667,6 +663,20 @@ def _generate(kp: KernelPlan, interpret: bool, allow_tf32: bool, warp_specialize
     if mode == "split":
         _emit_partial_stores(em, kp, pads)
         return _assemble(em, kp, pads, mode, with_out=False)
+    if mode == "fused":
+        _emit_partial_stores(em, kp, pads)
+        em.emit("")
+        em.emit("# the program that stores its row tile's last share merges them all (no combine launch):")
+        em.emit("# every thread's stores are issued before the ticket, released with it at GPU scope")
+        em.emit("tl.debug_barrier()")
+        em.emit("ticket_ptr = count_ptr + grid_lin * n_row_tiles + tile_m")
+        em.emit('ticket = tl.atomic_add(ticket_ptr, 1, sem="acq_rel", scope="gpu")')
+        em.emit("tl.debug_barrier()  # the acquire is ordered before every thread's loads of the partials")
+        em.emit("if ticket == NUM_SPLITS - 1:")
+        em.indent += 1
+        em.emit("tl.atomic_xchg(ticket_ptr, 0)  # the counter is ready for the next launch")
+        _emit_acc_init(em, kp, pads)
+        _emit_combine(em, kp, pads, cache_modifier='cache_modifier=".cg", ')
 
     # -- epilogue ------------------------------------------------------------------------------
     em.emit("")
@@ -691,6 +701,21 @@ def _generate(kp: KernelPlan, interpret: bool, allow_tf32: bool, warp_specialize
     mask = em.bounds_mask(out_lay)
     em.emit(f"tl.store(out_ptr + {' + '.join(terms)}, {out}.to(out_ptr.dtype.element_ty), mask={mask})")
     return _assemble(em, kp, pads, mode, with_out=True)
+
+
+def _emit_acc_init(em: "_Emitter", kp: KernelPlan, pads: dict) -> None:
+    """Each accumulator's starting value: −inf for a running max (or its key-independent floor),
+    0 for a sum."""
+    i, j = kp.row_var, kp.loop_var
+    for k, a in enumerate(kp.accs):
+        lay = em.layout(a)
+        shape = ", ".join("BLOCK_M" if v is i else str(pads[v.name]) for v in lay)
+        init = 'float("-inf")' if a.kind == "max" else "0.0"
+        em.emit(f"acc{k} = tl.full([{shape}], {init}, tl.float32)  # {a.kind} over {j.name}")
+        if a.init is not None:
+            start = em.scaled(a.init, LOG2E, lay)
+            em.emit(f"acc{k} = tl.maximum(acc{k}, {start})  # the max starts from a key-independent value "
+                    "(a sink or a floor), log2 units")
 
 
 def _emit_key_loops(em: "_Emitter", kp: KernelPlan, mode: str) -> None:
@@ -739,7 +764,7 @@ def _emit_key_loops(em: "_Emitter", kp: KernelPlan, mode: str) -> None:
     em.emit("interior_lo = tl.minimum(tl.cdiv(interior_lo, BLOCK_N) * BLOCK_N, key_hi)")
     fold("interior_hi", sk, "hi", "row_lo", " + 1")
     em.emit("interior_hi = tl.minimum(tl.maximum((interior_hi // BLOCK_N) * BLOCK_N, interior_lo), key_hi)")
-    if mode == "split":
+    if mode in ("split", "fused"):
         em.emit("# this program's share: whole key tiles [split_lo, split_hi)")
         em.emit(f"chunk = tl.cdiv(tl.cdiv({sk}, NUM_SPLITS), BLOCK_N) * BLOCK_N")
         em.emit("split_lo = split * chunk")
@@ -778,8 +803,10 @@ def _emit_partial_stores(em: "_Emitter", kp: KernelPlan, pads: dict) -> None:
         em.emit(f"tl.store({ptr}, acc{k}, mask={mask})")
 
 
-def _emit_combine(em: "_Emitter", kp: KernelPlan, pads: dict) -> None:
-    """Merge the shares: the running max over shares, each sum rescaled to it (log-sum-exp)."""
+def _emit_combine(em: "_Emitter", kp: KernelPlan, pads: dict, cache_modifier: str = "") -> None:
+    """Merge the shares: the running max over shares, each sum rescaled to it (log-sum-exp).
+    ``cache_modifier``: in the fused kernel the partials were written by other programs, so
+    they are read past the (non-coherent) L1 cache."""
     accs = kp.accs
     em.emit("")
     em.emit("# merge the shares of the key axis, as the key loop merges tiles")
@@ -789,7 +816,7 @@ def _emit_combine(em: "_Emitter", kp: KernelPlan, pads: dict) -> None:
         if a.kind != "max":
             continue
         ptr, mask = _partial_ptr(em, kp, k, em.layout(a), pads, "s")
-        em.emit(f"m_part{k} = tl.load({ptr}, mask={mask}, other=float(\"-inf\"))")
+        em.emit(f"m_part{k} = tl.load({ptr}, mask={mask}, other=float(\"-inf\"), {cache_modifier})".replace(", )", ")"))
         em.running_max(k, f"m_part{k}")
         em.emit(f"beta{k} = tl.exp2(m_part{k} - m_safe_acc{k})  # this share's sums, to the merged max")
     for k, a in enumerate(accs):
@@ -797,7 +824,7 @@ def _emit_combine(em: "_Emitter", kp: KernelPlan, pads: dict) -> None:
             continue
         lay = em.layout(a)
         ptr, mask = _partial_ptr(em, kp, k, lay, pads, "s")
-        em.emit(f"part{k} = tl.load({ptr}, mask={mask}, other=0.0)")
+        em.emit(f"part{k} = tl.load({ptr}, mask={mask}, other=0.0, {cache_modifier})".replace(", )", ")"))
         if a.tied is None:
             em.emit(f"acc{k} = acc{k} + part{k}")
         else:
@@ -820,6 +847,8 @@ def _assemble(em: "_Emitter", kp: KernelPlan, pads: dict, mode: str, *, with_out
         params += [f"in{k}_s{d}" for d in range(len(prog.input_shapes[k]))]
     if mode != "single":
         params += [f"part{k}_ptr" for k in range(len(kp.accs))] + ["n_grid"]
+    if mode == "fused":
+        params.append("count_ptr")
     if with_out:
         params.append("out_ptr")
         params += [f"out_s{d}" for d in range(len(prog.out_axes))]
@@ -827,7 +856,8 @@ def _assemble(em: "_Emitter", kp: KernelPlan, pads: dict, mode: str, *, with_out
     params += ["BLOCK_M: tl.constexpr", "BLOCK_N: tl.constexpr"]
     if mode != "single":
         params.append("NUM_SPLITS: tl.constexpr")
-    name = {"single": "flashlight_fwd", "split": "flashlight_fwd_split", "combine": "flashlight_fwd_combine"}[mode]
+    name = {"single": "flashlight_fwd", "split": "flashlight_fwd_split", "combine": "flashlight_fwd_combine",
+            "fused": "flashlight_fwd_split_fused"}[mode]
     header = [
         "import triton",
         "import triton.language as tl",

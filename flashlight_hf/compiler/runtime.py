@@ -189,6 +189,7 @@ class CompiledKernel:
     _tuned: dict = field(default_factory=dict)
     _plans: dict = field(default_factory=dict)
     _direct: bool | None = None
+    _counters: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._fn = load_kernel(self.source)
@@ -204,6 +205,10 @@ class CompiledKernel:
             self._split = tuple((load_kernel(k), SizeFunction(self.program, list(k.runtime_sizes)))
                                 for k in (part, combine))
             self._split_launchers = tuple(Launcher(fn) for fn, _ in self._split)
+        self._fused = None
+        if src.split_fused is not None:  # split-KV in one launch (FLASHLIGHT_FUSED_SPLIT=1)
+            fn = load_kernel(src.split_fused)
+            self._fused = (Launcher(fn), SizeFunction(self.program, list(src.split_fused.runtime_sizes)))
 
     def bound_inputs(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         bindings = self.program.bindings
@@ -246,10 +251,12 @@ class CompiledKernel:
         if self._split is not None:
             (_, part_sizes), (_, comb_sizes) = self._split
             plan.part_sizes, plan.comb_sizes = list(part_sizes(inputs)), list(comb_sizes(inputs))
+        if self._fused is not None:
+            plan.fused_sizes = list(self._fused[1](inputs))
         return plan
 
     def _choose(self, args: list, inputs: list[torch.Tensor], out: torch.Tensor, plan: _ShapePlan,
-                env: tuple[str | None, str | None]) -> tuple[LaunchConfig, int]:
+                env: tuple[str | None, ...]) -> tuple[LaunchConfig, int]:
         """(tile configuration, key splits) for this call, tuned once per shape bucket.
 
         Prefill-sized calls time tile configurations with ``do_bench`` (GPU time). A decode step
@@ -277,8 +284,9 @@ class CompiledKernel:
                 options.append((DECODE_CONFIG, plan.splits))
             timings = []
             for cfg, splits in options:
+                split_run = self._run_split_fused if env[2] == "1" and self._fused is not None else self._run_split
                 run = (lambda c=cfg: self._launch(c, args, rows, n_grid)) if splits == 1 else \
-                    (lambda s=splits: self._run_split(inputs, out, plan, s))
+                    (lambda s=splits: split_run(inputs, out, plan, s))
                 try:
                     timings.append((_wall_clock_ms(run), (cfg, splits)))
                 except Exception:  # noqa: BLE001 - a tile that does not fit this GPU: skip it
@@ -306,7 +314,8 @@ class CompiledKernel:
         """Launch on ``tensors`` (the program's inputs); the result goes to a new tensor, or into
         ``out`` (any strides) when given: the caller's final layout, with no copy after."""
         inputs = self.bound_inputs(tensors)
-        env = (os.environ.get("FLASHLIGHT_SPLIT_KV"), os.environ.get("FLASHLIGHT_CONFIGS"))
+        env = (os.environ.get("FLASHLIGHT_SPLIT_KV"), os.environ.get("FLASHLIGHT_CONFIGS"),
+               os.environ.get("FLASHLIGHT_FUSED_SPLIT"))
         shape_key = (tuple([t.shape for t in inputs]), env)
         plan = self._plans.get(shape_key)
         if plan is None:
@@ -326,6 +335,11 @@ class CompiledKernel:
             plan.choice = self._choose(self._args(inputs, out, plan), inputs, out, plan, env)
         cfg, splits = plan.choice
         if splits > 1:
+            if env[2] == "1" and self._fused is not None:
+                for hook in _launch_hooks:
+                    hook(self.source.split_fused.name)
+                self._run_split_fused(inputs, out, plan, splits)
+                return out
             part_src, comb_src = self.source.split
             for hook in _launch_hooks:
                 hook(part_src.name)
@@ -391,6 +405,31 @@ class CompiledKernel:
         comb_fn(triton.cdiv(rows, cfg.block_m) * n_grid, args, tiles, 4, 1)
 
 
+    def _run_split_fused(self, inputs: list, out: torch.Tensor, plan: _ShapePlan, splits: int) -> None:
+        """The split-KV kernel whose last share per row tile merges the shares: one launch.
+
+        Its per-tile tickets live in a zeroed int32 buffer per (device, stream) that the merging
+        program resets, so a launch leaves it as it found it."""
+        launcher, _ = self._fused
+        src = self.source.split_fused
+        cfg, rows, n_grid = DECODE_CONFIG, plan.rows, plan.n_grid
+        dev = out.device
+        tiles = triton.cdiv(rows, cfg.block_m) * n_grid
+        stream = torch.cuda.current_stream(dev).cuda_stream if dev.type == "cuda" else 0
+        counts = self._counters.get((dev, stream))
+        if counts is None or counts.numel() < tiles:
+            counts = self._counters[(dev, stream)] = torch.zeros(max(tiles, 1024), dtype=torch.int32, device=dev)
+        partials = [torch.empty((splits, n_grid, rows, *w), dtype=torch.float32, device=dev)
+                    for w in src.acc_widths]
+        args: list[Any] = []
+        for k in src.input_args:
+            args.append(inputs[k])
+            args.extend(inputs[k].stride())
+        args += partials + [n_grid, counts, out, *out.stride()] + plan.fused_sizes
+        launcher(tiles * splits, args, (("BLOCK_M", cfg.block_m), ("BLOCK_N", cfg.block_n), ("NUM_SPLITS", splits)),
+                 cfg.num_warps, cfg.num_stages)
+
+
 @dataclass
 class _ShapePlan:
     """A call's sizes for one set of input shapes, computed once (a decode loop repeats them)."""
@@ -403,6 +442,7 @@ class _ShapePlan:
     splits: int
     part_sizes: list = field(default_factory=list)
     comb_sizes: list = field(default_factory=list)
+    fused_sizes: list = field(default_factory=list)
     empty: bool = False  # the output has no elements: nothing to launch
     choice: tuple | None = None  # (LaunchConfig, splits), once chosen
 
