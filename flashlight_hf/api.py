@@ -68,13 +68,16 @@ def _dynamic_axes(p: KernelPlan) -> list[dict[int, str]]:
             for r in roots[1:]:
                 if r is not roots[0]:
                     group[r] = roots[0]
+    # an axis read by several variables (two softmax streams each reading the keys) is dynamic
+    # when its variables are tied to a dynamic one
+    dynamic_roots = {find(v) for v in dynamic}
     out: list[dict[int, str]] = []
     for k, b in enumerate(prog.bindings):
         if not isinstance(b, int):
             continue
         axes = {}
         for a, vs in enumerate(prog.input_axis_vars[k]):
-            if vs and all(v in dynamic and v not in prog.defs for v in vs):
+            if vs and all(find(v) in dynamic_roots and v not in prog.defs for v in vs):
                 axes[a] = f"S_{find(vs[0]).name}"
         while len(out) <= b:
             out.append({})

@@ -309,6 +309,29 @@ def test_one_query_decode_step(device: str):
     assert len(compiled._builds) >= 1 and sum(b.symbolic for b in compiled._builds.values()) >= 1
 
 
+@pytest.mark.parametrize("name", sorted(PROGRAMS))
+def test_one_kernel_serves_every_length(name: str, device: str, monkeypatch):
+    """Query and key lengths are run-time arguments for every program (the differential
+    program's two streams read the key axis through two variables: both are dynamic)."""
+    monkeypatch.setenv("FLASHLIGHT_DISK_CACHE", "0")
+    compiled = flashlight_hf.compile(PROGRAMS[name])
+    first = compiled.build_for(_inputs(name, torch.float32, device, 19, 23), {})
+    for sq, sk in ((19, 40), (7, 23), (33, 70)):
+        args = _inputs(name, torch.float32, device, sq, sk)
+        assert compiled.build_for(args, {}) is first, f"{name}: a new build for q_len {sq}, kv_len {sk}"
+    assert first.kernel is not None
+
+
+def test_non_softmax_scores_tile_the_query_rows(device: str):
+    """`sigmoid(scores) @ V`: the query positions are the rows (a run-time length), not a tile
+    of the value head dim — a long query axis fuses instead of exceeding one tile."""
+    q, k, v = _inputs("sigmoid_attention", torch.float32, device, 300, 40)
+    e = flashlight_hf.explain(sigmoid_attention, q, k, v)
+    assert e.num_kernels == 1 and not e.fallbacks, e.fallbacks
+    assert_close(flashlight_hf.compile(sigmoid_attention)(q, k, v),
+                 sigmoid_attention(q.double(), k.double(), v.double()), torch.float32)
+
+
 def test_custom_op_gradients_match_eager(device: str):
     """Fused programs are a torch.library op with autograd: gradients reach every input
     (including a learnable bias) and equal eager's, computed in float64."""

@@ -31,7 +31,8 @@ from flashlight_hf.compiler.runtime import cache_dir
 def _compiler_fingerprint() -> str:
     """Hash of the compiler's own source: a changed generator never reuses an old build."""
     h = hashlib.sha256()
-    for f in sorted(Path(__file__).parent.glob("*.py")):
+    # the stages, and api.py, which chooses the dynamic axes a build is traced with
+    for f in [*sorted(Path(__file__).parent.glob("*.py")), Path(__file__).parent.parent / "api.py"]:
         h.update(f.read_bytes())
     return h.hexdigest()[:16]
 

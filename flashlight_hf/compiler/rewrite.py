@@ -452,7 +452,10 @@ def _rows_and_value_dims(out: Node, j: Var, out_set: set[Var]) -> tuple[Var, lis
         if not (isinstance(r, Reduce) and r.var is j and r.op == "sum"):
             continue
         num, den = _mul_factors(r.arg)
-        for f in num:
+        # the value factor is read, not computed by a contraction: try factors without a
+        # reduction first (else `sigmoid(scores) * V` would take the scores for the values
+        # and the value head dim for the rows)
+        for f in sorted(num, key=lambda g: _contains(g, lambda y: isinstance(y, Reduce))):
             others = [g for g in num if g is not f] + den
             other_vars = frozenset().union(*(g.vars for g in others)) if others else frozenset()
             value_dims = [v for v in f.vars & out_set if v not in other_vars]
