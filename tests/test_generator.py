@@ -309,15 +309,17 @@ def test_one_query_decode_step(device: str):
     assert len(compiled._builds) >= 1 and sum(b.symbolic for b in compiled._builds.values()) >= 1
 
 
-@pytest.mark.parametrize("name", sorted(PROGRAMS))
+@pytest.mark.parametrize("name", sorted(PROGRAMS) + sorted(MORE))
 def test_one_kernel_serves_every_length(name: str, device: str, monkeypatch):
     """Query and key lengths are run-time arguments for every program (the differential
     program's two streams read the key axis through two variables: both are dynamic)."""
     monkeypatch.setenv("FLASHLIGHT_DISK_CACHE", "0")
-    compiled = flashlight_hf.compile(PROGRAMS[name])
-    first = compiled.build_for(_inputs(name, torch.float32, device, 19, 23), {})
+    make = (lambda sq, sk: _inputs(name, torch.float32, device, sq, sk)) if name in PROGRAMS else \
+        (lambda sq, sk: _more_inputs(name, device, sq, sk))
+    compiled = flashlight_hf.compile({**PROGRAMS, **MORE}[name])
+    first = compiled.build_for(make(19, 23), {})
     for sq, sk in ((19, 40), (7, 23), (33, 70)):
-        args = _inputs(name, torch.float32, device, sq, sk)
+        args = make(sq, sk)
         assert compiled.build_for(args, {}) is first, f"{name}: a new build for q_len {sq}, kv_len {sk}"
     assert first.kernel is not None
 
