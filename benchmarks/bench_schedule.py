@@ -14,6 +14,9 @@ program's peer measured in the same run:
   FMA pipe (Cody-Waite range reduction, degree-4 fit, relative error 3.6e-6) and three on the
   MUFU unit, whose 16 ops/clock/SM bound a head-dim-64 softmax (FlashAttention-4's trick);
 * ``mma_first+exp_mixed``: both;
+* ``stream_order``: each key loop finishes one softmax stream (scores, exp, ``P·V``) before
+  the next one's ``Q·Kᵀ``: one score tile live at a time (the generated order keeps both
+  streams' score tiles live, and 128×128 tiles spill registers);
 * ``exp_f16x2``: the online-softmax ``exp2`` on pairs packed as fp16 (``ex2.approx.f16x2``:
   one MUFU operation per two elements; the probabilities are rounded to 16 bits for ``P·V``
   anyway, the row sums see fp16's 11-bit mantissa);
@@ -127,6 +130,46 @@ def mma_first(src: str) -> str:
     return "\n".join(out)
 
 
+def stream_order(src: str) -> str:
+    """Reorder each key loop's body so one softmax stream finishes (scores, exp, ``P·V``) before
+    the next one's ``Q·Kᵀ`` starts: one score tile live at a time instead of two."""
+    lines = src.split("\n")
+    out, i = [], 0
+    while i < len(lines):
+        line = lines[i]
+        out.append(line)
+        i += 1
+        if not line.strip().startswith("for start_j in range("):
+            continue
+        indent = len(line) - len(line.lstrip()) + 4
+        body = []
+        while i < len(lines) and (not lines[i].strip() or len(lines[i]) - len(lines[i].lstrip()) >= indent):
+            body.append(lines[i])
+            i += 1
+        stmts = [b for b in body if b.strip()]
+        target = [b.strip().split(" = ", 1)[0] for b in stmts]
+        finals = [k for k, b in enumerate(stmts) if re.match(r"\s*acc\d+ = m_new_acc\d+$", b.split("  #")[0])]
+        updates = [k for k, t in enumerate(target) if re.fullmatch(r"acc\d+", t) and k not in finals]
+        done: list[int] = []
+
+        def visit(k: int) -> None:
+            if k in done:
+                return
+            expr = stmts[k].split(" = ", 1)[1].split("  #")[0] if " = " in stmts[k] else stmts[k]
+            for d in range(k):
+                if d not in finals and re.search(rf"\b{re.escape(target[d])}\b", expr):
+                    visit(d)
+            done.append(k)
+
+        for k in updates:
+            visit(k)
+        for k in range(len(stmts)):  # whatever no update needs (none expected), then the finals
+            if k not in finals:
+                visit(k)
+        out += [stmts[k] for k in done] + [stmts[k] for k in finals] + [""]
+    return "\n".join(out)
+
+
 def exp_mixed(src: str) -> str:
     body = re.sub(r"^(\s*exp_\d+ = )tl\.exp2\(", r"\1exp2_mixed(", src, flags=re.M)
     assert body != src, "no online-softmax exp2 found"
@@ -168,6 +211,7 @@ VARIANTS = {
     "exp_mixed": exp_mixed,
     "mma_first+exp_mixed": lambda s: exp_mixed(mma_first(s)),
     "exp_f16x2": exp_f16x2,
+    "stream_order": stream_order,
     "tma_kv": tma_kv,
     "tma_kv+exp_mixed": lambda s: exp_mixed(tma_kv(s)),
 }

@@ -85,14 +85,18 @@ def _dynamic_axes(p: KernelPlan) -> list[dict[int, str]]:
     return out
 
 
-def build(fn: Callable, args: tuple, kwargs: dict) -> Build:
-    """Compile ``fn`` for the specialisation of ``(args, kwargs)``; never raises on unsupported programs."""
+def build(fn: Callable, args: tuple, kwargs: dict, *, interpret: bool | None = None) -> Build:
+    """Compile ``fn`` for the specialisation of ``(args, kwargs)``; never raises on unsupported programs.
+
+    ``interpret``: generate for Triton's interpreter or for a GPU (default: what this process
+    runs; ``benchmarks/kernel_stats.py`` builds GPU source on a machine without one)."""
     try:
         static = cap.trace_static(fn, args, kwargs)
     except cap.CaptureError as exc:
         return Build(None, None, None, None, ("capture", str(exc)))
     tensors, constants, spec = cap.split_args(args, kwargs)
-    interpret, tf32 = _interpret(), torch.backends.cuda.matmul.allow_tf32
+    interpret = _interpret() if interpret is None else interpret
+    tf32 = torch.backends.cuda.matmul.allow_tf32
     ws = os.environ.get("FLASHLIGHT_WARP_SPECIALIZE", "0") == "1" and not interpret
     disk_key = diskcache.build_key(static, tensors, constants, interpret=interpret, allow_tf32=tf32,
                                    warp_specialize=ws) \
