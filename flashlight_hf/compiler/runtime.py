@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.util
+import math
 import os
 import tempfile
 import threading
@@ -388,8 +389,7 @@ class CompiledKernel:
         part_src, comb_src = self.source.split
         cfg, rows, n_grid = DECODE_CONFIG, plan.rows, plan.n_grid
         dev = out.device
-        partials = [torch.empty((splits, n_grid, rows, *w), dtype=torch.float32, device=dev)
-                    for w in part_src.acc_widths]
+        partials = _partials(splits, n_grid, rows, part_src.acc_widths, dev)
         args: list[Any] = []
         for k in part_src.input_args:
             args.append(inputs[k])
@@ -419,8 +419,7 @@ class CompiledKernel:
         counts = self._counters.get((dev, stream))
         if counts is None or counts.numel() < tiles:
             counts = self._counters[(dev, stream)] = torch.zeros(max(tiles, 1024), dtype=torch.int32, device=dev)
-        partials = [torch.empty((splits, n_grid, rows, *w), dtype=torch.float32, device=dev)
-                    for w in src.acc_widths]
+        partials = _partials(splits, n_grid, rows, src.acc_widths, dev)
         args: list[Any] = []
         for k in src.input_args:
             args.append(inputs[k])
@@ -445,6 +444,18 @@ class _ShapePlan:
     fused_sizes: list = field(default_factory=list)
     empty: bool = False  # the output has no elements: nothing to launch
     choice: tuple | None = None  # (LaunchConfig, splits), once chosen
+
+
+def _partials(splits: int, n_grid: int, rows: int, widths: list, device: torch.device) -> list[torch.Tensor]:
+    """One float32 ``[splits, n_grid, rows, *width]`` block per accumulator, carved out of one
+    allocation (a decode step allocates them at every layer)."""
+    shapes = [(splits, n_grid, rows, *w) for w in widths]
+    sizes = [math.prod(sh) for sh in shapes]
+    starts = [0]
+    for n in sizes:
+        starts.append(starts[-1] + n + (-n) % 4)  # each block starts 16-byte aligned
+    flat = torch.empty(starts[-1], dtype=torch.float32, device=device)
+    return [flat[at:at + n].view(sh) for at, n, sh in zip(starts, sizes, shapes)]
 
 
 def _wall_clock_ms(fn: Callable[[], None], reps: int = 20) -> float:
