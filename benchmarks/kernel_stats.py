@@ -34,7 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 OPS = ("HGMMA", "MUFU.EX2", "FFMA", "FMUL", "FADD", "FMNMX", "F2FP", "LDGSTS", "UTMALDG", "LDG", "STS", "LDS",
-       "STL", "LDL")
+       "STL", "LDL", "ATOMG", "MEMBAR")
 DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.int64: "i64",
           torch.int32: "i32", torch.bool: "i1"}
 
@@ -68,8 +68,35 @@ def launch_args(fn: Any, example: tuple) -> tuple[Any, list[str], list[Any]]:
     return build.source, [], kernel._args(inputs, out, plan)
 
 
-def compile_stats(source: str, args: list[Any], config: tuple[int, int, int, int], arch: int) -> dict[str, Any]:
-    """AOT-compile ``source``'s kernel for ``sm_<arch>`` with ``args``' specialisation; its stats."""
+def fused_split_stats(fn: Any, example: tuple, splits: int = 16, arch: int = 90) -> dict[str, Any]:
+    """Stats of ``fn``'s one-launch split-KV kernel (``flashlight_fwd_split_fused``) for a decode
+    ``example``: the interpreter runs it, but only a real compile checks that Triton accepts
+    its atomics, fences and cache modifiers."""
+    from flashlight_hf import api
+    from flashlight_hf.compiler.runtime import DECODE_CONFIG, _partials
+
+    build = api.build(fn, example, {}, interpret=False)
+    if build.kernel is None or build.source.split_fused is None:
+        raise RuntimeError(f"{getattr(fn, '__name__', fn)} has no split-KV kernel")
+    kernel, src = build.kernel, build.source.split_fused
+    inputs = kernel.bound_inputs(list(example))
+    plan = kernel._plan(inputs)
+    out = torch.empty(plan.out_shape, dtype=kernel.program.out_dtype)
+    args: list[Any] = []
+    for k in src.input_args:
+        args.append(inputs[k])
+        args.extend(inputs[k].stride())
+    args += _partials(splits, plan.n_grid, plan.rows, src.acc_widths, torch.device("cpu"))
+    args += [plan.n_grid, torch.zeros(1024, dtype=torch.int32), out, *out.stride(), *plan.fused_sizes]
+    cfg = DECODE_CONFIG
+    return compile_stats(src.source, args, (cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages), arch,
+                         {"NUM_SPLITS": splits})
+
+
+def compile_stats(source: str, args: list[Any], config: tuple[int, int, int, int], arch: int,
+                  constexprs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """AOT-compile ``source``'s kernel for ``sm_<arch>`` with ``args``' specialisation; its stats.
+    ``constexprs``: values of constexpr parameters besides the tile sizes (``NUM_SPLITS``)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -84,7 +111,7 @@ def compile_stats(source: str, args: list[Any], config: tuple[int, int, int, int
         fn = getattr(module, name)
         names = list(fn.arg_names)
         signature: dict[str, str] = {}
-        constexprs: dict[str, Any] = {"BLOCK_M": config[0], "BLOCK_N": config[1]}
+        constexprs = {"BLOCK_M": config[0], "BLOCK_N": config[1], **(constexprs or {})}
         attrs: dict[tuple, list] = {}
         for k, (n, a) in enumerate(zip(names, args)):
             if isinstance(a, torch.Tensor):

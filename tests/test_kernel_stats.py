@@ -36,3 +36,21 @@ def test_full_attention_kernel_is_pipelined_on_tensor_cores(tmp_path):
     assert row["LDGSTS"] > 0, f"K/V loads are not asynchronous copies (the key loop is not pipelined): {row}"
     assert row["STL"] == 0 and row["LDL"] == 0, f"the kernel spills registers: {row}"
     assert 0 < row["regs"] <= 255 and row["shared"] > 0, row
+
+
+def test_one_launch_split_kv_kernel_compiles_for_hopper(tmp_path):
+    """The fused split-KV kernel (FLASHLIGHT_FUSED_SPLIT=1) compiles for sm_90 with its ticket
+    atomic and fences (the interpreter runs it without compiling it)."""
+    code = (
+        "import sys, json, torch; sys.path.insert(0, '.')\n"
+        "from benchmarks.kernel_stats import fused_split_stats\n"
+        "from benchmarks.bench_programs import diff_attention\n"
+        "ex = (torch.randn(1, 8, 1, 128, dtype=torch.bfloat16), torch.randn(1, 8, 4096, 128, dtype=torch.bfloat16),\n"
+        "      torch.randn(1, 8, 4096, 64, dtype=torch.bfloat16), torch.rand(8, dtype=torch.bfloat16))\n"
+        "print(json.dumps(fused_split_stats(diff_attention, ex)))\n")
+    env = {**os.environ, "TRITON_INTERPRET": "0", "FLASHLIGHT_CACHE_DIR": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True, capture_output=True,
+                          text=True, timeout=300)
+    stats = json.loads(done.stdout.strip().splitlines()[-1])
+    assert stats["ATOMG"] > 0 and stats["MEMBAR"] > 0, stats
+    assert stats["STL"] == 0, stats
