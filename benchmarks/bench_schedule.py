@@ -17,9 +17,6 @@ program's peer measured in the same run:
 * ``stream_order``: each key loop finishes one softmax stream (scores, exp, ``P·V``) before
   the next one's ``Q·Kᵀ``: one score tile live at a time (the generated order keeps both
   streams' score tiles live, and 128×128 tiles spill registers);
-* ``exp_f16x2``: the online-softmax ``exp2`` on pairs packed as fp16 (``ex2.approx.f16x2``:
-  one MUFU operation per two elements; the probabilities are rounded to 16 bits for ``P·V``
-  anyway, the row sums see fp16's 11-bit mantissa);
 * ``tma_kv``: the interior key loop reads K and V tiles through TMA tensor descriptors
   (``tl.make_tensor_descriptor``, one per program over its ``[keys, width]`` slice) instead of
   pointer arithmetic.
@@ -78,33 +75,6 @@ def exp2_mixed(x):
     return tl.inline_asm_elementwise({EXP2_MIXED_ASM!r}, "=r,=r,=r,=r,r,r,r,r", [x], dtype=tl.float32,
                                      is_pure=True, pack=4)
 '''
-
-
-# x -> 2^x for two elements at once, through one packed fp16 MUFU operation
-EXP2_F16X2_ASM = """{
-.reg .b32 h;
-.reg .b16 lo, hi;
-cvt.rn.f16x2.f32 h, $3, $2;
-ex2.approx.f16x2 h, h;
-mov.b32 {lo, hi}, h;
-cvt.f32.f16 $0, lo;
-cvt.f32.f16 $1, hi;
-}"""
-
-HELPER_F16X2 = f'''
-
-@triton.jit
-def exp2_f16x2(x):
-    return tl.inline_asm_elementwise({EXP2_F16X2_ASM!r}, "=r,=r,r,r", [x], dtype=tl.float32,
-                                     is_pure=True, pack=2)
-'''
-
-
-def exp_f16x2(src: str) -> str:
-    body = re.sub(r"^(\s*exp_\d+ = )tl\.exp2\(", r"\1exp2_f16x2(", src, flags=re.M)
-    assert body != src, "no online-softmax exp2 found"
-    first_jit = body.index("@triton.jit")
-    return body[:first_jit] + HELPER_F16X2.lstrip("\n") + "\n\n" + body[first_jit:]
 
 
 def mma_first(src: str) -> str:
@@ -210,7 +180,6 @@ VARIANTS = {
     "mma_first": mma_first,
     "exp_mixed": exp_mixed,
     "mma_first+exp_mixed": lambda s: exp_mixed(mma_first(s)),
-    "exp_f16x2": exp_f16x2,
     "stream_order": stream_order,
     "tma_kv": tma_kv,
     "tma_kv+exp_mixed": lambda s: exp_mixed(tma_kv(s)),
