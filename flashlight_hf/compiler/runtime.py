@@ -282,12 +282,12 @@ class CompiledKernel:
             if not forced_splits or plan.splits <= 1:
                 options += [(c, 1) for c in cands]
             if plan.splits > 1:
-                options.append((DECODE_CONFIG, plan.splits))
+                options += [(c, plan.splits) for c in DECODE_CONFIGS]  # the split's tiles are tuned too
             timings = []
             for cfg, splits in options:
                 split_run = self._run_split_fused if env[2] == "1" and self._fused is not None else self._run_split
                 run = (lambda c=cfg: self._launch(c, args, rows, n_grid)) if splits == 1 else \
-                    (lambda s=splits: split_run(inputs, out, plan, s))
+                    (lambda c=cfg, s=splits: split_run(inputs, out, plan, s, c))
                 try:
                     timings.append((_wall_clock_ms(run), (cfg, splits)))
                 except Exception:  # noqa: BLE001 - a tile that does not fit this GPU: skip it
@@ -339,13 +339,13 @@ class CompiledKernel:
             if env[2] == "1" and self._fused is not None:
                 for hook in _launch_hooks:
                     hook(self.source.split_fused.name)
-                self._run_split_fused(inputs, out, plan, splits)
+                self._run_split_fused(inputs, out, plan, splits, cfg)
                 return out
             part_src, comb_src = self.source.split
             for hook in _launch_hooks:
                 hook(part_src.name)
                 hook(comb_src.name)
-            self._run_split(inputs, out, plan, splits)
+            self._run_split(inputs, out, plan, splits, cfg)
             return out
         for hook in _launch_hooks:
             hook(self.source.name)
@@ -383,11 +383,12 @@ class CompiledKernel:
         n = min(want, by_keys, MAX_SPLITS)
         return 1 << (n.bit_length() - 1) if n >= 2 else 1
 
-    def _run_split(self, inputs: list, out: torch.Tensor, plan: _ShapePlan, splits: int) -> None:
+    def _run_split(self, inputs: list, out: torch.Tensor, plan: _ShapePlan, splits: int,
+                   cfg: LaunchConfig = DECODE_CONFIG) -> None:
         """The partials kernel over ``splits`` shares of the keys, then the combine kernel."""
         part_fn, comb_fn = self._split_launchers
         part_src, comb_src = self.source.split
-        cfg, rows, n_grid = DECODE_CONFIG, plan.rows, plan.n_grid
+        rows, n_grid = plan.rows, plan.n_grid
         dev = out.device
         partials = _partials(splits, n_grid, rows, part_src.acc_widths, dev)
         args: list[Any] = []
@@ -405,14 +406,15 @@ class CompiledKernel:
         comb_fn(triton.cdiv(rows, cfg.block_m) * n_grid, args, tiles, 4, 1)
 
 
-    def _run_split_fused(self, inputs: list, out: torch.Tensor, plan: _ShapePlan, splits: int) -> None:
+    def _run_split_fused(self, inputs: list, out: torch.Tensor, plan: _ShapePlan, splits: int,
+                         cfg: LaunchConfig = DECODE_CONFIG) -> None:
         """The split-KV kernel whose last share per row tile merges the shares: one launch.
 
         Its per-tile tickets live in a zeroed int32 buffer per (device, stream) that the merging
         program resets, so a launch leaves it as it found it."""
         launcher, _ = self._fused
         src = self.source.split_fused
-        cfg, rows, n_grid = DECODE_CONFIG, plan.rows, plan.n_grid
+        rows, n_grid = plan.rows, plan.n_grid
         dev = out.device
         tiles = triton.cdiv(rows, cfg.block_m) * n_grid
         stream = torch.cuda.current_stream(dev).cuda_stream if dev.type == "cuda" else 0
