@@ -33,6 +33,7 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -77,8 +78,9 @@ def exp2_mixed(x):
 '''
 
 
-def mma_first(src: str) -> str:
-    """Move loads and accumulator-free dots to the top of each key loop's body."""
+def _reorder_key_loops(src: str, reorder: Any) -> str:
+    """``src`` with the body of each ``for start_j`` key loop replaced by ``reorder(body)``
+    (the body's lines, blank ones included, in order)."""
     lines = src.split("\n")
     out, i = [], 0
     while i < len(lines):
@@ -92,30 +94,28 @@ def mma_first(src: str) -> str:
         while i < len(lines) and (not lines[i].strip() or len(lines[i]) - len(lines[i].lstrip()) >= indent):
             body.append(lines[i])
             i += 1
+        out += reorder(body)
+    return "\n".join(out)
+
+
+def mma_first(src: str) -> str:
+    """Move loads and accumulator-free dots to the top of each key loop's body."""
+
+    def reorder(body: list[str]) -> list[str]:
         head = [b for b in body if re.match(r"\s*(offs_j|mask_j) =", b)]
         early = [b for b in body if b not in head and ("= tl.load(" in b or (
             "= tl.dot(" in b and "acc" not in b.split("=", 1)[1]))]
         rest = [b for b in body if b not in head and b not in early]
-        out += head + early + rest
-    return "\n".join(out)
+        return head + early + rest
+
+    return _reorder_key_loops(src, reorder)
 
 
 def stream_order(src: str) -> str:
     """Reorder each key loop's body so one softmax stream finishes (scores, exp, ``P·V``) before
     the next one's ``Q·Kᵀ`` starts: one score tile live at a time instead of two."""
-    lines = src.split("\n")
-    out, i = [], 0
-    while i < len(lines):
-        line = lines[i]
-        out.append(line)
-        i += 1
-        if not line.strip().startswith("for start_j in range("):
-            continue
-        indent = len(line) - len(line.lstrip()) + 4
-        body = []
-        while i < len(lines) and (not lines[i].strip() or len(lines[i]) - len(lines[i].lstrip()) >= indent):
-            body.append(lines[i])
-            i += 1
+
+    def reorder(body: list[str]) -> list[str]:
         stmts = [b for b in body if b.strip()]
         target = [b.strip().split(" = ", 1)[0] for b in stmts]
         finals = [k for k, b in enumerate(stmts) if re.match(r"\s*acc\d+ = m_new_acc\d+$", b.split("  #")[0])]
@@ -136,8 +136,9 @@ def stream_order(src: str) -> str:
         for k in range(len(stmts)):  # whatever no update needs (none expected), then the finals
             if k not in finals:
                 visit(k)
-        out += [stmts[k] for k in done] + [stmts[k] for k in finals] + [""]
-    return "\n".join(out)
+        return [stmts[k] for k in done] + [stmts[k] for k in finals] + [""]
+
+    return _reorder_key_loops(src, reorder)
 
 
 def exp_mixed(src: str) -> str:

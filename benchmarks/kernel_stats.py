@@ -53,7 +53,7 @@ def programs(b: int, h: int, s: int, d: int, dtype: torch.dtype) -> dict[str, tu
     }
 
 
-def launch_args(fn: Any, example: tuple) -> tuple[Any, list[str], list[Any]]:
+def launch_args(fn: Any, example: tuple) -> tuple[Any, list[Any]]:
     """The GPU kernel source of ``fn`` (built as for a GPU, on this machine) and its launch
     arguments for ``example``, as the runtime would pass them."""
     from flashlight_hf import api
@@ -65,7 +65,7 @@ def launch_args(fn: Any, example: tuple) -> tuple[Any, list[str], list[Any]]:
     inputs = kernel.bound_inputs(list(example))
     plan = kernel._plan(inputs)
     out = torch.empty(plan.out_shape, dtype=kernel.program.out_dtype)
-    return build.source, [], kernel._args(inputs, out, plan)
+    return build.source, kernel._args(inputs, out, plan)
 
 
 def fused_split_stats(fn: Any, example: tuple, splits: int = 16, arch: int = 90) -> dict[str, Any]:
@@ -73,7 +73,7 @@ def fused_split_stats(fn: Any, example: tuple, splits: int = 16, arch: int = 90)
     ``example``: the interpreter runs it, but only a real compile checks that Triton accepts
     its atomics, fences and cache modifiers."""
     from flashlight_hf import api
-    from flashlight_hf.compiler.runtime import DECODE_CONFIG, _partials
+    from flashlight_hf.compiler.runtime import DECODE_CONFIG, _partials, tensor_args
 
     build = api.build(fn, example, {}, interpret=False)
     if build.kernel is None or build.source.split_fused is None:
@@ -82,10 +82,7 @@ def fused_split_stats(fn: Any, example: tuple, splits: int = 16, arch: int = 90)
     inputs = kernel.bound_inputs(list(example))
     plan = kernel._plan(inputs)
     out = torch.empty(plan.out_shape, dtype=kernel.program.out_dtype)
-    args: list[Any] = []
-    for k in src.input_args:
-        args.append(inputs[k])
-        args.extend(inputs[k].stride())
+    args = tensor_args(inputs, src.input_args)
     args += _partials(splits, plan.n_grid, plan.rows, src.acc_widths, torch.device("cpu"))
     args += [plan.n_grid, torch.zeros(1024, dtype=torch.int32), out, *out.stride(), *plan.fused_sizes]
     cfg = DECODE_CONFIG
@@ -163,7 +160,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     rows = []
     for pname in args.programs.split(","):
         fn, example = progs[pname]
-        source, _, launch = launch_args(fn, example)
+        source, launch = launch_args(fn, example)
         for vname in args.variants.split(","):
             text = VARIANTS[vname](source.source)
             for cfg in args.configs.split(";"):

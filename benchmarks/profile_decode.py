@@ -38,18 +38,22 @@ class HostTimes:
         self.calls: dict[str, int] = {}
         self._undo: list = []
 
-    def wrap(self, owner: Any, attr: str, label: str) -> None:
-        original = getattr(owner, attr)
+    def timed(self, fn: Any, label: str) -> Any:
+        """``fn``, adding its host time per call under ``label``."""
 
         def timed(*a: Any, **k: Any) -> Any:
             t0 = time.perf_counter()
             try:
-                return original(*a, **k)
+                return fn(*a, **k)
             finally:
                 self.total[label] = self.total.get(label, 0.0) + time.perf_counter() - t0
                 self.calls[label] = self.calls.get(label, 0) + 1
 
-        setattr(owner, attr, timed)
+        return timed
+
+    def wrap(self, owner: Any, attr: str, label: str) -> None:
+        original = getattr(owner, attr)
+        setattr(owner, attr, self.timed(original, label))
         self._undo.append((owner, attr, original))
 
     def restore(self) -> None:
@@ -75,7 +79,7 @@ def host_breakdown(model, state: Any, impl: str, steps: int) -> list[str]:
     times = HostTimes()
     mapping = AttentionInterface._global_mapping  # bench-only: wrap the registered function in place
     fn = mapping[impl]
-    mapping[impl] = lambda *a, _f=fn, **k: _timed_call(times, "attention function", _f, a, k)
+    mapping[impl] = times.timed(fn, "attention function")
     if impl == "flashlight":
         from flashlight_hf import api, registry
 
@@ -103,15 +107,6 @@ def host_breakdown(model, state: Any, impl: str, steps: int) -> list[str]:
         mapping[impl] = fn
         times.restore()
     return [f"host time per call ({impl}, {wall:.3f} ms per step with the wrappers):", "", *times.table(steps), ""]
-
-
-def _timed_call(times: HostTimes, label: str, fn: Any, a: tuple, k: dict) -> Any:
-    t0 = time.perf_counter()
-    try:
-        return fn(*a, **k)
-    finally:
-        times.total[label] = times.total.get(label, 0.0) + time.perf_counter() - t0
-        times.calls[label] = times.calls.get(label, 0) + 1
 
 
 def launch_costs(n: int = 500) -> list[str]:

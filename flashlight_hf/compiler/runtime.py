@@ -189,12 +189,12 @@ class CompiledKernel:
     _fn: Any = None
     _tuned: dict = field(default_factory=dict)
     _plans: dict = field(default_factory=dict)
-    _direct: bool | None = None
     _counters: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._fn = load_kernel(self.source)
         self._launcher = Launcher(self._fn)
+        self._direct = all(isinstance(b, int) for b in self.program.bindings)  # no constant inputs
         out_extents = [sum_extent(ax) for ax in self.program.out_axes]
         src = self.source
         exprs = out_extents + list(src.runtime_sizes) + [src.row_extent, src.loop_extent] + list(src.grid_extents)
@@ -213,8 +213,6 @@ class CompiledKernel:
 
     def bound_inputs(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         bindings = self.program.bindings
-        if self._direct is None:
-            self._direct = all(isinstance(b, int) for b in bindings)
         if self._direct:
             return [tensors[b] for b in bindings]
         device = tensors[0].device if tensors else torch.device("cpu")
@@ -284,8 +282,8 @@ class CompiledKernel:
             if plan.splits > 1:
                 options += [(c, plan.splits) for c in DECODE_CONFIGS]  # the split's tiles are tuned too
             timings = []
+            split_run, _ = self._split_runner(env)
             for cfg, splits in options:
-                split_run = self._run_split_fused if env[2] == "1" and self._fused is not None else self._run_split
                 run = (lambda c=cfg: self._launch(c, args, rows, n_grid)) if splits == 1 else \
                     (lambda c=cfg, s=splits: split_run(inputs, out, plan, s, c))
                 try:
@@ -336,16 +334,11 @@ class CompiledKernel:
             plan.choice = self._choose(self._args(inputs, out, plan), inputs, out, plan, env)
         cfg, splits = plan.choice
         if splits > 1:
-            if env[2] == "1" and self._fused is not None:
-                for hook in _launch_hooks:
-                    hook(self.source.split_fused.name)
-                self._run_split_fused(inputs, out, plan, splits, cfg)
-                return out
-            part_src, comb_src = self.source.split
+            split_run, names = self._split_runner(env)
             for hook in _launch_hooks:
-                hook(part_src.name)
-                hook(comb_src.name)
-            self._run_split(inputs, out, plan, splits, cfg)
+                for name in names:
+                    hook(name)
+            split_run(inputs, out, plan, splits, cfg)
             return out
         for hook in _launch_hooks:
             hook(self.source.name)
@@ -354,15 +347,14 @@ class CompiledKernel:
 
     def _args(self, inputs: list[torch.Tensor], out: torch.Tensor, plan: _ShapePlan) -> list[Any]:
         """The kernel's arguments: each input with its strides, the output with its, the sizes."""
-        args: list[Any] = []
-        for k in self.source.input_args:
-            t = inputs[k]
-            args.append(t)
-            args.extend(t.stride())
-        args.append(out)
-        args.extend(out.stride())
-        args.extend(plan.runtime)
-        return args
+        return tensor_args(inputs, self.source.input_args) + [out, *out.stride(), *plan.runtime]
+
+    def _split_runner(self, env: tuple[str | None, ...]) -> tuple[Callable[..., None], list[str]]:
+        """The split-KV launcher this call uses (the one-launch kernel under
+        ``FLASHLIGHT_FUSED_SPLIT=1``, else the partials + combine pair) and its kernels' names."""
+        if env[2] == "1" and self._fused is not None:
+            return self._run_split_fused, [self.source.split_fused.name]
+        return self._run_split, [k.name for k in self.source.split]
 
     # -- split-KV (decoding) ----------------------------------------------------------------------
     def _num_splits(self, rows: int, keys: int, n_grid: int, device: torch.device) -> int:
@@ -391,20 +383,11 @@ class CompiledKernel:
         rows, n_grid = plan.rows, plan.n_grid
         dev = out.device
         partials = _partials(splits, n_grid, rows, part_src.acc_widths, dev)
-        args: list[Any] = []
-        for k in part_src.input_args:
-            args.append(inputs[k])
-            args += inputs[k].stride()
-        args += partials + [n_grid] + plan.part_sizes
+        args = tensor_args(inputs, part_src.input_args) + partials + [n_grid] + plan.part_sizes
         tiles = (("BLOCK_M", cfg.block_m), ("BLOCK_N", cfg.block_n), ("NUM_SPLITS", splits))
         part_fn(triton.cdiv(rows, cfg.block_m) * n_grid * splits, args, tiles, cfg.num_warps, cfg.num_stages)
-        args = []
-        for k in comb_src.input_args:
-            args.append(inputs[k])
-            args += inputs[k].stride()
-        args += partials + [n_grid, out, *out.stride()] + plan.comb_sizes
+        args = tensor_args(inputs, comb_src.input_args) + partials + [n_grid, out, *out.stride()] + plan.comb_sizes
         comb_fn(triton.cdiv(rows, cfg.block_m) * n_grid, args, tiles, 4, 1)
-
 
     def _run_split_fused(self, inputs: list, out: torch.Tensor, plan: _ShapePlan, splits: int,
                          cfg: LaunchConfig = DECODE_CONFIG) -> None:
@@ -422,11 +405,7 @@ class CompiledKernel:
         if counts is None or counts.numel() < tiles:
             counts = self._counters[(dev, stream)] = torch.zeros(max(tiles, 1024), dtype=torch.int32, device=dev)
         partials = _partials(splits, n_grid, rows, src.acc_widths, dev)
-        args: list[Any] = []
-        for k in src.input_args:
-            args.append(inputs[k])
-            args.extend(inputs[k].stride())
-        args += partials + [n_grid, counts, out, *out.stride()] + plan.fused_sizes
+        args = tensor_args(inputs, src.input_args) + partials + [n_grid, counts, out, *out.stride()] + plan.fused_sizes
         launcher(tiles * splits, args, (("BLOCK_M", cfg.block_m), ("BLOCK_N", cfg.block_n), ("NUM_SPLITS", splits)),
                  cfg.num_warps, cfg.num_stages)
 
@@ -446,6 +425,15 @@ class _ShapePlan:
     fused_sizes: list = field(default_factory=list)
     empty: bool = False  # the output has no elements: nothing to launch
     choice: tuple | None = None  # (LaunchConfig, splits), once chosen
+
+
+def tensor_args(inputs: list[torch.Tensor], which: list[int]) -> list[Any]:
+    """The pointer-and-strides arguments of the inputs a kernel reads: ``t, *t.stride()`` each."""
+    args: list[Any] = []
+    for k in which:
+        args.append(inputs[k])
+        args.extend(inputs[k].stride())
+    return args
 
 
 def _partials(splits: int, n_grid: int, rows: int, widths: list, device: torch.device) -> list[torch.Tensor]:
