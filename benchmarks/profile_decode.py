@@ -144,6 +144,83 @@ def launch_costs(n: int = 500) -> list[str]:
     return ["host cost per launch on this machine:", "", *rows, ""]
 
 
+def _host_us(fn: Any, n: int = 40, rounds: int = 15) -> float:
+    """Host µs per call of ``fn``: ``n`` calls issued after a sync (the launch queue never fills,
+    so the GPU's own time is not measured), median over ``rounds``."""
+    runs = []
+    for _ in range(rounds):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        runs.append((time.perf_counter() - t0) / n * 1e6)
+    torch.cuda.synchronize()
+    return sorted(runs)[len(runs) // 2]
+
+
+def launch_anatomy(model, state: Any) -> list[str]:
+    """Host µs of one decode layer's kernel launch, peeled layer by layer: the runtime call, our
+    ``Launcher`` (specialisation key + kept kernel), Triton's runner, its ``run`` called directly,
+    and the same with raw pointers instead of tensors. Tells which layer costs what."""
+    from flashlight_hf.compiler import _triton_launch as tlaunch
+    from flashlight_hf.compiler import runtime
+
+    seen: dict[str, Any] = {}
+    original = runtime.CompiledKernel.__call__
+
+    def record(self: Any, tensors: Any, out: Any = None) -> Any:
+        seen["call"] = (self, list(tensors), out)
+        return original(self, tensors, out=out)
+
+    launched: dict[str, Any] = {}
+    original_launch = tlaunch.Launcher.__call__
+
+    def record_launch(self: Any, grid: int, args: list, constexprs: Any, nw: int, ns: int) -> None:
+        launched[id(self)] = (self, grid, list(args), constexprs, nw, ns)
+        return original_launch(self, grid, args, constexprs, nw, ns)
+
+    runtime.CompiledKernel.__call__ = record  # type: ignore[method-assign]
+    tlaunch.Launcher.__call__ = record_launch  # type: ignore[method-assign]
+    try:
+        step = cases.decode_call(model, state)
+        step()
+        step()
+    finally:
+        runtime.CompiledKernel.__call__ = original  # type: ignore[method-assign]
+        tlaunch.Launcher.__call__ = original_launch  # type: ignore[method-assign]
+    kernel, tensors, out = seen["call"]
+    rows = ["| what | arguments | µs per call |", "|---|---:|---:|",
+            f"| CompiledKernel call (whole runtime path, {len(launched)} launch(es)) | | "
+            f"{_host_us(lambda: kernel(tensors, out=out)):.1f} |"]
+    for launcher, grid, args, constexprs, nw, ns in launched.values():
+        name = getattr(launcher.fn, "__name__", "kernel")
+        key = (tlaunch.specialization_key(args), constexprs, nw, ns)
+        kept = launcher.kernels.get(key)
+        rows.append(f"| {name}: Launcher (key + kept kernel) | {len(args)} | "
+                    f"{_host_us(lambda: launcher(grid, args, constexprs, nw, ns)):.1f} |")
+        rows.append(f"| {name}: specialization_key alone | {len(args)} | "
+                    f"{_host_us(lambda: tlaunch.specialization_key(args)):.1f} |")
+        if kept is None:
+            continue
+        compiled, tail = kept
+        full = [*args, *tail]
+        rows.append(f"| {name}: Triton runner `compiled[grid](*args)` | {len(full)} | "
+                    f"{_host_us(lambda: compiled[(grid, 1, 1)](*full)):.1f} |")
+        stream = torch.cuda.current_stream().cuda_stream
+
+        def direct(a: list = full) -> None:
+            compiled.run(grid, 1, 1, stream, compiled.function, compiled.packed_metadata, None, None, None, *a)
+
+        try:
+            rows.append(f"| {name}: `compiled.run` direct, stream given | {len(full)} | {_host_us(direct):.1f} |")
+            ptrs = [a.data_ptr() if isinstance(a, torch.Tensor) else a for a in full]
+            rows.append(f"| {name}: `compiled.run` direct, raw pointers | {len(full)} | "
+                        f"{_host_us(lambda: direct(ptrs)):.1f} |")
+        except Exception as exc:  # noqa: BLE001 - a Triton whose run takes other arguments: say so
+            rows.append(f"| {name}: `compiled.run` direct | | failed: {type(exc).__name__}: {exc} |")
+    return ["one decode layer's launch, peeled (host µs, 40 calls after a sync, median of 15):", "", *rows, ""]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="llama-1b")
@@ -198,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
                    "```", buf.getvalue().strip(), "```", ""]
         if device.type == "cuda" or args.host_breakdown:
             report += host_breakdown(model, state, impl, args.steps)
+        if impl == "flashlight" and device.type == "cuda":
+            report += launch_anatomy(model, state)
         print("\n".join(report[-6 - len(syncs[:10]):]), flush=True)
     if device.type == "cuda":
         report += launch_costs()
