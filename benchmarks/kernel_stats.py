@@ -73,7 +73,7 @@ def fused_split_stats(fn: Any, example: tuple, splits: int = 16, arch: int = 90)
     ``example``: the interpreter runs it, but only a real compile checks that Triton accepts
     its atomics, fences and cache modifiers."""
     from flashlight_hf import api
-    from flashlight_hf.compiler.runtime import DECODE_CONFIG, _partials, tensor_args
+    from flashlight_hf.compiler.runtime import DECODE_CONFIG, _PartialsLayout, tensor_args
 
     build = api.build(fn, example, {}, interpret=False)
     if build.kernel is None or build.source.split_fused is None:
@@ -83,7 +83,8 @@ def fused_split_stats(fn: Any, example: tuple, splits: int = 16, arch: int = 90)
     plan = kernel._plan(inputs)
     out = torch.empty(plan.out_shape, dtype=kernel.program.out_dtype)
     args = tensor_args(inputs, src.input_args)
-    args += _partials(splits, plan.n_grid, plan.rows, src.acc_widths, torch.device("cpu"))
+    layout = _PartialsLayout(splits, plan.n_grid, plan.rows, src.acc_widths)
+    args += layout.carve(layout.alloc(torch.device("cpu")))
     args += [plan.n_grid, torch.zeros(1024, dtype=torch.int32), out, *out.stride(), *plan.fused_sizes]
     cfg = DECODE_CONFIG
     return compile_stats(src.source, args, (cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages), arch,

@@ -158,6 +158,31 @@ def _host_us(fn: Any, n: int = 40, rounds: int = 15) -> float:
     return sorted(runs)[len(runs) // 2]
 
 
+def isolated_attention(model, state: Any, impl: str) -> list[str]:
+    """Host µs of one layer's attention function called on its own, again and again with one
+    decode step's arguments: the backend's cost without the rest of the model around it."""
+    from transformers import AttentionInterface
+
+    mapping = AttentionInterface._global_mapping
+    fn = mapping[impl]
+    captured: list = []
+
+    def grab(*a: Any, **k: Any) -> Any:
+        if not captured:
+            captured.append((a, k))
+        return fn(*a, **k)
+
+    mapping[impl] = grab
+    try:
+        cases.decode_call(model, state)()
+    finally:
+        mapping[impl] = fn
+    a, k = captured[0]
+    with torch.no_grad():
+        us = _host_us(lambda: fn(*a, **k))
+    return [f"{impl}: one layer's attention function alone, {us:.1f} µs host per call", ""]
+
+
 def launch_anatomy(model, state: Any) -> list[str]:
     """Host µs of one decode layer's kernel launch, peeled layer by layer: the runtime call, our
     ``Launcher`` (specialisation key + kept kernel), Triton's runner, its ``run`` called directly,
@@ -192,6 +217,10 @@ def launch_anatomy(model, state: Any) -> list[str]:
     rows = ["| what | arguments | µs per call |", "|---|---:|---:|",
             f"| CompiledKernel call (whole runtime path, {len(launched)} launch(es)) | | "
             f"{_host_us(lambda: kernel(tensors, out=out)):.1f} |"]
+    inputs = kernel.bound_inputs(tensors)
+    plans = [p for p in kernel._plans.values() if p.direct is not None]
+    if plans:
+        rows.append(f"| the plan's direct launch(es) alone | | {_host_us(lambda: plans[-1].direct(inputs, out)):.1f} |")
     for launcher, grid, args, constexprs, nw, ns in launched.values():
         name = getattr(launcher.fn, "__name__", "kernel")
         key = (tlaunch.specialization_key(args), constexprs, nw, ns)
@@ -275,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
                    "```", buf.getvalue().strip(), "```", ""]
         if device.type == "cuda" or args.host_breakdown:
             report += host_breakdown(model, state, impl, args.steps)
+        if device.type == "cuda":
+            report += isolated_attention(model, state, impl)
         if impl == "flashlight" and device.type == "cuda":
             report += launch_anatomy(model, state)
         print("\n".join(report[-6 - len(syncs[:10]):]), flush=True)

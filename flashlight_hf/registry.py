@@ -366,26 +366,30 @@ def run_layer_structured(module: torch.nn.Module, fam: FamilyAttention, query: t
                          value: torch.Tensor, spec: MaskSpec, scaling: float | None,
                          kwargs: dict[str, Any]) -> torch.Tensor:
     """The family's attention output ``[B, Q, H, D]`` with the mask passed as structure."""
-    kw = classify_kwargs(fam, kwargs)
     sig, mask_tensors = spec.structure()
-    # what this layer ran last time with the same call shape: a decode loop repeats it at every step
+    # what this layer ran last time with the same call shape: a decode loop repeats it at every
+    # step. The key holds the keyword arguments' names, plain values and types (everything
+    # classify_kwargs decides on), so a hit skips classifying them again.
     memo = _layer_memo.get(module)
     if memo is None:
         memo = _layer_memo[module] = {}
-    memo_key = (fam.eager, scaling, sig, len(mask_tensors), tuple(kw.tensors), tuple(kw.constants.items()),
+    memo_key = (fam.eager, scaling, sig, len(mask_tensors),
+                tuple([(n, v) if type(v) in _PLAIN else (n, type(v)) for n, v in kwargs.items()]),
                 query.shape[1], query.shape[2], key.shape[1], os.environ.get("FLASHLIGHT_GQA_ROWS"))
     hit = memo.get(memo_key)
     if hit is not None and hit[0].fits(module):
-        prog, rows = hit
+        prog, rows, tensor_names = hit
     else:
+        kw = classify_kwargs(fam, kwargs)
         rows = _gqa_rows(fam, module, query, key, kw)
         prog = layer_program(module, fam, scaling, kw,
                              MaskStructure(sig, spec.mask_function, len(mask_tensors), rows))
+        tensor_names = tuple(sorted(kw.tensors))
         if len(memo) > 64:
             memo.clear()
-        memo[memo_key] = (prog, rows)
+        memo[memo_key] = (prog, rows, tensor_names)
     params = [getattr(module, n) for n in prog.param_names]
-    tensors = [kw.tensors[n] for n in sorted(kw.tensors)]
+    tensors = [kwargs[n] for n in tensor_names]
     if not rows:
         return prog.fn(query, key, value, *mask_tensors, *tensors, *params)
     b, h, _, d = query.shape

@@ -82,3 +82,25 @@ def test_device_ints_from_plain_ints_and_tensors():
     assert _device_ints([3, 7], torch.device("cpu")).tolist() == [3, 7]
     got = _device_ints([torch.tensor(5, dtype=torch.int32), 9], torch.device("cpu"))
     assert got.dtype == torch.int64 and got.tolist() == [5, 9]
+
+
+@pytest.mark.parametrize("mode", ["single", "pair", "fused"])
+def test_repeated_shapes_with_new_tensors(device: str, mode: str, monkeypatch):
+    """A decode loop: the same shapes again and again, new tensors (new pointers) every call.
+    On a GPU the plan's later launches pass only the new pointers (a direct launch); every
+    call must still read its own inputs and write its own output."""
+    splits = {"single": "1", "pair": "4", "fused": "4"}[mode]
+    monkeypatch.setenv("FLASHLIGHT_SPLIT_KV", splits)
+    if mode == "fused":
+        monkeypatch.setenv("FLASHLIGHT_FUSED_SPLIT", "1")
+    compiled = flashlight_hf.compile(attention)
+    for _ in range(3):
+        q, k, v = _qkv(device, b=1, h=2, sq=1, sk=8 * DECODE_CONFIG.block_n)
+        out = poison_(torch.empty(1, 2, 1, 32, device=device))
+        compiled.into(out, q, k, v)
+        assert_close(out, attention(q.double(), k.double(), v.double()), torch.float32, tf32=False)
+    kernel = next(iter(compiled._builds.values())).kernel
+    (plan,) = kernel._plans.values()
+    assert plan.choice[1] == int(splits)
+    if device == "cuda":
+        assert plan.direct is not None, "the repeated call should relaunch directly"

@@ -66,3 +66,53 @@ def test_kept_kernel_is_the_one_triton_picks():
         triton_own = _scaled_copy.warmup(*args, BLOCK=128, grid=(grid,), num_warps=4, num_stages=2)
         assert kept is triton_own, ("Triton compiled a different kernel for arguments this module treats as "
                                     "one specialisation: update specialization_key for this Triton version")
+
+
+def test_no_direct_launch_without_a_kept_kernel(monkeypatch):
+    """Under the interpreter (and before a first launch) there is nothing to relaunch directly."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    x = torch.randn(64)
+    assert Launcher(_scaled_copy).direct([x, x, 64, 1, 0.5], (("BLOCK", 128),), 4, 2) is None
+
+
+@pytest.mark.gpu
+def test_direct_launch_relaunches_the_kept_kernel_with_new_pointers():
+    launcher = Launcher(_scaled_copy)
+    x = torch.randn(4096, device="cuda")
+    out = torch.empty(1000, device="cuda")
+    args = [x, out, 1000, 2, 0.5]
+    launcher(8, args, (("BLOCK", 128),), 4, 2)
+    direct = launcher.direct(args, (("BLOCK", 128),), 4, 2)
+    assert direct is not None
+    for _ in range(3):  # fresh tensors, fresh pointers: same integers, same specialisation
+        y = torch.randn(4096, device="cuda")
+        got = torch.full((1000,), float("nan"), device="cuda")
+        assert direct(8, [y.data_ptr(), got.data_ptr()])
+        torch.testing.assert_close(got, y[:2000:2] * 0.5)
+    y = torch.randn(4096, device="cuda")
+    assert not direct(8, [y[1:].data_ptr(), got.data_ptr()])  # not 16-byte aligned: the caller's path
+    assert launcher.direct([x[1:], out, 1000, 2, 0.5], (("BLOCK", 128),), 4, 2) is None
+
+
+@pytest.mark.gpu
+def test_direct_launch_leaves_launch_hooks_to_triton(monkeypatch):
+    """A profiler's launch hook must see every launch: with one set, direct launches decline."""
+    knobs = pytest.importorskip("triton").knobs.runtime
+    launcher = Launcher(_scaled_copy)
+    x = torch.randn(4096, device="cuda")
+    out = torch.empty(1000, device="cuda")
+    args = [x, out, 1000, 1, 0.5]
+    launcher(8, args, (("BLOCK", 128),), 4, 2)
+    direct = launcher.direct(args, (("BLOCK", 128),), 4, 2)
+    assert direct is not None and direct(8, [x.data_ptr(), out.data_ptr()])
+    hook = knobs.launch_enter_hook
+    if hasattr(hook, "add"):  # a hook chain (later Tritons)
+        seen = []
+        hook.add(seen.append)
+        try:
+            assert not direct(8, [x.data_ptr(), out.data_ptr()])
+        finally:
+            hook.remove(seen.append)
+    else:
+        monkeypatch.setattr(knobs, "launch_enter_hook", lambda *a: None)
+        assert not direct(8, [x.data_ptr(), out.data_ptr()])

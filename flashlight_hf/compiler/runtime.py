@@ -25,7 +25,7 @@ from sympy.printing.pycode import PythonCodePrinter
 import torch
 import triton
 
-from flashlight_hf.compiler._triton_launch import Launcher
+from flashlight_hf.compiler._triton_launch import Launcher, current_stream
 from flashlight_hf.compiler.codegen import KernelSource
 from flashlight_hf.compiler.ir import Program, Unsupported
 
@@ -232,7 +232,7 @@ class CompiledKernel:
         return CONFIGS
 
     def _launch(self, cfg: LaunchConfig, args: list, rows: int, n_grid: int) -> None:
-        self._launcher(triton.cdiv(rows, cfg.block_m) * n_grid, args,
+        self._launcher(-(-rows // cfg.block_m) * n_grid, args,
                        (("BLOCK_M", cfg.block_m), ("BLOCK_N", cfg.block_n)), cfg.num_warps, cfg.num_stages)
 
     def _plan(self, inputs: list[torch.Tensor]) -> _ShapePlan:
@@ -313,15 +313,16 @@ class CompiledKernel:
         """Launch on ``tensors`` (the program's inputs); the result goes to a new tensor, or into
         ``out`` (any strides) when given: the caller's final layout, with no copy after."""
         inputs = self.bound_inputs(tensors)
-        env = (os.environ.get("FLASHLIGHT_SPLIT_KV"), os.environ.get("FLASHLIGHT_CONFIGS"),
-               os.environ.get("FLASHLIGHT_FUSED_SPLIT"))
-        shape_key = (tuple([t.shape for t in inputs]), env)
+        env = _env()
+        first = inputs[0]
+        # strides and dtypes too: a plan's direct launches hold every integer argument
+        shape_key = (tuple([(t.shape, t.stride(), t.dtype) for t in inputs]),
+                     None if out is None else out.stride(), first.get_device(), env)
         plan = self._plans.get(shape_key)
         if plan is None:
             if len(self._plans) >= 256:  # a dynamic cache's decode loop: one new shape per step
                 self._plans.clear()
             plan = self._plans[shape_key] = self._plan(inputs)
-        first = inputs[0]
         if out is None:
             out = torch.empty(plan.out_shape, dtype=self.program.out_dtype, device=first.device)
         elif out.shape != plan.out_shape or out.dtype != self.program.out_dtype or \
@@ -333,17 +334,80 @@ class CompiledKernel:
         if plan.choice is None:  # tuned (or looked up) once per set of shapes
             plan.choice = self._choose(self._args(inputs, out, plan), inputs, out, plan, env)
         cfg, splits = plan.choice
-        if splits > 1:
-            split_run, names = self._split_runner(env)
-            for hook in _launch_hooks:
-                for name in names:
-                    hook(name)
-            split_run(inputs, out, plan, splits, cfg)
-            return out
         for hook in _launch_hooks:
-            hook(self.source.name)
-        self._launch(cfg, self._args(inputs, out, plan), plan.rows, plan.n_grid)
+            for name in plan.kernel_names or self._kernel_names(plan, env):
+                hook(name)
+        if plan.direct is not None and plan.direct(inputs, out):
+            return out
+        if splits > 1:
+            split_run, _ = self._split_runner(env)
+            split_run(inputs, out, plan, splits, cfg)
+        else:
+            self._launch(cfg, self._args(inputs, out, plan), plan.rows, plan.n_grid)
+        if plan.direct is None and not plan.no_direct:  # launched (compiled) once: relaunch directly
+            plan.direct = self._direct_launch(inputs, out, plan, env)
+            plan.no_direct = plan.direct is None
         return out
+
+    def _kernel_names(self, plan: "_ShapePlan", env: tuple[str | None, ...]) -> list[str]:
+        """The generated kernels one call with this plan launches (for launch hooks)."""
+        plan.kernel_names = self._split_runner(env)[1] if plan.choice[1] > 1 else [self.source.name]
+        return plan.kernel_names
+
+    def _direct_launch(self, inputs: list[torch.Tensor], out: torch.Tensor, plan: "_ShapePlan",
+                       env: tuple[str | None, ...]) -> Callable[[list, torch.Tensor], bool] | None:
+        """``direct(inputs, out) -> bool``: this plan's launches with only the pointers new
+        (:class:`flashlight_hf.compiler._triton_launch.DirectLaunch`), for a decode loop that
+        repeats one set of shapes at every layer. None where Triton's path must stay (the
+        interpreter, fast launches off, unaligned pointers); False from a call: launch the
+        usual way (a pointer not aligned, a launch hook set)."""
+        cfg, splits = plan.choice
+        tiles = (("BLOCK_M", cfg.block_m), ("BLOCK_N", cfg.block_n))
+        n_tiles = -(-plan.rows // cfg.block_m) * plan.n_grid
+        if splits <= 1:
+            single = self._launcher.direct(self._args(inputs, out, plan), tiles, cfg.num_warps, cfg.num_stages)
+            if single is None:
+                return None
+            which = self.source.input_args
+            return lambda ins, o: single(n_tiles, [ins[k].data_ptr() for k in which] + [o.data_ptr()])
+        tiles += (("NUM_SPLITS", splits),)
+        dev = out.device
+        if env[2] == "1" and self._fused is not None:
+            launcher, _ = self._fused
+            src = self.source.split_fused
+            counts = self._counts(dev, n_tiles)
+            layout = _PartialsLayout(splits, plan.n_grid, plan.rows, src.acc_widths)
+            args = tensor_args(inputs, src.input_args) + layout.carve(layout.alloc(dev)) + \
+                [plan.n_grid, counts, out, *out.stride()] + plan.fused_sizes
+            fused = launcher.direct(args, tiles, cfg.num_warps, cfg.num_stages)
+            if fused is None:
+                return None
+            which = src.input_args
+
+            def run_fused(ins: list, o: torch.Tensor) -> bool:
+                c = self._counts(o.device, n_tiles)  # this stream's tickets
+                return fused(n_tiles * splits, [ins[k].data_ptr() for k in which] +
+                             layout.pointers(layout.alloc(o.device)) + [c.data_ptr(), o.data_ptr()])
+
+            return run_fused
+        part_fn, comb_fn = self._split_launchers
+        part_src, comb_src = self.source.split
+        layout = _PartialsLayout(splits, plan.n_grid, plan.rows, part_src.acc_widths)
+        partials = layout.carve(layout.alloc(dev))
+        part = part_fn.direct(tensor_args(inputs, part_src.input_args) + partials + [plan.n_grid] + plan.part_sizes,
+                              tiles, cfg.num_warps, cfg.num_stages)
+        comb = comb_fn.direct(tensor_args(inputs, comb_src.input_args) + partials +
+                              [plan.n_grid, out, *out.stride()] + plan.comb_sizes, tiles, 4, 1)
+        if part is None or comb is None:
+            return None
+        part_in, comb_in = part_src.input_args, comb_src.input_args
+
+        def run_pair(ins: list, o: torch.Tensor) -> bool:
+            ptrs = layout.pointers(layout.alloc(o.device))
+            return part(n_tiles * splits, [ins[k].data_ptr() for k in part_in] + ptrs) and \
+                comb(n_tiles, [ins[k].data_ptr() for k in comb_in] + ptrs + [o.data_ptr()])
+
+        return run_pair
 
     def _args(self, inputs: list[torch.Tensor], out: torch.Tensor, plan: _ShapePlan) -> list[Any]:
         """The kernel's arguments: each input with its strides, the output with its, the sizes."""
@@ -381,13 +445,23 @@ class CompiledKernel:
         part_fn, comb_fn = self._split_launchers
         part_src, comb_src = self.source.split
         rows, n_grid = plan.rows, plan.n_grid
-        dev = out.device
-        partials = _partials(splits, n_grid, rows, part_src.acc_widths, dev)
+        layout = _PartialsLayout(splits, n_grid, rows, part_src.acc_widths)
+        partials = layout.carve(layout.alloc(out.device))
         args = tensor_args(inputs, part_src.input_args) + partials + [n_grid] + plan.part_sizes
         tiles = (("BLOCK_M", cfg.block_m), ("BLOCK_N", cfg.block_n), ("NUM_SPLITS", splits))
-        part_fn(triton.cdiv(rows, cfg.block_m) * n_grid * splits, args, tiles, cfg.num_warps, cfg.num_stages)
+        n_tiles = -(-rows // cfg.block_m) * n_grid
+        part_fn(n_tiles * splits, args, tiles, cfg.num_warps, cfg.num_stages)
         args = tensor_args(inputs, comb_src.input_args) + partials + [n_grid, out, *out.stride()] + plan.comb_sizes
-        comb_fn(triton.cdiv(rows, cfg.block_m) * n_grid, args, tiles, 4, 1)
+        comb_fn(n_tiles, args, tiles, 4, 1)
+
+    def _counts(self, dev: torch.device, tiles: int) -> torch.Tensor:
+        """The one-launch split's ticket counters for the current stream of ``dev``: zeroed once,
+        left zeroed by every launch (the merging program resets its tile's count)."""
+        stream = current_stream(dev.index) if dev.type == "cuda" else 0
+        counts = self._counters.get((dev, stream))
+        if counts is None or counts.numel() < tiles:
+            counts = self._counters[(dev, stream)] = torch.zeros(max(tiles, 1024), dtype=torch.int32, device=dev)
+        return counts
 
     def _run_split_fused(self, inputs: list, out: torch.Tensor, plan: _ShapePlan, splits: int,
                          cfg: LaunchConfig = DECODE_CONFIG) -> None:
@@ -398,13 +472,10 @@ class CompiledKernel:
         launcher, _ = self._fused
         src = self.source.split_fused
         rows, n_grid = plan.rows, plan.n_grid
-        dev = out.device
-        tiles = triton.cdiv(rows, cfg.block_m) * n_grid
-        stream = torch.cuda.current_stream(dev).cuda_stream if dev.type == "cuda" else 0
-        counts = self._counters.get((dev, stream))
-        if counts is None or counts.numel() < tiles:
-            counts = self._counters[(dev, stream)] = torch.zeros(max(tiles, 1024), dtype=torch.int32, device=dev)
-        partials = _partials(splits, n_grid, rows, src.acc_widths, dev)
+        tiles = -(-rows // cfg.block_m) * n_grid
+        counts = self._counts(out.device, tiles)
+        layout = _PartialsLayout(splits, n_grid, rows, src.acc_widths)
+        partials = layout.carve(layout.alloc(out.device))
         args = tensor_args(inputs, src.input_args) + partials + [n_grid, counts, out, *out.stride()] + plan.fused_sizes
         launcher(tiles * splits, args, (("BLOCK_M", cfg.block_m), ("BLOCK_N", cfg.block_n), ("NUM_SPLITS", splits)),
                  cfg.num_warps, cfg.num_stages)
@@ -425,6 +496,9 @@ class _ShapePlan:
     fused_sizes: list = field(default_factory=list)
     empty: bool = False  # the output has no elements: nothing to launch
     choice: tuple | None = None  # (LaunchConfig, splits), once chosen
+    kernel_names: list | None = None  # what one call launches, for launch hooks
+    direct: Callable | None = None  # relaunch with new pointers only (after the first launch)
+    no_direct: bool = False  # direct launches are not possible for this plan
 
 
 def tensor_args(inputs: list[torch.Tensor], which: list[int]) -> list[Any]:
@@ -436,16 +510,36 @@ def tensor_args(inputs: list[torch.Tensor], which: list[int]) -> list[Any]:
     return args
 
 
-def _partials(splits: int, n_grid: int, rows: int, widths: list, device: torch.device) -> list[torch.Tensor]:
-    """One float32 ``[splits, n_grid, rows, *width]`` block per accumulator, carved out of one
-    allocation (a decode step allocates them at every layer)."""
-    shapes = [(splits, n_grid, rows, *w) for w in widths]
-    sizes = [math.prod(sh) for sh in shapes]
-    starts = [0]
-    for n in sizes:
-        starts.append(starts[-1] + n + (-n) % 4)  # each block starts 16-byte aligned
-    flat = torch.empty(starts[-1], dtype=torch.float32, device=device)
-    return [flat[at:at + n].view(sh) for at, n, sh in zip(starts, sizes, shapes)]
+class _PartialsLayout:
+    """The split-KV partials: one float32 ``[splits, n_grid, rows, *width]`` block per
+    accumulator, carved out of one allocation (a decode step allocates them at every layer),
+    each block 16-byte aligned. Direct launches take the blocks' pointers, no views."""
+
+    def __init__(self, splits: int, n_grid: int, rows: int, widths: list):
+        self.shapes = [(splits, n_grid, rows, *w) for w in widths]
+        self.sizes = [math.prod(sh) for sh in self.shapes]
+        self.starts = [0]
+        for n in self.sizes:
+            self.starts.append(self.starts[-1] + n + (-n) % 4)
+        self.total = self.starts[-1]
+        self.byte_offsets = [4 * at for at in self.starts[:-1]]
+
+    def alloc(self, device: torch.device) -> torch.Tensor:
+        return torch.empty(self.total, dtype=torch.float32, device=device)
+
+    def carve(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        return [flat[at:at + n].view(sh) for at, n, sh in zip(self.starts, self.sizes, self.shapes)]
+
+    def pointers(self, flat: torch.Tensor) -> list[int]:
+        base = flat.data_ptr()
+        return [base + off for off in self.byte_offsets]
+
+
+def _env() -> tuple[str | None, ...]:
+    """The environment switches a call's launch depends on (split count, forced tiles, the
+    one-launch split): part of every plan's and tuning choice's key."""
+    get = os.environ.get
+    return get("FLASHLIGHT_SPLIT_KV"), get("FLASHLIGHT_CONFIGS"), get("FLASHLIGHT_FUSED_SPLIT")
 
 
 def _wall_clock_ms(fn: Callable[[], None], reps: int = 20) -> float:
