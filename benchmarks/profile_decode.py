@@ -215,7 +215,7 @@ def launch_anatomy(model, state: Any) -> list[str]:
         tlaunch.Launcher.__call__ = original_launch  # type: ignore[method-assign]
     kernel, tensors, out = seen["call"]
     rows = ["| what | arguments | µs per call |", "|---|---:|---:|",
-            f"| CompiledKernel call (whole runtime path, {len(launched)} launch(es)) | | "
+            f"| CompiledKernel call (whole runtime path; {len(launched)} launch(es) went through Launcher) | | "
             f"{_host_us(lambda: kernel(tensors, out=out)):.1f} |"]
     inputs = kernel.bound_inputs(tensors)
     plans = [p for p in kernel._plans.values() if p.direct is not None]
