@@ -2,6 +2,9 @@
 
 * differential attention (two softmax streams sharing V, ``o1 − λ[h]·o2``): flashlight vs the
   same program written as two SDPA calls, and vs ``torch.compile`` of the eager program;
+* the same in DiffLlama's layout (``diffllama``): the streams are the two halves of the query /
+  key heads (head dim d), both read one V of width 2d, λ a scalar — the model's own shapes,
+  and the shape the issue's peer figure (two SDPA calls, 1.84 ms at B4 H32 S4096 D64) fits;
 * Evoformer gated row attention (two broadcast biases, a sigmoid gate on the output):
   flashlight vs ``torch.compile`` of the eager program (FlexAttention cannot compile it).
 
@@ -44,6 +47,22 @@ def diff_attention_two_sdpa(q, k, v, lam):
     return o1 - lam[None, :, None, None] * o2
 
 
+def diffllama_attention(q, k, v, lam):
+    """DiffLlama's layout. q, k: [B, 2h, S, d], the first h heads one stream, the last h the
+    other; v: [B, h, S, 2d], shared; lam: a 0-d tensor."""
+    h = v.shape[1]
+    c = q.shape[-1] ** -0.5
+    a1 = torch.softmax(q[:, :h] @ k[:, :h].transpose(-2, -1) * c, dim=-1)
+    a2 = torch.softmax(q[:, h:] @ k[:, h:].transpose(-2, -1) * c, dim=-1)
+    return a1 @ v - lam * (a2 @ v)
+
+
+def diffllama_two_sdpa(q, k, v, lam):
+    h = v.shape[1]
+    return F.scaled_dot_product_attention(q[:, :h], k[:, :h], v) - lam * F.scaled_dot_product_attention(
+        q[:, h:], k[:, h:], v)
+
+
 def evoformer(q, k, v, mask_bias, pair_bias, gate):
     """q, k, v, gate: [B, N, S, H, D]; mask_bias: [B, N, 1, 1, S]; pair_bias: [B, 1, H, S, S]."""
     q, k, v = (t.transpose(-2, -3) for t in (q, k, v))
@@ -77,6 +96,10 @@ def _inputs(name: str, args: argparse.Namespace, device: str, dtype: torch.dtype
         b, h, s, d = args.diff_shape
         return (rand(b, h, s, 2 * d), rand(b, h, s, 2 * d), rand(b, h, s, d),
                 (torch.rand(h, generator=g, device=device) * 0.8).to(dtype))
+    if name == "diffllama":
+        b, h, s, d = args.diff_shape
+        return (rand(b, h, s, d), rand(b, h, s, d), rand(b, h // 2, s, 2 * d),
+                (torch.rand((), generator=g, device=device) * 0.8).to(dtype))
     b, n, s, h, d = args.evo_shape
     return (rand(b, n, s, h, d), rand(b, n, s, h, d), rand(b, n, s, h, d), rand(b, n, 1, 1, s),
             rand(b, 1, h, s, s), rand(b, n, s, h, d))
@@ -86,12 +109,15 @@ def _flops(name: str, args: argparse.Namespace) -> float:
     if name == "differential":
         b, h, s, d = args.diff_shape
         return 2 * (2 * b * h * s * s * d) + 2 * (2 * b * h * s * s * d)  # two streams: QKᵀ (d) and PV (d)
+    if name == "diffllama":
+        b, h, s, d = args.diff_shape
+        return 2 * (2 * b * (h // 2) * s * s * (d + 2 * d))  # two streams of h/2 heads: QKᵀ (d), PV (2d)
     b, n, s, h, d = args.evo_shape
     return 4.0 * b * n * h * s * s * d
 
 
 def _slice(name: str, inputs: tuple) -> tuple:
-    if name == "differential":
+    if name in ("differential", "diffllama"):
         q, k, v, lam = inputs
         return q[:1], k[:1], v[:1], lam
     return tuple(t[:1] for t in inputs)
@@ -103,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--evo-shape", type=int, nargs=5, default=[4, 256, 256, 4, 64], metavar=("B", "N", "S", "H", "D"))
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--programs", default="differential,evoformer")
+    p.add_argument("--programs", default="differential,diffllama,evoformer")
     p.add_argument("--warmup", type=int, default=25)
     p.add_argument("--rep", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
@@ -118,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         "differential": {"flashlight": flashlight_hf.compile(diff_attention),
                          "two_sdpa": diff_attention_two_sdpa,
                          "eager_compiled": torch.compile(diff_attention, dynamic=False)},
+        "diffllama": {"flashlight": flashlight_hf.compile(diffllama_attention),
+                      "two_sdpa": diffllama_two_sdpa,
+                      "eager_compiled": torch.compile(diffllama_attention, dynamic=False)},
         "evoformer": {"flashlight": flashlight_hf.compile(evoformer),
                       "eager_compiled": torch.compile(evoformer, dynamic=False),
                       "flex": torch.compile(evoformer_flex, dynamic=False)},
@@ -125,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in args.programs.split(","):
         inputs = _inputs(name, args, device, dtype)
-        ref_fn = diff_attention if name == "differential" else evoformer
+        ref_fn = {"differential": diff_attention, "diffllama": diffllama_attention}.get(name, evoformer)
         small = _slice(name, inputs)
         ref = ref_fn(*[t.double() for t in small])
         for impl, fn in impls[name].items():
