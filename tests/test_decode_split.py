@@ -27,12 +27,12 @@ def _args(name: str, device: str, sq: int, sk: int):
 @pytest.mark.parametrize("name", sorted(DECODE))
 def test_split_kv_matches_float64(name: str, fused: bool, device: str, monkeypatch):
     """Split as a partials + combine pair, and fused (the last share of a row tile combines,
-    FLASHLIGHT_FUSED_SPLIT=1): run twice each, so the fused kernel's tickets must be reset."""
+    the default; FLASHLIGHT_FUSED_SPLIT=0 runs the pair): run twice each, so the fused kernel's
+    tickets must be reset."""
     fn = DECODE[name]
     compiled = flashlight_hf.compile(fn)
     launches: list[str] = []
-    if fused:
-        monkeypatch.setenv("FLASHLIGHT_FUSED_SPLIT", "1")
+    monkeypatch.setenv("FLASHLIGHT_FUSED_SPLIT", "1" if fused else "0")
     remove = add_launch_hook(launches.append)
     try:
         # shares that split tiles unevenly (7), and more shares than key tiles (16: empty ones)
@@ -65,7 +65,7 @@ def test_decode_shapes_split_on_their_own(device: str):
         q = torch.randn(1, 1, 1, 32, device=device)
         k, v = torch.randn(1, 1, sk, 32, device=device), torch.randn(1, 1, sk, 32, device=device)
         assert_close(compiled(q, k, v), fn(q.double(), k.double(), v.double()), torch.float32, tf32=False)
-        assert launches == ["flashlight_fwd_split", "flashlight_fwd_combine"], launches
+        assert launches == ["flashlight_fwd_split_fused"], launches
         launches.clear()
         q = torch.randn(1, 1, 64, 32, device=device)
         k, v = k[:, :, :64], v[:, :, :64]

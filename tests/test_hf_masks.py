@@ -145,10 +145,13 @@ def test_decode_steps_reuse_one_kernel(models):
     assert len(launches) >= 8 * fused.config.num_hidden_layers
 
 
-@pytest.mark.parametrize("splits", ["3"])
-def test_generate_with_split_kv_decode_steps_matches_eager(models, monkeypatch, splits):
-    """Decode steps forced onto the split-KV pair (shares of the cache + log-sum-exp combine),
-    with the GQA group's heads as rows: the same tokens as eager, and the split kernels ran."""
+@pytest.mark.parametrize("one_launch", ["1", "0"], ids=["one-launch", "pair"])
+def test_generate_with_split_kv_decode_steps_matches_eager(models, monkeypatch, one_launch):
+    """Decode steps forced onto split KV (shares of the cache merged by their log-sum-exp: in one
+    launch by default, as a partials + combine pair with FLASHLIGHT_FUSED_SPLIT=0), with the GQA
+    group's heads as rows: the same tokens as eager, and the split kernels ran."""
+    splits = "3"
+    monkeypatch.setenv("FLASHLIGHT_FUSED_SPLIT", one_launch)
     eager, fused = models
     ids = torch.randint(5, 1000, (2, 11), device=fused.device)
     mask = torch.ones_like(ids)
@@ -164,4 +167,5 @@ def test_generate_with_split_kv_decode_steps_matches_eager(models, monkeypatch, 
     with torch.no_grad():
         ref = eager.generate(input_ids=ids, attention_mask=mask, max_new_tokens=4, do_sample=False)
     assert torch.equal(got, ref)
-    assert "flashlight_fwd_split" in launches and "flashlight_fwd_combine" in launches
+    expected = {"flashlight_fwd_split_fused"} if one_launch == "1" else {"flashlight_fwd_split", "flashlight_fwd_combine"}
+    assert expected <= set(launches), launches

@@ -39,7 +39,7 @@ def test_full_attention_kernel_is_pipelined_on_tensor_cores(tmp_path):
 
 
 def test_one_launch_split_kv_kernel_compiles_for_hopper(tmp_path):
-    """The fused split-KV kernel (FLASHLIGHT_FUSED_SPLIT=1) compiles for sm_90 with its ticket
+    """The fused split-KV kernel (the default split-KV launch) compiles for sm_90 with its ticket
     atomic and fences (the interpreter runs it without compiling it)."""
     code = (
         "import sys, json, torch; sys.path.insert(0, '.')\n"

@@ -54,7 +54,8 @@ def test_one_plan_per_set_of_shapes(device: str):
 
 
 def test_forced_single_launch_for_a_decode_step(device: str, monkeypatch):
-    """FLASHLIGHT_SPLIT_KV=1 keeps a decode step that would split in one launch, still right."""
+    """FLASHLIGHT_SPLIT_KV=1 keeps a decode step that would split in one launch, still right;
+    unset, the step splits (in one launch: the merging share combines)."""
     compiled = flashlight_hf.compile(attention)
     sk = 64 * DECODE_CONFIG.block_n
     q, k, v = _qkv(device, b=1, h=1, sq=1, sk=sk)
@@ -67,7 +68,7 @@ def test_forced_single_launch_for_a_decode_step(device: str, monkeypatch):
         assert_close(compiled(q, k, v), attention(q.double(), k.double(), v.double()), torch.float32, tf32=False)
     finally:
         remove()
-    assert launches == ["flashlight_fwd", "flashlight_fwd_split", "flashlight_fwd_combine"], launches
+    assert launches == ["flashlight_fwd", "flashlight_fwd_split_fused"], launches
 
 
 def test_mask_signatures_are_interned_and_hash_once():
@@ -91,8 +92,7 @@ def test_repeated_shapes_with_new_tensors(device: str, mode: str, monkeypatch):
     call must still read its own inputs and write its own output."""
     splits = {"single": "1", "pair": "4", "fused": "4"}[mode]
     monkeypatch.setenv("FLASHLIGHT_SPLIT_KV", splits)
-    if mode == "fused":
-        monkeypatch.setenv("FLASHLIGHT_FUSED_SPLIT", "1")
+    monkeypatch.setenv("FLASHLIGHT_FUSED_SPLIT", "1" if mode == "fused" else "0")
     compiled = flashlight_hf.compile(attention)
     for _ in range(3):
         q, k, v = _qkv(device, b=1, h=2, sq=1, sk=8 * DECODE_CONFIG.block_n)

@@ -207,7 +207,7 @@ class CompiledKernel:
                                 for k in (part, combine))
             self._split_launchers = tuple(Launcher(fn) for fn, _ in self._split)
         self._fused = None
-        if src.split_fused is not None:  # split-KV in one launch (FLASHLIGHT_FUSED_SPLIT=1)
+        if src.split_fused is not None:  # split-KV in one launch (the default; FLASHLIGHT_FUSED_SPLIT=0: the pair)
             fn = load_kernel(src.split_fused)
             self._fused = (Launcher(fn), SizeFunction(self.program, list(src.split_fused.runtime_sizes)))
 
@@ -372,7 +372,7 @@ class CompiledKernel:
             return lambda ins, o: single(n_tiles, [ins[k].data_ptr() for k in which] + [o.data_ptr()])
         tiles += (("NUM_SPLITS", splits),)
         dev = out.device
-        if env[2] == "1" and self._fused is not None:
+        if env[2] != "0" and self._fused is not None:
             launcher, _ = self._fused
             src = self.source.split_fused
             counts = self._counts(dev, n_tiles)
@@ -415,8 +415,9 @@ class CompiledKernel:
 
     def _split_runner(self, env: tuple[str | None, ...]) -> tuple[Callable[..., None], list[str]]:
         """The split-KV launcher this call uses (the one-launch kernel under
-        ``FLASHLIGHT_FUSED_SPLIT=1``, else the partials + combine pair) and its kernels' names."""
-        if env[2] == "1" and self._fused is not None:
+        by default, the partials + combine pair under ``FLASHLIGHT_FUSED_SPLIT=0``) and its
+        kernels' names."""
+        if env[2] != "0" and self._fused is not None:
             return self._run_split_fused, [self.source.split_fused.name]
         return self._run_split, [k.name for k in self.source.split]
 
