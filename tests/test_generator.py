@@ -497,6 +497,36 @@ def test_more_spellings(fn, dtype: torch.dtype, device: str):
     assert_close(out, fn(q.double(), k.double(), v.double()), dtype)
 
 
+def differential_head_halves(q, k, v, lam):
+    """DiffLlama's layout: the two streams are the two halves of the query/key heads, both read
+    one V of twice the head dim, lam a 0-d tensor."""
+    h = v.shape[1]
+    c = q.shape[-1] ** -0.5
+    a1 = torch.softmax(q[:, :h] @ k[:, :h].mT * c, -1)
+    a2 = torch.softmax(q[:, h:] @ k[:, h:].mT * c, -1)
+    return a1 @ v - lam * (a2 @ v)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_differential_in_diffllama_layout_is_one_kernel(dtype: torch.dtype, device: str):
+    """The layout the model runs (and bench_programs' ``diffllama``): one kernel, both streams'
+    V tiles shared, against float64."""
+    q = torch.randn(2, 4, 29, 32, device=device, dtype=dtype)
+    k = torch.randn(2, 4, 35, 32, device=device, dtype=dtype)
+    v = torch.randn(2, 2, 35, 64, device=device, dtype=dtype)
+    lam = torch.rand((), device=device, dtype=dtype)
+    launches: list[str] = []
+    remove = add_launch_hook(launches.append)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message="flashlight")
+            out = flashlight_hf.compile(differential_head_halves)(q, k, v, lam)
+    finally:
+        remove()
+    assert launches == ["flashlight_fwd"], launches
+    assert_close(out, differential_head_halves(q.double(), k.double(), v.double(), lam.double()), dtype)
+
+
 def test_torch_export_keeps_the_fused_op(device: str):
     compiled = flashlight_hf.compile(softcap)
     q, k, v = _inputs("vanilla", torch.float32, device, 17, 23)
