@@ -104,3 +104,19 @@ def test_repeated_shapes_with_new_tensors(device: str, mode: str, monkeypatch):
     assert plan.choice[1] == int(splits)
     if device == "cuda":
         assert plan.direct is not None, "the repeated call should relaunch directly"
+
+
+def test_plans_follow_the_launch_switches(device: str, monkeypatch):
+    """A plan made with fast launches on (its direct relaunches included) never serves a call
+    made after FLASHLIGHT_FAST_LAUNCH=0: the switch is part of the plan's key."""
+    compiled = flashlight_hf.compile(attention)
+    q, k, v = _qkv(device)
+    for _ in range(2):
+        compiled(q, k, v)
+    monkeypatch.setenv("FLASHLIGHT_FAST_LAUNCH", "0")
+    for _ in range(2):
+        assert_close(compiled(q, k, v), attention(q.double(), k.double(), v.double()), torch.float32, tf32=False)
+    kernel = next(iter(compiled._builds.values())).kernel
+    assert len(kernel._plans) == 2
+    off = [p for key, p in kernel._plans.items() if key[-1][3] == "0"]
+    assert len(off) == 1 and off[0].direct is None

@@ -538,9 +538,11 @@ class _PartialsLayout:
 
 def _env() -> tuple[str | None, ...]:
     """The environment switches a call's launch depends on (split count, forced tiles, the
-    one-launch split): part of every plan's and tuning choice's key."""
+    one-launch split, fast launches): part of every plan's and tuning choice's key, so a plan
+    made under one setting (its direct launches included) never serves another."""
     get = os.environ.get
-    return get("FLASHLIGHT_SPLIT_KV"), get("FLASHLIGHT_CONFIGS"), get("FLASHLIGHT_FUSED_SPLIT")
+    return (get("FLASHLIGHT_SPLIT_KV"), get("FLASHLIGHT_CONFIGS"), get("FLASHLIGHT_FUSED_SPLIT"),
+            get("FLASHLIGHT_FAST_LAUNCH"))
 
 
 def _wall_clock_ms(fn: Callable[[], None], reps: int = 20) -> float:
