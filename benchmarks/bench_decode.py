@@ -11,7 +11,9 @@ GPU, with the shapes of a Llama-style GQA layer:
   KV head's group as the rows of one program, the cache read once per KV head.
 
 Every implementation is checked against a float64 reference first; timings are
-``triton.testing.do_bench`` medians, with the bytes of K and V read per call turned into GB/s
+``triton.testing.do_bench`` medians (``--timer events``: a batch-1 call is then bound by its
+host time, which this measures) or ``do_bench_cudagraph`` medians (``--timer cudagraph``: the
+calls replayed from a CUDA graph, GPU time only — and a check that the call can be captured), with the bytes of K and V read per call turned into GB/s
 and each row's ratio to sdpa measured in the same run. The table is printed last and written
 to ``--out``.
 
@@ -81,6 +83,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--warmup", type=float, default=25)
     p.add_argument("--rep", type=float, default=100)
+    p.add_argument("--timer", default="events", choices=["events", "cudagraph"],
+                   help="events: do_bench (host time shows where it exceeds the GPU's); "
+                        "cudagraph: do_bench_cudagraph (GPU time only)")
     p.add_argument("--out", default=os.environ.get("OUT") or "benchmarks/out/decode")
     args = p.parse_args(argv)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
@@ -103,9 +108,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                     if row["err"] > tolerance(dtype):
                         row["status"] = f"wrong: rel err {row['err']:.2e}"
                     elif dev.type == "cuda":
-                        from triton.testing import do_bench
+                        from triton.testing import do_bench, do_bench_cudagraph
 
-                        ms = do_bench(fn, warmup=args.warmup, rep=args.rep, return_mode="median")
+                        if args.timer == "cudagraph":
+                            ms = do_bench_cudagraph(fn, rep=args.rep, return_mode="median")
+                        else:
+                            ms = do_bench(fn, warmup=args.warmup, rep=args.rep, return_mode="median")
                         row["us"], row["gbps"] = ms * 1e3, kv_bytes / (ms * 1e-3) / 1e9
                 except Exception as e:  # noqa: BLE001 - one failing impl is a row, not a crash
                     row["status"] = f"error: {type(e).__name__}: {str(e)[:80]}"
@@ -113,7 +121,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 print(row, flush=True)
     base = {(r["batch"], r["context"]): r["us"] for r in rows if r["impl"] == "sdpa" and r["us"]}
     lines = [f"- device: {torch.cuda.get_device_name() if dev.type == 'cuda' else 'cpu (interpreter: no timing)'}; "
-             f"torch {torch.__version__}; H{args.heads} Hk{args.kv_heads} D{args.head_dim} {args.dtype}", "",
+             f"torch {torch.__version__}; H{args.heads} Hk{args.kv_heads} D{args.head_dim} {args.dtype}; "
+             f"timer: {args.timer}", "",
              "| B | context | impl | µs | K+V GB/s | × sdpa | rel err | status |", "|---:|---:|---|---:|---:|---:|---:|---|"]
     for r in rows:
         sd = base.get((r["batch"], r["context"]))

@@ -120,3 +120,13 @@ def test_plans_follow_the_launch_switches(device: str, monkeypatch):
     assert len(kernel._plans) == 2
     off = [p for key, p in kernel._plans.items() if key[-1][3] == "0"]
     assert len(off) == 1 and off[0].direct is None
+
+
+def test_decode_tuning_has_its_gpu_busy_wait():
+    """Decode tuning times options on the GPU alone by queueing them behind
+    ``torch.cuda._sleep`` (a private PyTorch API); if it moves, tuning falls back to wall-clock
+    timing, which ranks decode options by host bookkeeping: fail loudly here instead."""
+    from flashlight_hf.compiler import runtime
+
+    assert callable(getattr(torch.cuda, "_sleep", None)), "torch.cuda._sleep moved: update runtime._hold_gpu"
+    assert runtime._hold_gpu(0) is True
