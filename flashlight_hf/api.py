@@ -204,13 +204,19 @@ class CompiledAttention:
             self._symbolic.append((_symbolic_key(b, args, kwargs), b))
         return b
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def _lookup(self, args: tuple, kwargs: dict) -> tuple[Any | None, Build]:
+        """(exact-shape fast key or None, the build for these arguments): the fast key's table
+        first, then :meth:`build_for`."""
         fast = _fast_key(args, kwargs)
         b = self._fast.get(fast) if fast is not None else None
         if b is None:
             b = self.build_for(args, kwargs)
             if fast is not None:
                 self._fast[fast] = b
+        return fast, b
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        fast, b = self._lookup(args, kwargs)
         if b.kernel is None:
             assert b.fallback is not None
             if b.fallback not in self._warned:
@@ -227,16 +233,10 @@ class CompiledAttention:
             return b.kernel(tensors)
         return torch.ops.flashlight.fused(b.op_key, tensors)
 
-
     def into(self, out: torch.Tensor, *args: Any) -> torch.Tensor:
         """``out.copy_(self(*args))`` without the copy where the kernel can write ``out`` itself
         (any strides: a caller's final layout). ``args`` are flat positional arguments."""
-        fast = _fast_key(args, {})
-        b = self._fast.get(fast) if fast is not None else None
-        if b is None:
-            b = self.build_for(args, {})
-            if fast is not None:
-                self._fast[fast] = b
+        fast, b = self._lookup(args, {})
         tensors = [a for a in args if isinstance(a, torch.Tensor)]
         if fast is not None and b.kernel is not None and _plain_eager_call(tensors + [out]):
             return b.kernel(tensors, out=out)

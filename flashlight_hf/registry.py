@@ -278,8 +278,9 @@ class LayerProgram:
 
 _MISSING = object()
 _programs: dict[Any, list[LayerProgram]] = {}
-# per attention module: (call key -> (program, GQA rows?)), so a layer's repeated calls skip
-# building the full program key (parameters, sorted constants); weak: models come and go
+# per attention module: call key -> (program, GQA rows?, names of the kwargs it takes as
+# tensors), so a layer's repeated calls skip classifying kwargs and building the full program
+# key (parameters, sorted constants); weak: models come and go
 _layer_memo: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
 
 

@@ -75,14 +75,19 @@ def test_no_direct_launch_without_a_kept_kernel(monkeypatch):
     assert Launcher(_scaled_copy).direct([x, x, 64, 1, 0.5], (("BLOCK", 128),), 4, 2) is None
 
 
-@pytest.mark.gpu
-def test_direct_launch_relaunches_the_kept_kernel_with_new_pointers():
+def _launched_once(stride: int):
+    """(launcher, x, out, its DirectLaunch) after one launch of ``_scaled_copy`` on the GPU."""
     launcher = Launcher(_scaled_copy)
     x = torch.randn(4096, device="cuda")
     out = torch.empty(1000, device="cuda")
-    args = [x, out, 1000, 2, 0.5]
+    args = [x, out, 1000, stride, 0.5]
     launcher(8, args, (("BLOCK", 128),), 4, 2)
-    direct = launcher.direct(args, (("BLOCK", 128),), 4, 2)
+    return launcher, x, out, launcher.direct(args, (("BLOCK", 128),), 4, 2)
+
+
+@pytest.mark.gpu
+def test_direct_launch_relaunches_the_kept_kernel_with_new_pointers():
+    launcher, x, out, direct = _launched_once(stride=2)
     assert direct is not None
     for _ in range(3):  # fresh tensors, fresh pointers: same integers, same specialisation
         y = torch.randn(4096, device="cuda")
@@ -98,12 +103,7 @@ def test_direct_launch_relaunches_the_kept_kernel_with_new_pointers():
 def test_direct_launch_leaves_launch_hooks_to_triton(monkeypatch):
     """A profiler's launch hook must see every launch: with one set, direct launches decline."""
     knobs = pytest.importorskip("triton").knobs.runtime
-    launcher = Launcher(_scaled_copy)
-    x = torch.randn(4096, device="cuda")
-    out = torch.empty(1000, device="cuda")
-    args = [x, out, 1000, 1, 0.5]
-    launcher(8, args, (("BLOCK", 128),), 4, 2)
-    direct = launcher.direct(args, (("BLOCK", 128),), 4, 2)
+    _, x, out, direct = _launched_once(stride=1)
     assert direct is not None and direct(8, [x.data_ptr(), out.data_ptr()])
     hook = knobs.launch_enter_hook
     if hasattr(hook, "add"):  # a hook chain (later Tritons)

@@ -77,18 +77,22 @@ class Launcher:
         self.kernels: dict[tuple, Any] = {}
         self.enabled = _supported(fn)
 
+    def _key(self, args: list, constexprs: tuple[tuple[str, int], ...], num_warps: int,
+             num_stages: int) -> tuple | None:
+        """The kept-kernel key of a launch; None where fast launches are off or not possible."""
+        if not self.enabled or os.environ.get("FLASHLIGHT_FAST_LAUNCH", "1") == "0":
+            return None
+        spec = specialization_key(args)
+        return None if spec is None else (spec, constexprs, num_warps, num_stages)
+
     def __call__(self, grid: int, args: list, constexprs: tuple[tuple[str, int], ...], num_warps: int,
                  num_stages: int) -> None:
-        key = None
-        if self.enabled and os.environ.get("FLASHLIGHT_FAST_LAUNCH", "1") != "0":
-            spec = specialization_key(args)
-            if spec is not None:
-                key = (spec, constexprs, num_warps, num_stages)
-                kept = self.kernels.get(key)
-                if kept is not None:
-                    compiled, tail = kept
-                    compiled[(grid, 1, 1)](*args, *tail)
-                    return
+        key = self._key(args, constexprs, num_warps, num_stages)
+        kept = self.kernels.get(key) if key is not None else None
+        if kept is not None:
+            compiled, tail = kept
+            compiled[(grid, 1, 1)](*args, *tail)
+            return
         compiled = self.fn[(grid,)](*args, **dict(constexprs), num_warps=num_warps, num_stages=num_stages)
         if key is not None and compiled is not None and callable(getattr(compiled, "__getitem__", None)):
             # Triton's runner takes every parameter in signature order, constexprs included
@@ -97,16 +101,13 @@ class Launcher:
             if sorted(names) == sorted(values):
                 self.kernels[key] = (compiled, tuple(values[n] for n in names))
 
-
     def direct(self, args: list, constexprs: tuple[tuple[str, int], ...], num_warps: int,
                num_stages: int) -> "DirectLaunch | None":
         """For arguments that already launched through ``self``: a :class:`DirectLaunch` that
         relaunches the same kernel with other pointers and the same integers; None where that is
         not safe (fast launches off, no kept kernel, a pointer not 16-byte aligned)."""
-        if not self.enabled or os.environ.get("FLASHLIGHT_FAST_LAUNCH", "1") == "0":
-            return None
-        spec = specialization_key(args)
-        kept = self.kernels.get((spec, constexprs, num_warps, num_stages)) if spec is not None else None
+        key = self._key(args, constexprs, num_warps, num_stages)
+        kept = self.kernels.get(key) if key is not None else None
         if kept is None:
             return None
         slots = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]

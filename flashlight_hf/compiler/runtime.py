@@ -23,7 +23,6 @@ from typing import Any, Callable, Sequence
 import sympy
 from sympy.printing.pycode import PythonCodePrinter
 import torch
-import triton
 
 from flashlight_hf.compiler._triton_launch import Launcher, current_stream
 from flashlight_hf.compiler.codegen import KernelSource
@@ -232,8 +231,7 @@ class CompiledKernel:
         return CONFIGS
 
     def _launch(self, cfg: LaunchConfig, args: list, rows: int, n_grid: int) -> None:
-        self._launcher(-(-rows // cfg.block_m) * n_grid, args,
-                       (("BLOCK_M", cfg.block_m), ("BLOCK_N", cfg.block_n)), cfg.num_warps, cfg.num_stages)
+        self._launcher(_row_tiles(rows, cfg, n_grid), args, _constexprs(cfg), cfg.num_warps, cfg.num_stages)
 
     def _plan(self, inputs: list[torch.Tensor]) -> _ShapePlan:
         """Everything a call with these input shapes launches, but the launch configuration."""
@@ -364,23 +362,21 @@ class CompiledKernel:
         interpreter, fast launches off, unaligned pointers); False from a call: launch the
         usual way (a pointer not aligned, a launch hook set)."""
         cfg, splits = plan.choice
-        tiles = (("BLOCK_M", cfg.block_m), ("BLOCK_N", cfg.block_n))
-        n_tiles = -(-plan.rows // cfg.block_m) * plan.n_grid
+        n_tiles = _row_tiles(plan.rows, cfg, plan.n_grid)
         if splits <= 1:
-            single = self._launcher.direct(self._args(inputs, out, plan), tiles, cfg.num_warps, cfg.num_stages)
+            single = self._launcher.direct(self._args(inputs, out, plan), _constexprs(cfg), cfg.num_warps,
+                                           cfg.num_stages)
             if single is None:
                 return None
             which = self.source.input_args
             return lambda ins, o: single(n_tiles, [ins[k].data_ptr() for k in which] + [o.data_ptr()])
-        tiles += (("NUM_SPLITS", splits),)
+        tiles = _constexprs(cfg, splits)
         dev = out.device
         if env[2] != "0" and self._fused is not None:
             launcher, _ = self._fused
             src = self.source.split_fused
-            counts = self._counts(dev, n_tiles)
             layout = _PartialsLayout(splits, plan.n_grid, plan.rows, src.acc_widths)
-            args = tensor_args(inputs, src.input_args) + layout.carve(layout.alloc(dev)) + \
-                [plan.n_grid, counts, out, *out.stride()] + plan.fused_sizes
+            args = self._fused_args(inputs, out, plan, layout.carve(layout.alloc(dev)), self._counts(dev, n_tiles))
             fused = launcher.direct(args, tiles, cfg.num_warps, cfg.num_stages)
             if fused is None:
                 return None
@@ -395,11 +391,9 @@ class CompiledKernel:
         part_fn, comb_fn = self._split_launchers
         part_src, comb_src = self.source.split
         layout = _PartialsLayout(splits, plan.n_grid, plan.rows, part_src.acc_widths)
-        partials = layout.carve(layout.alloc(dev))
-        part = part_fn.direct(tensor_args(inputs, part_src.input_args) + partials + [plan.n_grid] + plan.part_sizes,
-                              tiles, cfg.num_warps, cfg.num_stages)
-        comb = comb_fn.direct(tensor_args(inputs, comb_src.input_args) + partials +
-                              [plan.n_grid, out, *out.stride()] + plan.comb_sizes, tiles, 4, 1)
+        part_args, comb_args = self._pair_args(inputs, out, plan, layout.carve(layout.alloc(dev)))
+        part = part_fn.direct(part_args, tiles, cfg.num_warps, cfg.num_stages)
+        comb = comb_fn.direct(comb_args, tiles, *_COMBINE_LAUNCH)
         if part is None or comb is None:
             return None
         part_in, comb_in = part_src.input_args, comb_src.input_args
@@ -415,10 +409,23 @@ class CompiledKernel:
         """The kernel's arguments: each input with its strides, the output with its, the sizes."""
         return tensor_args(inputs, self.source.input_args) + [out, *out.stride(), *plan.runtime]
 
+    def _fused_args(self, inputs: list[torch.Tensor], out: torch.Tensor, plan: _ShapePlan,
+                    partials: list[torch.Tensor], counts: torch.Tensor) -> list[Any]:
+        """The one-launch split kernel's arguments (its launches and its direct relaunches)."""
+        return tensor_args(inputs, self.source.split_fused.input_args) + partials + \
+            [plan.n_grid, counts, out, *out.stride()] + plan.fused_sizes
+
+    def _pair_args(self, inputs: list[torch.Tensor], out: torch.Tensor, plan: _ShapePlan,
+                   partials: list[torch.Tensor]) -> tuple[list[Any], list[Any]]:
+        """The partials kernel's and the combine kernel's arguments."""
+        part_src, comb_src = self.source.split
+        return (tensor_args(inputs, part_src.input_args) + partials + [plan.n_grid] + plan.part_sizes,
+                tensor_args(inputs, comb_src.input_args) + partials + [plan.n_grid, out, *out.stride()] +
+                plan.comb_sizes)
+
     def _split_runner(self, env: tuple[str | None, ...]) -> tuple[Callable[..., None], list[str]]:
-        """The split-KV launcher this call uses (the one-launch kernel under
-        by default, the partials + combine pair under ``FLASHLIGHT_FUSED_SPLIT=0``) and its
-        kernels' names."""
+        """The split-KV launcher this call uses (the one-launch kernel by default, the partials
+        + combine pair under ``FLASHLIGHT_FUSED_SPLIT=0``) and its kernels' names."""
         if env[2] != "0" and self._fused is not None:
             return self._run_split_fused, [self.source.split_fused.name]
         return self._run_split, [k.name for k in self.source.split]
@@ -436,7 +443,7 @@ class CompiledKernel:
             return 1
         sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device()) \
             if device.type == "cuda" else 4
-        programs = triton.cdiv(rows, DECODE_CONFIG.block_m) * n_grid
+        programs = _row_tiles(rows, DECODE_CONFIG, n_grid)
         want = (2 * sms) // max(programs, 1)
         by_keys = keys // (2 * DECODE_CONFIG.block_n)
         n = min(want, by_keys, MAX_SPLITS)
@@ -446,16 +453,12 @@ class CompiledKernel:
                    cfg: LaunchConfig = DECODE_CONFIG) -> None:
         """The partials kernel over ``splits`` shares of the keys, then the combine kernel."""
         part_fn, comb_fn = self._split_launchers
-        part_src, comb_src = self.source.split
-        rows, n_grid = plan.rows, plan.n_grid
-        layout = _PartialsLayout(splits, n_grid, rows, part_src.acc_widths)
-        partials = layout.carve(layout.alloc(out.device))
-        args = tensor_args(inputs, part_src.input_args) + partials + [n_grid] + plan.part_sizes
-        tiles = (("BLOCK_M", cfg.block_m), ("BLOCK_N", cfg.block_n), ("NUM_SPLITS", splits))
-        n_tiles = -(-rows // cfg.block_m) * n_grid
-        part_fn(n_tiles * splits, args, tiles, cfg.num_warps, cfg.num_stages)
-        args = tensor_args(inputs, comb_src.input_args) + partials + [n_grid, out, *out.stride()] + plan.comb_sizes
-        comb_fn(n_tiles, args, tiles, 4, 1)
+        layout = _PartialsLayout(splits, plan.n_grid, plan.rows, self.source.split[0].acc_widths)
+        part_args, comb_args = self._pair_args(inputs, out, plan, layout.carve(layout.alloc(out.device)))
+        tiles = _constexprs(cfg, splits)
+        n_tiles = _row_tiles(plan.rows, cfg, plan.n_grid)
+        part_fn(n_tiles * splits, part_args, tiles, cfg.num_warps, cfg.num_stages)
+        comb_fn(n_tiles, comb_args, tiles, *_COMBINE_LAUNCH)
 
     def _counts(self, dev: torch.device, tiles: int) -> torch.Tensor:
         """The one-launch split's ticket counters for the current stream of ``dev``: zeroed once,
@@ -473,15 +476,11 @@ class CompiledKernel:
         Its per-tile tickets live in a zeroed int32 buffer per (device, stream) that the merging
         program resets, so a launch leaves it as it found it."""
         launcher, _ = self._fused
-        src = self.source.split_fused
-        rows, n_grid = plan.rows, plan.n_grid
-        tiles = -(-rows // cfg.block_m) * n_grid
-        counts = self._counts(out.device, tiles)
-        layout = _PartialsLayout(splits, n_grid, rows, src.acc_widths)
-        partials = layout.carve(layout.alloc(out.device))
-        args = tensor_args(inputs, src.input_args) + partials + [n_grid, counts, out, *out.stride()] + plan.fused_sizes
-        launcher(tiles * splits, args, (("BLOCK_M", cfg.block_m), ("BLOCK_N", cfg.block_n), ("NUM_SPLITS", splits)),
-                 cfg.num_warps, cfg.num_stages)
+        n_tiles = _row_tiles(plan.rows, cfg, plan.n_grid)
+        layout = _PartialsLayout(splits, plan.n_grid, plan.rows, self.source.split_fused.acc_widths)
+        args = self._fused_args(inputs, out, plan, layout.carve(layout.alloc(out.device)),
+                                self._counts(out.device, n_tiles))
+        launcher(n_tiles * splits, args, _constexprs(cfg, splits), cfg.num_warps, cfg.num_stages)
 
 
 @dataclass
@@ -511,6 +510,22 @@ def tensor_args(inputs: list[torch.Tensor], which: list[int]) -> list[Any]:
         args.append(inputs[k])
         args.extend(inputs[k].stride())
     return args
+
+
+# the combine kernel's (num_warps, num_stages): it merges a few rows of partials, no key loop
+_COMBINE_LAUNCH = (4, 1)
+
+
+def _row_tiles(rows: int, cfg: LaunchConfig, n_grid: int) -> int:
+    """Programs per key share: row tiles times grid points (integer ceil-div: ``triton.cdiv`` is a
+    jit function, ~1.5 µs per host call)."""
+    return -(-rows // cfg.block_m) * n_grid
+
+
+def _constexprs(cfg: LaunchConfig, splits: int | None = None) -> tuple[tuple[str, int], ...]:
+    """A launch's constexpr arguments: the tile sizes, and the share count of a split launch."""
+    tiles = (("BLOCK_M", cfg.block_m), ("BLOCK_N", cfg.block_n))
+    return tiles if splits is None else tiles + (("NUM_SPLITS", splits),)
 
 
 class _PartialsLayout:
