@@ -17,12 +17,13 @@ from typing import Any, Callable
 import torch
 
 from flashlight_hf.compiler import capture as cap
-from flashlight_hf.compiler import diskcache
+from flashlight_hf.compiler import cache as diskcache
+from flashlight_hf.compiler.guards import Guards
 from flashlight_hf.compiler.codegen import KernelSource, generate
 from flashlight_hf.compiler.ir import Program, Unsupported, Var, build_ir
 from flashlight_hf.compiler.rewrite import KernelPlan, plan
 from flashlight_hf.compiler.ops import register_kernel
-from flashlight_hf.compiler.runtime import CompiledKernel
+from flashlight_hf.compiler.runtime import CompiledKernel, shape_mismatch
 
 
 def _interpret() -> bool:
@@ -42,6 +43,7 @@ class Build:
     dynamic_axes: list[dict[int, str]] | None = None
     op_key: str | None = None  # the kernel's key for the flashlight::fused custom op
     from_disk: bool = False  # loaded from the on-disk build cache
+    launched: bool = False  # its kernel has run once (launch errors after that are the caller's)
 
 
 def _dynamic_axes(p: KernelPlan) -> list[dict[int, str]]:
@@ -85,17 +87,45 @@ def _dynamic_axes(p: KernelPlan) -> list[dict[int, str]]:
     return out
 
 
+def _device_problem(tensors: list[torch.Tensor], interpret: bool) -> str | None:
+    """Why generated kernels cannot run on these tensors' devices, or None."""
+    allowed = ("cpu", "cuda") if interpret else ("cuda",)
+    for t in tensors:
+        if t.device.type not in allowed:
+            where = "Triton's interpreter (TRITON_INTERPRET=1) runs CPU tensors" if interpret else \
+                "generated kernels run on CUDA tensors (CPU tensors need TRITON_INTERPRET=1)"
+            return f"an input is on {t.device}: {where}"
+    return None
+
+
 def build(fn: Callable, args: tuple, kwargs: dict, *, interpret: bool | None = None) -> Build:
     """Compile ``fn`` for the specialisation of ``(args, kwargs)``; never raises on unsupported programs.
 
+    Whatever goes wrong inside the compiler (a program outside what it handles, or an error of
+    its own) becomes a fallback naming the node or stage: the program then runs as written.
     ``interpret``: generate for Triton's interpreter or for a GPU (default: what this process
     runs; ``benchmarks/kernel_stats.py`` builds GPU source on a machine without one)."""
+    tensors, constants, spec = cap.split_args(args, kwargs)
+    if any(t.numel() == 0 for t in tensors):
+        return Build(None, None, None, None, None)  # nothing to compute: eager's answer, no warning
+    interpret = _interpret() if interpret is None else interpret
+    problem = _device_problem(tensors, interpret)
+    if problem is not None:
+        return Build(None, None, None, None, ("inputs", problem))
+    try:
+        return _build(fn, args, kwargs, tensors, constants, spec, interpret)
+    except Unsupported as exc:
+        return Build(None, None, None, None, (exc.node, exc.reason))
+    except Exception as exc:  # noqa: BLE001 - an error of the compiler's own: never the user's problem
+        return Build(None, None, None, None, ("compiler", f"internal error: {type(exc).__name__}: {exc}"))
+
+
+def _build(fn: Callable, args: tuple, kwargs: dict, tensors: list, constants: list, spec: Any,
+           interpret: bool) -> Build:
     try:
         static = cap.trace_static(fn, args, kwargs)
     except cap.CaptureError as exc:
         return Build(None, None, None, None, ("capture", str(exc)))
-    tensors, constants, spec = cap.split_args(args, kwargs)
-    interpret = _interpret() if interpret is None else interpret
     tf32 = torch.backends.cuda.matmul.allow_tf32
     ws = os.environ.get("FLASHLIGHT_WARP_SPECIALIZE", "0") == "1" and not interpret
     disk_key = diskcache.build_key(static, tensors, constants, interpret=interpret, allow_tf32=tf32,
@@ -103,7 +133,7 @@ def build(fn: Callable, args: tuple, kwargs: dict, *, interpret: bool | None = N
         if diskcache.enabled() else None
     cached = diskcache.load(disk_key) if disk_key else None
     if cached is not None:
-        kernel = CompiledKernel(cached["program"], cached["source"])
+        kernel = CompiledKernel(cached["program"], cached["source"], name_file=diskcache.kernel_file)
         op_key = register_kernel(kernel, cap.tensor_function(fn, constants, spec))
         return Build(kernel, cached["program"], None, cached["source"], None, cached["symbolic"],
                      cached["dynamic_axes"], op_key, from_disk=True)
@@ -125,7 +155,7 @@ def build(fn: Callable, args: tuple, kwargs: dict, *, interpret: bool | None = N
             pass  # keep the static specialisation: exact shapes become part of the cache key
     try:
         src = generate(kplan, interpret=interpret, allow_tf32=tf32, warp_specialize=ws)
-        kernel = CompiledKernel(prog, src)
+        kernel = CompiledKernel(prog, src, name_file=diskcache.kernel_file)
     except Unsupported as exc:
         return Build(None, prog, kplan, None, (exc.node, exc.reason))
     if disk_key:
@@ -142,13 +172,14 @@ def _spec_key(args: tuple, kwargs: dict) -> Any:
 
 
 def _symbolic_key(build_: Build, args: tuple, kwargs: dict) -> Any:
-    """Key that ignores the sizes a symbolic kernel takes at run time."""
+    """Key that ignores the sizes a symbolic kernel takes at run time (sizes 0 and 1 specialise:
+    they are kept)."""
     tensors, constants, spec = cap.split_args(args, kwargs)
     dyn = build_.dynamic_axes or []
     metas = []
     for k, t in enumerate(tensors):
         axes = dyn[k] if k < len(dyn) else {}
-        shape = tuple(("dyn", int(s) < 2) if a in axes else int(s) for a, s in enumerate(t.shape))
+        shape = tuple(("dyn", min(int(s), 2)) if a in axes else int(s) for a, s in enumerate(t.shape))
         metas.append((t.dtype, t.dim(), t.device.type, shape))
     return tuple(metas), tuple(repr(c) for c in constants if c is not None), str(spec)
 
@@ -174,64 +205,134 @@ def _fast_key(args: tuple, kwargs: dict) -> Any | None:
     return tuple(key)
 
 
-class CompiledAttention:
-    """What :func:`compile` returns: same signature and results as the wrapped function."""
+_MEMO_LIMIT = 4096  # exact-shape entries kept per table (a dynamic cache's decode loop: one per step)
+_GUARD_TABLES = 16  # sets of guarded values whose builds are kept
 
-    def __init__(self, fn: Callable):
+
+class CompiledAttention:
+    """What :func:`compile` returns: same signature and results as the wrapped function.
+
+    Builds are looked up by exact shapes first (one dict lookup), then among the symbolic
+    builds, which serve a new set of shapes only when :func:`shape_mismatch` finds them inside
+    what the traced program holds for (checked once: the exact-shape memo remembers it). Python
+    values the function reads from outside (:class:`~flashlight_hf.compiler.guards.Guards`)
+    are read at every call; other values select another table of builds.
+
+    ``guard=False`` skips reading them: for programs built by this package whose outside
+    values are part of the key they are cached under (the registry's layer programs)."""
+
+    def __init__(self, fn: Callable, *, guard: bool = True):
         self.fn = fn
-        self._builds: dict[Any, Build] = {}
-        self._symbolic: list[tuple[Any, Build]] = []
         self._warned: set[tuple[str, str]] = set()
-        self._fast: dict[Any, Build] = {}
+        self._guards = Guards(fn) if guard else None
+        if self._guards is not None and not self._guards:
+            self._guards = None
+        self._tables: dict[Any, tuple[dict, list, dict]] = {}
+        self._guard_vals: Any = None
+        self._use_table(self._guards.values() if self._guards is not None else None)
         functools.update_wrapper(self, fn)
+
+    def _use_table(self, vals: Any) -> None:
+        table = self._tables.get(vals)
+        if table is None:
+            if len(self._tables) >= _GUARD_TABLES:
+                self._tables.pop(next(iter(self._tables)))
+            table = self._tables[vals] = ({}, [], {})
+        self._builds, self._symbolic, self._fast = table
+        self._guard_vals = vals
+
+    def _check_guards(self) -> None:
+        vals = self._guards.values()
+        if vals != self._guard_vals:
+            self._use_table(vals)
 
     def build_for(self, args: tuple, kwargs: dict) -> Build:
         k = _spec_key(args, kwargs)
         if k in self._builds:
             return self._builds[k]
+        tensors = None
         for skey, b in self._symbolic:
             if _symbolic_key(b, args, kwargs) == skey:
-                return b
+                tensors = cap.split_args(args, kwargs)[0] if tensors is None else tensors
+                if shape_mismatch(b.kernel.program, b.kernel.bound_inputs(tensors)) is None:
+                    self._remember(self._builds, k, b)
+                    return b
         if _tracing():
             raise RuntimeError(
                 f"flashlight: {getattr(self.fn, '__name__', 'the program')} has no kernel for these input "
                 "shapes yet, and it cannot be generated while torch.compile / torch.export is tracing. "
                 "Call the compiled function once eagerly with inputs of the same shapes and dtypes "
                 "before compiling or exporting the code that uses it.")
+        before = self._guard_vals
         b = build(self.fn, args, kwargs)
-        self._builds[k] = b
+        if self._guards is not None:
+            after = self._guards.values()
+            if after != before:  # tracing itself changed what the function reads: key the table by that
+                table = self._tables.pop(before)
+                self._tables[after] = table
+                self._guard_vals = after
+        self._remember(self._builds, k, b)
         if b.symbolic and b.kernel is not None:
             self._symbolic.append((_symbolic_key(b, args, kwargs), b))
         return b
 
+    @staticmethod
+    def _remember(memo: dict, key: Any, b: Build) -> None:
+        if len(memo) >= _MEMO_LIMIT:
+            memo.clear()
+        memo[key] = b
+
     def _lookup(self, args: tuple, kwargs: dict) -> tuple[Any | None, Build]:
         """(exact-shape fast key or None, the build for these arguments): the fast key's table
         first, then :meth:`build_for`."""
+        if self._guards is not None:
+            self._check_guards()
         fast = _fast_key(args, kwargs)
         b = self._fast.get(fast) if fast is not None else None
         if b is None:
             b = self.build_for(args, kwargs)
             if fast is not None:
-                self._fast[fast] = b
+                self._remember(self._fast, fast, b)
         return fast, b
+
+    def _eager(self, b: Build, args: tuple, kwargs: dict) -> Any:
+        """The program as written; a fallback warns once, after eager ran (when eager itself
+        rejects the inputs, its error is what the caller sees)."""
+        out = self.fn(*args, **kwargs)
+        if b.fallback is not None and b.fallback not in self._warned:
+            self._warned.add(b.fallback)
+            warnings.warn(f"flashlight: running {getattr(self.fn, '__name__', 'the program')} unfused "
+                          f"(eager PyTorch): node {b.fallback[0]!r}: {b.fallback[1]}", stacklevel=3)
+        return out
+
+    def _first_launch(self, b: Build, launch: Callable[[], Any]) -> Any:
+        """A build's first launch: an error there (Triton cannot compile the source, a kernel
+        rule that fails at run time) turns the build into a fallback instead of a crash."""
+        try:
+            out = launch()
+        except Exception as exc:  # noqa: BLE001 - the generated kernel failed: run the program as written
+            b.kernel, b.fallback = None, ("launch", f"the generated kernel failed: {type(exc).__name__}: {exc}")
+            return _FAILED
+        b.launched = True
+        return out
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         fast, b = self._lookup(args, kwargs)
         if b.kernel is None:
-            assert b.fallback is not None
-            if b.fallback not in self._warned:
-                self._warned.add(b.fallback)
-                warnings.warn(f"flashlight: running {getattr(self.fn, '__name__', 'the program')} unfused "
-                              f"(eager PyTorch): node {b.fallback[0]!r}: {b.fallback[1]}", stacklevel=2)
-            return self.fn(*args, **kwargs)
+            return self._eager(b, args, kwargs)
         # the fast key admits only flat positional arguments, so the tensors are those of args
         tensors = [a for a in args if isinstance(a, torch.Tensor)] if fast is not None else \
             cap.split_args(args, kwargs)[0]
         if fast is not None and _plain_eager_call(tensors):
             # nothing to differentiate, trace or export: launch directly (the custom op's
             # dispatch costs tens of microseconds per call, a decode step's layers add them up)
-            return b.kernel(tensors)
-        return torch.ops.flashlight.fused(b.op_key, tensors)
+            run = functools.partial(b.kernel, tensors)
+        else:
+            run = functools.partial(torch.ops.flashlight.fused, b.op_key, tensors)
+        if b.launched:
+            return run()
+        out = self._first_launch(b, run)
+        return self._eager(b, args, kwargs) if out is _FAILED else out
 
     def into(self, out: torch.Tensor, *args: Any) -> torch.Tensor:
         """``out.copy_(self(*args))`` without the copy where the kernel can write ``out`` itself
@@ -239,8 +340,15 @@ class CompiledAttention:
         fast, b = self._lookup(args, {})
         tensors = [a for a in args if isinstance(a, torch.Tensor)]
         if fast is not None and b.kernel is not None and _plain_eager_call(tensors + [out]):
-            return b.kernel(tensors, out=out)
+            run = functools.partial(b.kernel, tensors, out=out)
+            if b.launched:
+                return run()
+            if self._first_launch(b, run) is not _FAILED:
+                return out
         return out.copy_(self(*args))
+
+
+_FAILED = object()
 
 
 def _plain_eager_call(tensors: list[torch.Tensor]) -> bool:

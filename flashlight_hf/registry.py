@@ -42,7 +42,7 @@ from typing import Any, Callable
 import torch
 
 from flashlight_hf.masks import MaskSpec, SafeSoftmax, keep_from_structure
-from flashlight_hf.api import CompiledAttention, compile as fl_compile
+from flashlight_hf.api import CompiledAttention
 from flashlight_hf.programs import generic_attention
 
 _warned: set[str] = set()
@@ -339,7 +339,7 @@ def layer_program(module: torch.nn.Module, fam: FamilyAttention, scaling: float 
 
     suffix = "" if structure is None else "_structured_mask" + ("_gqa_rows" if rows else "")
     program.__name__ = f"{type(module).__name__}_attention{suffix}"
-    entry.fn = fl_compile(program)
+    entry.fn = CompiledAttention(program, guard=False)  # its outside values are in its key
     candidates.append(entry)
     return entry
 

@@ -402,7 +402,7 @@ def test_logical_grid_beyond_65535_programs(device: str):
 
 def test_disk_cache_serves_a_new_process_and_survives_corruption(device: str, tmp_path, monkeypatch):
     from flashlight_hf.api import build
-    from flashlight_hf.compiler import diskcache
+    from flashlight_hf.compiler import cache as diskcache
 
     monkeypatch.setenv("FLASHLIGHT_CACHE_DIR", str(tmp_path))
     args = _inputs("vanilla", torch.float32, device, 26, 33)

@@ -14,7 +14,7 @@ keys its cache on their values.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
@@ -34,6 +34,9 @@ class Captured:
     graph_module: torch.fx.GraphModule
     bindings: list[int | torch.Tensor]
     symbolic: bool
+    # per size symbol, the (lowest, highest or None) value the trace holds for: a kernel serves
+    # only shapes inside these ranges (torch.export's range constraints; sizes 0 and 1 specialise)
+    size_ranges: dict[Any, tuple[int, int | None]] = field(default_factory=dict)
 
 
 class CaptureError(RuntimeError):
@@ -118,4 +121,14 @@ def trace_symbolic(fn: Callable, args: Sequence[Any], kwargs: dict[str, Any],
             bindings.append(ep.constants[spec_.target])
         else:
             bindings.append(ep.state_dict[spec_.target])
-    return Captured(ep.graph_module, bindings, symbolic=True)
+    ranges: dict[Any, tuple[int, int | None]] = {}
+    for sym, vr in ep.range_constraints.items():
+        ranges[sym] = (max(2, _finite(vr.lower) or 0), _finite(vr.upper))
+    return Captured(ep.graph_module, bindings, symbolic=True, size_ranges=ranges)
+
+
+def _finite(x: Any) -> int | None:
+    """An integer range bound, or None for an infinite one (sympy's ``oo`` / torch's ``int_oo``)."""
+    if isinstance(x, int):
+        return x
+    return int(x) if getattr(x, "is_Integer", False) else None

@@ -193,7 +193,13 @@ class _Emitter:
         if in_loop and self.phase != "loop":
             raise Unsupported("codegen", f"a key-loop value ({_hint(x)} over {sorted(v.name for v in x.vars)}) "
                               "is needed outside the loop")
-        name = self._emit_node(x)
+        try:
+            name = self._emit_node(x)
+        except Unsupported:
+            raise
+        except Exception as exc:  # a rule met a node it did not expect: name the node, fall back
+            raise Unsupported(f"codegen ({_hint(x)} over {sorted(v.name for v in x.vars)})",
+                              f"{type(exc).__name__}: {exc}") from exc
         (self.loop_names if in_loop else self.names)[key] = name
         return name
 
@@ -607,8 +613,8 @@ def generate(kp: KernelPlan, *, interpret: bool, allow_tf32: bool = False,
         combine = _generate(kp, interpret, allow_tf32, warp_specialize, "combine")
         main.split = (part, combine)
         main.split_fused = _generate(kp, interpret, allow_tf32, warp_specialize, "fused")
-    except Unsupported:
-        main.split = main.split_fused = None  # decode runs the single kernel
+    except Exception:  # noqa: BLE001 - Unsupported or a rule's error: decode runs the single kernel
+        main.split = main.split_fused = None
     return main
 
 

@@ -273,9 +273,15 @@ class Program:
     bindings: list[int | torch.Tensor]
     input_axis_vars: list[list[list[Var]]]  # per input axis, the root variables its uses index it by
     defs: dict[Var, IExpr]  # derived variables in terms of root variables (resolved)
+    # per size symbol of ``input_shapes``, the (lowest, highest or None) size the trace holds for
+    size_ranges: dict[Any, tuple[int, int | None]] = field(default_factory=dict)
 
     def describe(self) -> str:
         return format_node_tree(self.output)
+
+
+# dtypes the kernels do not compute in: running them in float32 would lose precision silently
+_UNSUPPORTED_DTYPES = (torch.float64, torch.complex64, torch.complex128, torch.complex32)
 
 
 class Labeller:
@@ -407,12 +413,19 @@ class Labeller:
         gm = self.captured.graph_module
         placeholder_index = 0
         for fx_node in gm.graph.nodes:
+            val = fx_node.meta.get("val")
+            if isinstance(val, torch.Tensor) and val.dtype in _UNSUPPORTED_DTYPES:
+                raise Unsupported(fx_node.name, f"{val.dtype} values: generated kernels compute in float32 at "
+                                  "most, and a result must not be less precise than its dtype")
             try:
                 if fx_node.op == "placeholder":
                     self.env[fx_node] = self.placeholder(fx_node, placeholder_index)
                     placeholder_index += 1
                 elif fx_node.op == "get_attr":
                     value = getattr(gm, fx_node.target)
+                    if isinstance(value, torch.Tensor) and value.dtype in _UNSUPPORTED_DTYPES:
+                        raise Unsupported(fx_node.name, f"a {value.dtype} constant: generated kernels compute "
+                                          "in float32 at most")
                     self.bindings.append(value)
                     self.env[fx_node] = self.tensor_input(fx_node, len(self.bindings) - 1, value)
                 elif fx_node.op == "call_function":
@@ -974,7 +987,7 @@ class Labeller:
         defs = {v: self.resolve(IExpr.var(v)) for v in list(self.defs)}
         return Program(output=node, out_axes=axes, out_dtype=val.dtype, input_shapes=self.input_shapes,
                        input_dtypes=self.input_dtypes, bindings=self.bindings,
-                       input_axis_vars=input_axis_vars, defs=defs)
+                       input_axis_vars=input_axis_vars, defs=defs, size_ranges=dict(self.captured.size_ranges))
 
 
 def map_indices(root: Node, on_expr: Callable[[IExpr], IExpr],

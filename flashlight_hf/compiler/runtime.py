@@ -1,23 +1,23 @@
 """Stage 5 — runtime: load generated source as a Triton kernel and launch it with real tensors.
 
-Generated source is written to a file before import because ``triton.jit`` reads the source of
-the function it wraps (``inspect.getsource``); a file also lets users open what ran. The file
-name is the hash of the source, written atomically (temp file + ``os.replace``), so concurrent
-processes never see a half-written kernel.
+Generated source is executed from memory (never from a file: a file could have been changed
+by someone else since it was written); ``triton.jit`` reads it back through :mod:`linecache`.
+Before a call's first launch, its input shapes are checked against the relations the traced
+program imposes (:func:`shape_mismatch`), once per set of shapes.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.util
+import linecache
 import math
 import os
-import tempfile
+import sys
 import threading
 import time
+import types
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import sympy
@@ -41,29 +41,83 @@ def add_launch_hook(fn: Callable[[str], None]) -> Callable[[], None]:
     return lambda: _launch_hooks.remove(fn)
 
 
-def cache_dir() -> Path:
-    root = os.environ.get("FLASHLIGHT_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "flashlight_hf")
-    path = Path(root) / "kernels"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+def load_kernel(src: KernelSource, filename: str | None = None) -> Any:
+    """Execute the generated source from memory and return its jit function.
 
-
-def load_kernel(src: KernelSource) -> Any:
-    """Import the generated source (from the on-disk cache when already written) and return the jit fn."""
+    ``triton.jit`` reads the source of the function it wraps (``inspect.getsource``), which
+    reads it through :mod:`linecache`; the source is registered there under ``filename`` (a
+    readable copy the driver keeps, or a name of its own), so nothing is ever executed from a
+    file another process could have changed. A kernel is loaded once per process."""
     digest = hashlib.sha256(src.source.encode()).hexdigest()[:24]
-    path = cache_dir() / f"fl_{digest}.py"
-    if not path.exists():
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            f.write(src.source)
-        os.replace(tmp, path)
-    mod_name = f"flashlight_hf_kernels.fl_{digest}"
-    spec = importlib.util.spec_from_file_location(mod_name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return getattr(module, src.name)
+    key = (digest, src.name)
+    with _lock:
+        fn = _loaded.get(key)
+        if fn is not None:
+            return fn
+        filename = filename or f"<flashlight kernel fl_{digest}>"
+        lines = src.source.splitlines(keepends=True)
+        linecache.cache[filename] = (len(src.source), None, lines, filename)  # mtime None: never re-read
+        module = types.ModuleType(f"flashlight_hf_kernels.fl_{digest}")
+        module.__file__ = filename
+        sys.modules[module.__name__] = module  # Triton resolves the kernel's globals through its module
+        exec(compile(src.source, filename, "exec"), module.__dict__)
+        fn = _loaded[key] = getattr(module, src.name)
+        return fn
+
+
+_loaded: dict[tuple[str, str], Any] = {}
+
+
+def shape_mismatch(program: Program, inputs: Sequence[torch.Tensor]) -> str | None:
+    """Why these inputs are not shapes the traced program holds for, or None when they are.
+
+    The program's input shapes are ints (fixed at trace time) or size symbols: the same symbol
+    is the same size wherever it appears (K's and V's key length, Q's and K's batch), within the
+    range the trace holds for (sizes 0 and 1 specialise). A kernel launched on other shapes
+    would read past the end of a tensor or mix rows of different batches."""
+    if len(inputs) != len(program.input_shapes):
+        return f"the program takes {len(program.input_shapes)} tensors, got {len(inputs)}"
+    bound: dict[Any, tuple[int, int, int]] = {}
+    device = None
+    for k, (t, want) in enumerate(zip(inputs, program.input_shapes)):
+        if t.dim() != len(want):
+            return f"input {k} has {t.dim()} dimensions, the program was traced with {len(want)}"
+        if t.dtype != program.input_dtypes[k]:
+            return f"input {k} is {t.dtype}, the program was traced with {program.input_dtypes[k]}"
+        if device is None:
+            device = t.device
+        elif t.device != device:
+            return f"input {k} is on {t.device}, input 0 on {device}"
+        for a, (got, w) in enumerate(zip(t.shape, want)):
+            got = int(got)
+            if isinstance(w, int):
+                if got != w:
+                    return f"input {k} {tuple(t.shape)}: axis {a} must be {w}"
+            elif isinstance(w, sympy.Symbol):
+                if w in bound:
+                    k0, a0, size = bound[w]
+                    if size != got:
+                        return (f"input {k} {tuple(t.shape)} axis {a} and input {k0} "
+                                f"{tuple(inputs[k0].shape)} axis {a0} must be the same size")
+                else:
+                    lo, hi = program.size_ranges.get(w, (2, None))
+                    if got < lo or (hi is not None and got > hi):
+                        return f"input {k} {tuple(t.shape)}: axis {a} is outside the traced range [{lo}, {hi}]"
+                    bound[w] = (k, a, got)
+    for k, (t, want) in enumerate(zip(inputs, program.input_shapes)):  # sizes derived from symbols
+        for a, (got, w) in enumerate(zip(t.shape, want)):
+            if not isinstance(w, (int, sympy.Symbol)):
+                try:
+                    value = int(sympy.sympify(w).subs({s: v[2] for s, v in bound.items()}))
+                except (TypeError, ValueError):
+                    return f"input {k} {tuple(t.shape)}: axis {a} has a size ({w}) that cannot be checked"
+                if value != int(got):
+                    return f"input {k} {tuple(t.shape)}: axis {a} must be {value} ({w})"
+    return None
+
+
+class ShapeError(ValueError):
+    """Inputs whose shapes do not satisfy what the traced program imposes."""
 
 
 class _SizePrinter(PythonCodePrinter):
@@ -185,13 +239,15 @@ class CompiledKernel:
 
     program: Program
     source: KernelSource
+    # the file name each generated source is known by (the driver's readable copy), or None
+    name_file: Callable[[str], str | None] | None = None
     _fn: Any = None
     _tuned: dict = field(default_factory=dict)
     _plans: dict = field(default_factory=dict)
     _counters: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self._fn = load_kernel(self.source)
+        self._fn = self._load(self.source)
         self._launcher = Launcher(self._fn)
         self._direct = all(isinstance(b, int) for b in self.program.bindings)  # no constant inputs
         out_extents = [sum_extent(ax) for ax in self.program.out_axes]
@@ -202,13 +258,16 @@ class CompiledKernel:
         self._split = None
         if src.split is not None:  # the split-KV pair: compiled by Triton on first use only
             part, combine = src.split
-            self._split = tuple((load_kernel(k), SizeFunction(self.program, list(k.runtime_sizes)))
+            self._split = tuple((self._load(k), SizeFunction(self.program, list(k.runtime_sizes)))
                                 for k in (part, combine))
             self._split_launchers = tuple(Launcher(fn) for fn, _ in self._split)
         self._fused = None
         if src.split_fused is not None:  # split-KV in one launch (the default; FLASHLIGHT_FUSED_SPLIT=0: the pair)
-            fn = load_kernel(src.split_fused)
+            fn = self._load(src.split_fused)
             self._fused = (Launcher(fn), SizeFunction(self.program, list(src.split_fused.runtime_sizes)))
+
+    def _load(self, src: KernelSource) -> Any:
+        return load_kernel(src, self.name_file(src.source) if self.name_file is not None else None)
 
     def bound_inputs(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         bindings = self.program.bindings
@@ -234,7 +293,13 @@ class CompiledKernel:
         self._launcher(_row_tiles(rows, cfg, n_grid), args, _constexprs(cfg), cfg.num_warps, cfg.num_stages)
 
     def _plan(self, inputs: list[torch.Tensor]) -> _ShapePlan:
-        """Everything a call with these input shapes launches, but the launch configuration."""
+        """Everything a call with these input shapes launches, but the launch configuration.
+
+        Made once per set of shapes, after checking the shapes fit the program."""
+        why = shape_mismatch(self.program, inputs)
+        if why is not None:
+            raise ShapeError(f"flashlight: {self.source.name} cannot run on inputs of shapes "
+                             f"{[tuple(t.shape) for t in inputs]}: {why}")
         sizes = self._sizes(inputs)
         n_out, n_rt = self._n_out, self._n_rt
         n_grid = 1
@@ -316,7 +381,7 @@ class CompiledKernel:
         env = _env()
         first = inputs[0]
         # strides and dtypes too: a plan's direct launches hold every integer argument
-        shape_key = (tuple([(t.shape, t.stride(), t.dtype) for t in inputs]),
+        shape_key = (tuple([(t.shape, t.stride(), t.dtype, t.device) for t in inputs]),
                      None if out is None else out.stride(), first.get_device(), env)
         plan = self._plans.get(shape_key)
         if plan is None:

@@ -1,0 +1,203 @@
+"""Guards: the Python values a compiled function reads from outside itself.
+
+Tracing bakes every Python value the function reads into the graph: a module-level
+``TEMPERATURE = 2.0``, a closure's ``scale``, ``config.softcap``, a default argument. Rebinding
+such a value after compiling must not leave the old one in the kernel (that would be a silent
+wrong answer), so, as ``torch.compile``'s guards do, the driver reads them again at every call
+and keys its builds on what it read: a changed value selects (or makes) another build.
+
+What is guarded is found from the function's bytecode, never by running it:
+
+* a global or closure variable the code loads, with any chain of attribute loads after it
+  (``cfg.attn.temperature``), whose value is a plain Python value (number, bool, string, None,
+  dtype) or a small list / tuple / dict / set of such values (compared by value);
+* a Python function reached that way (a score-mod helper) by identity, and what *it* reads, in
+  turn (code of torch, triton, transformers and flashlight-hf itself is not followed);
+* the function's default arguments; for a bound method, the attribute chains read off ``self``;
+  for a ``functools.partial``, its function.
+
+Tensors read from outside are not guarded here: tracing rejects them (the program runs eager).
+
+The reads are compiled into one small Python function, so a call with guards costs a few
+hundred nanoseconds; a function that reads nothing from outside costs nothing.
+"""
+
+from __future__ import annotations
+
+import builtins
+import dis
+import functools
+import sys
+import types
+from typing import Any, Callable
+
+import torch
+
+# modules whose functions are not followed: library code reads no user configuration
+_LIBRARY_PREFIXES = ("torch", "triton", "transformers", "flashlight_hf", "numpy", "sympy", "math", "operator",
+                     "functools", "builtins", "typing", "accelerate", "collections", "itertools", "contextlib")
+_PLAIN = (bool, int, float, complex, str, bytes, type(None), torch.dtype, torch.device, torch.memory_format)
+_MAX_ITEMS = 256  # containers larger than this are not compared by value (identity instead)
+_MAX_DEPTH = 4  # function nesting followed
+_MISSING = object()
+
+
+def _is_library(obj: Any) -> bool:
+    mod = getattr(obj, "__module__", None) or ""
+    if isinstance(obj, types.ModuleType):
+        mod = obj.__name__
+    root = mod.split(".")[0]
+    return root in _LIBRARY_PREFIXES or root in sys.stdlib_module_names
+
+
+def freeze(x: Any, budget: list[int] | None = None) -> Any:
+    """A hashable, comparable snapshot of a plain value or small container of plain values;
+    ``_MISSING`` when ``x`` is neither (then it is not compared by value)."""
+    budget = [_MAX_ITEMS] if budget is None else budget
+    if isinstance(x, _PLAIN):
+        return (type(x), x) if not isinstance(x, float) or x == x else (float, "nan")
+    if isinstance(x, (list, tuple, set, frozenset)):
+        budget[0] -= len(x)
+        if budget[0] < 0:
+            return _MISSING
+        items = sorted(x, key=repr) if isinstance(x, (set, frozenset)) else x
+        out = tuple(freeze(i, budget) for i in items)
+        return _MISSING if any(o is _MISSING for o in out) else (type(x), out)
+    if isinstance(x, dict):
+        budget[0] -= len(x)
+        if budget[0] < 0:
+            return _MISSING
+        out = tuple((freeze(k, budget), freeze(v, budget)) for k, v in x.items())
+        return _MISSING if any(a is _MISSING or b is _MISSING for a, b in out) else (dict, out)
+    return _MISSING
+
+
+class _Scanner:
+    """Collects guard expressions (Python source reading one value each) from bytecode."""
+
+    def __init__(self) -> None:
+        self.scope: dict[str, Any] = {"_freeze": freeze, "_MISSING": _MISSING}
+        self.exprs: list[str] = []
+        self.seen_exprs: set[str] = set()
+        self.seen_code: set[int] = set()
+        self.descriptions: list[str] = []
+
+    def bind(self, obj: Any) -> str:
+        name = f"_o{len(self.scope)}"
+        self.scope[name] = obj
+        return name
+
+    def add(self, expr: str, value: Any, what: str, depth: int) -> None:
+        if expr in self.seen_exprs:
+            return
+        self.seen_exprs.add(expr)
+        if isinstance(value, types.ModuleType) or isinstance(value, type):
+            return  # modules and classes: only attribute chains through them matter
+        if isinstance(value, torch.Tensor) or isinstance(value, torch.nn.Module):
+            return  # tensors: rejected by tracing; modules: their attribute chains are guarded
+        frozen = freeze(value)
+        if frozen is not _MISSING:
+            self.exprs.append(f"_freeze({expr})")
+            self.descriptions.append(what)
+            return
+        if isinstance(value, (types.FunctionType, functools.partial, types.MethodType)):
+            self.exprs.append(f"id({expr})")  # rebinding a helper changes the program
+            self.descriptions.append(what)
+            if not _is_library(getattr(value, "func", value)):
+                self.function(value, depth + 1)
+
+    def function(self, fn: Any, depth: int = 0) -> None:
+        if depth > _MAX_DEPTH:
+            return
+        if isinstance(fn, functools.partial):
+            self.function(fn.func, depth + 1)
+            return
+        self_name = None
+        if isinstance(fn, types.MethodType):
+            self_name, fn = self.bind(fn.__self__), fn.__func__
+        if not isinstance(fn, types.FunctionType) or id(fn.__code__) in self.seen_code:
+            return
+        self.seen_code.add(id(fn.__code__))
+        fn_ref = self.bind(fn)
+        label = getattr(fn, "__qualname__", "the function")
+        if fn.__defaults__:
+            self.add(f"{fn_ref}.__defaults__", fn.__defaults__, f"{label}'s default arguments", depth)
+        if fn.__kwdefaults__:
+            self.add(f"{fn_ref}.__kwdefaults__", fn.__kwdefaults__, f"{label}'s default arguments", depth)
+        cells = dict(zip(fn.__code__.co_freevars, fn.__closure__ or ()))
+        self.code(fn.__code__, fn, fn_ref, cells, self_name, label, depth)
+
+    def code(self, code: types.CodeType, fn: types.FunctionType, fn_ref: str, cells: dict, self_name: str | None,
+             label: str, depth: int) -> None:
+        globs = fn.__globals__
+        chain: list[str] | None = None
+        root_expr, root_val = "", None
+
+        def flush() -> None:
+            if chain is None:
+                return
+            expr, val = root_expr, root_val
+            for attr in chain:
+                nxt = getattr(val, attr, _MISSING)
+                if nxt is _MISSING or not attr.isidentifier():
+                    return
+                expr, val = f"getattr({expr}, {attr!r}, _MISSING)", nxt
+            if chain or not isinstance(val, types.ModuleType):
+                if isinstance(root_val, types.ModuleType) and _is_library(root_val):
+                    return  # torch.float32, math.pi: library constants
+                self.add(expr, val, f"{label}: {root_expr_desc}{''.join('.' + a for a in chain)}", depth)
+
+        root_expr_desc = ""
+        for ins in dis.get_instructions(code):
+            op = ins.opname
+            if op in ("LOAD_ATTR", "LOAD_METHOD") and chain is not None:
+                chain.append(str(ins.argval))
+                continue
+            flush()
+            chain = None
+            name = ins.argval
+            if op == "LOAD_GLOBAL":
+                if name in globs:
+                    g = self.bind(globs)
+                    root_expr, root_val, root_expr_desc = f"{g}.get({name!r}, _MISSING)", globs[name], name
+                    chain = []
+                elif not hasattr(builtins, name):
+                    continue
+            elif op == "LOAD_DEREF" and name in cells:
+                try:
+                    val = cells[name].cell_contents
+                except ValueError:  # an empty cell (assigned later)
+                    continue
+                c = self.bind(cells[name])
+                root_expr, root_val, root_expr_desc = f"{c}.cell_contents", val, name
+                chain = []
+            elif op == "LOAD_FAST" and self_name is not None and name == code.co_varnames[0]:
+                root_expr, root_val, root_expr_desc = self_name, self.scope[self_name], "self"
+                chain = []
+        flush()
+        for const in code.co_consts:  # nested functions and lambdas: their global reads
+            if isinstance(const, types.CodeType) and id(const) not in self.seen_code:
+                self.seen_code.add(id(const))
+                self.code(const, fn, fn_ref, cells, None, label, depth)
+
+
+class Guards:
+    """``values()``: what the function reads from outside now; equal values, the same build."""
+
+    def __init__(self, fn: Callable[..., Any]):
+        s = _Scanner()
+        try:
+            s.function(fn)
+        except Exception:  # noqa: BLE001 - bytecode we cannot read: guard the function object only
+            s.exprs, s.descriptions = [], []
+        self.descriptions = s.descriptions
+        if not s.exprs:
+            self.values: Callable[[], tuple] = tuple
+            return
+        body = ", ".join(s.exprs)
+        src = f"def _read():\n    try:\n        return ({body},)\n    except Exception:\n        return (_MISSING,)\n"
+        exec(compile(src, "<flashlight guards>", "exec"), s.scope)
+        self.values = s.scope["_read"]
+
+    def __bool__(self) -> bool:
+        return bool(self.descriptions)
