@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml constraints/cpu.txt constraints/checkpoints.txt
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n auto $(PYTEST_ARGS)
 
 eval: $(STAMP)
 	$(VENV)/bin/flashlight-hf eval --out $(EVAL_OUT) $(EVAL_ARGS)

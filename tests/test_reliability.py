@@ -470,3 +470,65 @@ def test_outputs_are_fully_written_into_a_poisoned_buffer(device: str):
     compiled.into(out, q, k, v)
     assert_close(out, attn(q.double(), k.double(), v.double()), torch.float32)
     assert not math.isnan(float(out.sum()))
+
+
+def test_the_custom_op_on_shapes_its_kernel_was_not_traced_for(device: str):
+    """What a torch.compile graph holding the op does when its sizes change under it: eager's
+    answer (warned) or eager's error, never the kernel on shapes it does not hold for."""
+    from flashlight_hf.api import build
+
+    q, k, v = r(2, 4, 20, 16, device=device), r(2, 4, 28, 16, device=device), r(2, 4, 28, 16, device=device)
+    b = build(attn_bias, (q, k, v, r(2, 4, 20, 28, device=device)), {})
+    assert b.kernel is not None
+    small_bias = r(1, 1, 1, 28, device=device)  # eager broadcasts it; the kernel holds [B, H, Q, K]
+    with pytest.warns(UserWarning, match="eagerly"):
+        out = torch.ops.flashlight.fused(b.op_key, [q, k, v, small_bias])
+    assert_close(out, attn_bias(q.double(), k.double(), v.double(), small_bias.double()), torch.float32)
+    with pytest.raises(RuntimeError):
+        torch.ops.flashlight.fused(b.op_key, [q, k, r(2, 4, 9, 16, device=device), r(2, 4, 20, 28, device=device)])
+
+
+# -- found by the wild fuzz (tests/test_fuzz.py), kept as plain regressions --------------------
+
+def chained_values(q, k, v):
+    p = torch.tanh(q @ k.transpose(-2, -1)) / k.shape[-2]
+    return (p @ v) @ v.transpose(-2, -1)  # a second contraction, over the value head dim
+
+
+def test_a_chained_contraction_with_as_many_keys_as_head_dims(device: str):
+    """Keys and head dim of equal length once made two chained reductions look like two
+    softmax streams over one key axis (a silent wrong answer)."""
+    for sk, d in ((16, 16), (24, 24), (13, 16)):
+        args = (r(1, 2, 21, d, device=device), r(1, 2, sk, d, device=device), r(1, 2, sk, d, device=device))
+        assert_like_eager(flashlight_hf.compile(chained_values), chained_values, args, f"sk{sk} d{d}")
+
+
+def _index_division(op):
+    def program(q, k, v):
+        i = torch.arange(q.shape[-2], device=q.device)[:, None]
+        j = torch.arange(k.shape[-2], device=q.device)[None, :]
+        s = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5
+        return torch.softmax(s + op(j - i) * 0.1, dim=-1) @ v
+
+    return program
+
+
+DIVISIONS = {
+    "remainder_int": lambda x: torch.remainder(x, 5),
+    "remainder_neg_divisor": lambda x: torch.remainder(x, -3),
+    "remainder_float": lambda x: torch.remainder(x.float() * 0.7, 1.5),
+    "fmod_int": lambda x: torch.fmod(x, 4),
+    "fmod_float": lambda x: torch.fmod(x.float() * 0.7, -1.25),
+    "floor_divide_int": lambda x: torch.div(x, 4, rounding_mode="floor"),
+    "floor_divide_float": lambda x: torch.div(x.float() * 0.7, 1.5, rounding_mode="floor"),
+    "int_modulo_operator": lambda x: x % 7,
+    "int_floordiv_operator": lambda x: x // 3,
+}
+
+
+@pytest.mark.parametrize("name", sorted(DIVISIONS))
+def test_remainder_fmod_and_floor_division_of_negative_values(name: str, device: str):
+    """``j - i`` is negative below the diagonal: torch's sign rules, not the backend's ``%``."""
+    fn = _index_division(DIVISIONS[name])
+    args = (r(1, 2, 19, 16, device=device), r(1, 2, 27, 16, device=device), r(1, 2, 27, 16, device=device))
+    assert_like_eager(flashlight_hf.compile(fn), fn, args, name)

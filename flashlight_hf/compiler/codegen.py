@@ -520,14 +520,14 @@ class _Emitter:
             return f"{self.value(a, lay)}.to({_TL_DTYPE[x.dtype]})"
         args = [self.f32(a, lay) if a.dtype != torch.bool else self.value(a, lay) for a in x.args]
         bin_ = {"add": "+", "sub": "-", "mul": "*", "div": "/", "gt": ">", "ge": ">=", "lt": "<", "le": "<=",
-                "eq": "==", "ne": "!=", "and": "&", "or": "|", "xor": "^", "mod": "%"}
+                "eq": "==", "ne": "!=", "and": "&", "or": "|", "xor": "^"}
+        if op in ("mod", "fmod", "floordiv"):
+            return self.division(op, x, args)
         if op in bin_:
             a, b = args
             if op == "div" and all(y.dtype in (torch.int32, torch.int64) for y in x.args):
                 return f"({a}).to(tl.float32) / {b}"
             return f"{a} {bin_[op]} {b}"
-        if op == "floordiv":
-            return f"{args[0]} // {args[1]}"
         if op == "where":
             c, a, b = args
             return f"tl.where({c}, {a}, {b})"
@@ -575,6 +575,27 @@ class _Emitter:
                 return f"tl.exp({args[1]} * {math.log(float(x.args[0].value))!r})"
             return f"tl.exp({args[1]} * tl.log({a}))"
         raise Unsupported("codegen", f"pointwise op {op}")
+
+
+    def division(self, op: str, x: Pointwise, args: list[str]) -> str:
+        """``remainder`` (the divisor's sign), ``fmod`` (the dividend's sign) and ``floor_divide``
+        with torch's semantics whatever ``%`` means where the kernel runs: Triton's ``%`` takes
+        the dividend's sign on the GPU, the interpreter's (numpy) the divisor's. ``r = a % b``
+        is corrected to the sign wanted; a floor division is then the exact ``(a - r) / b``."""
+        a, b = (self.tmp("num"), self.tmp("den"))
+        self.emit(f"{a} = {args[0]}")
+        self.emit(f"{b} = {args[1]}")
+        r = self.tmp("rem")
+        self.emit(f"{r} = {a} % {b}")
+        if op == "fmod":
+            return f"tl.where(({r} != 0) & (({r} < 0) != ({a} < 0)), {r} - {b}, {r})"
+        m = self.tmp("mod")
+        self.emit(f"{m} = tl.where(({r} != 0) & (({r} < 0) != ({b} < 0)), {r} + {b}, {r})")
+        if op == "mod":
+            return m
+        if all(y.dtype in (torch.int32, torch.int64) for y in x.args):
+            return f"({a} - {m}) // {b}"  # exact: the same under either rounding of //
+        return f"tl.floor(({a} - {m}) / {b} + 0.5)"  # (a - r) / b is an integer up to rounding
 
 
 def _has_running_max(x: Node) -> bool:

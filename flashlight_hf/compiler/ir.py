@@ -224,7 +224,7 @@ POINTWISE_BINARY = {
     "add": "add", "sub": "sub", "mul": "mul", "div": "div", "pow": "pow", "maximum": "maximum",
     "minimum": "minimum", "gt": "gt", "ge": "ge", "lt": "lt", "le": "le", "eq": "eq", "ne": "ne",
     "logical_and": "and", "logical_or": "or", "bitwise_and": "and", "bitwise_or": "or",
-    "remainder": "mod", "floor_divide": "floordiv", "fmod": "mod", "atan2": "atan2",
+    "remainder": "mod", "floor_divide": "floordiv", "fmod": "fmod", "atan2": "atan2",
     "logical_xor": "xor", "bitwise_xor": "xor", "__and__": "and", "__or__": "or", "__xor__": "xor",
 }
 

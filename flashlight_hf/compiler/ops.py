@@ -12,13 +12,14 @@ kernels exist.
 from __future__ import annotations
 
 import itertools
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import sympy
 import torch
 
-from flashlight_hf.compiler.runtime import CompiledKernel, sum_extent
+from flashlight_hf.compiler.runtime import CompiledKernel, ShapeError, shape_mismatch, sum_extent
 
 
 @dataclass
@@ -46,16 +47,32 @@ def _entry(key: str) -> Registered:
                            "(a graph saved with flashlight ops must be loaded where the program was compiled)")
 
 
+_warned: set[str] = set()
+
+
 @torch.library.custom_op("flashlight::fused", mutates_args=())
 def fused(key: str, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
-    return _entry(key).kernel(list(inputs))
+    entry = _entry(key)
+    try:
+        return entry.kernel(list(inputs))
+    except ShapeError as exc:
+        # a graph that calls the op on shapes its kernel was not traced for (a region of a
+        # torch.compile graph whose sizes changed): the program as written is the right answer
+        if key not in _warned:
+            _warned.add(key)
+            warnings.warn(f"{exc}; running the program eagerly for these shapes", stacklevel=2)
+        return entry.eager(*inputs).clone()
 
 
 @fused.register_fake
 def _fused_fake(key: str, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
-    kernel = _entry(key).kernel
+    entry = _entry(key)
+    kernel = entry.kernel
     program = kernel.program
     bound = kernel.bound_inputs(list(inputs))
+    concrete = all(isinstance(s, int) for t in bound for s in t.shape)
+    if concrete and shape_mismatch(program, bound) is not None:
+        return entry.eager(*inputs).clone()  # what the op runs for these shapes (see fused)
     # output extents: a size symbol of an input axis maps to that (possibly symbolic) size
     positions: dict[Any, Any] = {}
     for k, shape in enumerate(program.input_shapes):

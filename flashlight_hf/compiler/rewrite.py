@@ -204,8 +204,13 @@ def plan(program: Program) -> KernelPlan:
     if len(nested) > 1:
         # Reductions over different dummy variables of equal extent (two softmax streams each
         # reading K and V) are one key loop: renaming a bound variable changes nothing.
+        # Only streams side by side: a reduction over one of them that contains a reduction over
+        # another (``(P @ V) @ Vᵀ`` with as many keys as head dims) is a chain, and renaming
+        # would merge two different axes.
         first, *rest = sorted(nested, key=lambda v: v.uid)
-        if all(size_eq(v.extent, first.extent) for v in rest):
+        chained = any(r.var in nested and _contains(r.arg, lambda y, r=r: isinstance(y, Reduce) and y.var in nested
+                                                    and y.var is not r.var) for r in reduces)
+        if not chained and all(size_eq(v.extent, first.extent) for v in rest):
             out = rename_bound(out, {v: first for v in rest})
             program = replace(program, output=out)
             reduces = [x for x in walk(out) if isinstance(x, Reduce)]
