@@ -108,8 +108,10 @@ def build(fn: Callable, args: tuple, kwargs: dict, *, interpret: bool | None = N
     tensors, constants, spec = cap.split_args(args, kwargs)
     if any(t.numel() == 0 for t in tensors):
         return Build(None, None, None, None, None)  # nothing to compute: eager's answer, no warning
+    # an explicit ``interpret`` builds source for that target (kernel_stats: GPU source on a CPU
+    # machine); by default the build is for running here, on these tensors' devices
+    problem = _device_problem(tensors, _interpret()) if interpret is None else None
     interpret = _interpret() if interpret is None else interpret
-    problem = _device_problem(tensors, interpret)
     if problem is not None:
         return Build(None, None, None, None, ("inputs", problem))
     try:
@@ -323,14 +325,13 @@ class CompiledAttention:
         # the fast key admits only flat positional arguments, so the tensors are those of args
         tensors = [a for a in args if isinstance(a, torch.Tensor)] if fast is not None else \
             cap.split_args(args, kwargs)[0]
-        if fast is not None and _plain_eager_call(tensors):
+        direct = fast is not None and _plain_eager_call(tensors)
+        if b.launched:
             # nothing to differentiate, trace or export: launch directly (the custom op's
             # dispatch costs tens of microseconds per call, a decode step's layers add them up)
-            run = functools.partial(b.kernel, tensors)
-        else:
-            run = functools.partial(torch.ops.flashlight.fused, b.op_key, tensors)
-        if b.launched:
-            return run()
+            return b.kernel(tensors) if direct else torch.ops.flashlight.fused(b.op_key, tensors)
+        run = functools.partial(b.kernel, tensors) if direct else \
+            functools.partial(torch.ops.flashlight.fused, b.op_key, tensors)
         out = self._first_launch(b, run)
         return self._eager(b, args, kwargs) if out is _FAILED else out
 
@@ -340,10 +341,9 @@ class CompiledAttention:
         fast, b = self._lookup(args, {})
         tensors = [a for a in args if isinstance(a, torch.Tensor)]
         if fast is not None and b.kernel is not None and _plain_eager_call(tensors + [out]):
-            run = functools.partial(b.kernel, tensors, out=out)
             if b.launched:
-                return run()
-            if self._first_launch(b, run) is not _FAILED:
+                return b.kernel(tensors, out=out)
+            if self._first_launch(b, functools.partial(b.kernel, tensors, out=out)) is not _FAILED:
                 return out
         return out.copy_(self(*args))
 

@@ -11,9 +11,10 @@ import os
 import sys
 import warnings
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
-
 import torch  # noqa: E402
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from flashlight_hf.api import build  # noqa: E402
 from flashlight_hf.testing import rel_error  # noqa: E402
@@ -34,7 +35,9 @@ PROGRAMS = {"softcap": softcap, "shifted": shifted}
 
 def main() -> None:
     fn = PROGRAMS[sys.argv[1] if len(sys.argv) > 1 else "softcap"]
-    q, k, v = torch.randn(1, 2, 9, 16), torch.randn(1, 2, 21, 16), torch.randn(1, 2, 21, 16)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    q, k, v = (torch.randn(1, 2, 9, 16, device=dev), torch.randn(1, 2, 21, 16, device=dev),
+               torch.randn(1, 2, 21, 16, device=dev))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         b = build(fn, (q, k, v), {})

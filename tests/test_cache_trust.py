@@ -22,10 +22,11 @@ from flashlight_hf.compiler import cache
 from flashlight_hf.testing import assert_close
 
 REPO = Path(__file__).resolve().parent.parent
+_INTERPRET = {} if torch.cuda.is_available() else {"TRITON_INTERPRET": "1"}  # the child runs where we run
 
 
 def child(cache_dir: Path | str, program: str = "softcap", *, env: dict | None = None) -> dict:
-    e = {**os.environ, "FLASHLIGHT_CACHE_DIR": str(cache_dir), "TRITON_INTERPRET": "1", **(env or {})}
+    e = {**os.environ, "FLASHLIGHT_CACHE_DIR": str(cache_dir), **_INTERPRET, **(env or {})}
     res = subprocess.run([sys.executable, "-m", "tests.cache_child", program], cwd=REPO, env=e,
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, f"the child failed:\n{res.stdout}\n{res.stderr[-3000:]}"
@@ -101,8 +102,9 @@ def _program(q, k, v):
     return torch.softmax(s + 0.25, dim=-1) @ v
 
 
-def _inputs():
-    return torch.randn(1, 2, 9, 16), torch.randn(1, 2, 21, 16), torch.randn(1, 2, 21, 16)
+def _inputs(device: str = "cuda" if torch.cuda.is_available() else "cpu"):
+    return (torch.randn(1, 2, 9, 16, device=device), torch.randn(1, 2, 21, 16, device=device),
+            torch.randn(1, 2, 21, 16, device=device))
 
 
 def _check(b, what: str) -> None:
@@ -239,7 +241,7 @@ def test_concurrent_writers_never_expose_a_torn_entry(tmp_path, monkeypatch):
 
 
 def test_two_processes_building_at_once(tmp_path):
-    e = {**os.environ, "FLASHLIGHT_CACHE_DIR": str(tmp_path), "TRITON_INTERPRET": "1"}
+    e = {**os.environ, "FLASHLIGHT_CACHE_DIR": str(tmp_path), **_INTERPRET}
     procs = [subprocess.Popen([sys.executable, "-m", "tests.cache_child", "shifted"], cwd=REPO, env=e,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     for p in procs:

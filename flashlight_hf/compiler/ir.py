@@ -888,6 +888,8 @@ class Labeller:
         return LT(axes, node)
 
     def softmax(self, n: torch.fx.Node, packet: str, args: list, dtype: torch.dtype) -> LT:
+        if not dtype.is_floating_point:  # eager has no integer softmax (on CUDA it raises late)
+            raise Unsupported(n.name, f"softmax of {dtype} values")
         x, dim = args[0], args[1] % args[0].ndim
         node = x.node
         if node.dtype != dtype:
@@ -906,6 +908,8 @@ class Labeller:
         return LT(x.axes, out)
 
     def matmul(self, n: torch.fx.Node, a: LT, b: LT, dtype: torch.dtype) -> LT:
+        if not dtype.is_floating_point:  # kernels contract floats; eager decides what integers do
+            raise Unsupported(n.name, f"a matmul of {dtype} values")
         squeeze_a = a.ndim == 1
         squeeze_b = b.ndim == 1
         if squeeze_a:
