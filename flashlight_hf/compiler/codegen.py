@@ -494,14 +494,6 @@ class _Emitter:
         acc = arg.args[1].acc
         m = self.broadcast(f"m_safe_{self.acc_names[id(acc)]}", self.layout(arg.args[1]), lay)
         e = f"{pre} - {m}" if post == "1.0" else f"{pre} * {post} - {m}"
-        if self.skey(arg.args[0]) == self.skey(acc.body):
-            # exp(y − max y): the exponent is ≤ 0, but a fused multiply-add computes y·c − M
-            # from the exact product, and for huge scores (|y| ~ 1e30) that rounding error alone
-            # is a huge positive exponent: inf / inf. The clamp keeps it the 0 it is (a where,
-            # not tl.minimum, which would turn a NaN score into 0).
-            t = self.tmp("exponent")
-            self.emit(f"{t} = {e}  # the exponent y - max y, at most 0")
-            return f"tl.exp2(tl.where({t} > 0.0, 0.0, {t}))"
         return f"tl.exp2({e})"
 
     def dot_operand(self, x: Node) -> str:
