@@ -229,7 +229,7 @@ class CompiledAttention:
         self._guards = Guards(fn) if guard else None
         if self._guards is not None and not self._guards:
             self._guards = None
-        self._tables: dict[Any, tuple[dict, list, dict]] = {}
+        self._tables: dict[Any, tuple[dict, list, dict, dict]] = {}
         self._guard_vals: Any = None
         self._use_table(self._guards.values() if self._guards is not None else None)
         functools.update_wrapper(self, fn)
@@ -239,8 +239,10 @@ class CompiledAttention:
         if table is None:
             if len(self._tables) >= _GUARD_TABLES:
                 self._tables.pop(next(iter(self._tables)))
-            table = self._tables[vals] = ({}, [], {})
-        self._builds, self._symbolic, self._fast = table
+            table = self._tables[vals] = ({}, [], {}, {})
+        # builds made (by exact specialisation), symbolic builds, the exact-shape memo of
+        # positional calls, and the specialisations a symbolic build was checked to serve
+        self._builds, self._symbolic, self._fast, self._checked = table
         self._guard_vals = vals
 
     def _check_guards(self) -> None:
@@ -252,12 +254,14 @@ class CompiledAttention:
         k = _spec_key(args, kwargs)
         if k in self._builds:
             return self._builds[k]
+        if k in self._checked:
+            return self._checked[k]
         tensors = None
         for skey, b in self._symbolic:
             if _symbolic_key(b, args, kwargs) == skey:
                 tensors = cap.split_args(args, kwargs)[0] if tensors is None else tensors
                 if shape_mismatch(b.kernel.program, b.kernel.bound_inputs(tensors)) is None:
-                    self._remember(self._builds, k, b)
+                    self._remember(self._checked, k, b)  # these shapes fit it: not checked again
                     return b
         if _tracing():
             raise RuntimeError(
@@ -273,7 +277,7 @@ class CompiledAttention:
                 table = self._tables.pop(before)
                 self._tables[after] = table
                 self._guard_vals = after
-        self._remember(self._builds, k, b)
+        self._builds[k] = b  # one per build made: bounded by what the caller compiles
         if b.symbolic and b.kernel is not None:
             self._symbolic.append((_symbolic_key(b, args, kwargs), b))
         return b

@@ -50,12 +50,22 @@ def _is_library(obj: Any) -> bool:
     return root in _LIBRARY_PREFIXES or root in sys.stdlib_module_names
 
 
+_PLAIN_TYPES = frozenset({bool, int, float, complex, str, bytes, type(None), torch.dtype, torch.device})
+
+
 def freeze(x: Any, budget: list[int] | None = None) -> Any:
     """A hashable, comparable snapshot of a plain value or small container of plain values;
     ``_MISSING`` when ``x`` is neither (then it is not compared by value)."""
+    t = type(x)
+    if t in _PLAIN_TYPES or isinstance(x, _PLAIN):
+        return (t, x) if t is not float or x == x else (float, "nan")
+    if t is tuple or t is list:  # the common case first: numbers only, one pass
+        if len(x) <= _MAX_ITEMS and all(type(i) in _PLAIN_TYPES for i in x):
+            return (t, tuple(x))
+    elif t is dict:
+        if len(x) <= _MAX_ITEMS and all(type(k) in _PLAIN_TYPES and type(v) in _PLAIN_TYPES for k, v in x.items()):
+            return (t, tuple(x.items()))
     budget = [_MAX_ITEMS] if budget is None else budget
-    if isinstance(x, _PLAIN):
-        return (type(x), x) if not isinstance(x, float) or x == x else (float, "nan")
     if isinstance(x, (list, tuple, set, frozenset)):
         budget[0] -= len(x)
         if budget[0] < 0:
@@ -95,6 +105,14 @@ class _Scanner:
             return  # modules and classes: only attribute chains through them matter
         if isinstance(value, torch.Tensor) or isinstance(value, torch.nn.Module):
             return  # tensors: rejected by tracing; modules: their attribute chains are guarded
+        if isinstance(value, _PLAIN) and not (isinstance(value, float) and value != value):
+            self.exprs.append(expr)  # compared as is: a tuple compare of numbers costs nothing
+            self.descriptions.append(what)
+            return
+        if type(value) is tuple and freeze(value) is not _MISSING and all(type(i) in _PLAIN_TYPES for i in value):
+            self.exprs.append(f"id({expr})")  # immutable all the way down: a new value is a new tuple
+            self.descriptions.append(what)
+            return
         frozen = freeze(value)
         if frozen is not _MISSING:
             self.exprs.append(f"_freeze({expr})")
