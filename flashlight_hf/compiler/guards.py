@@ -50,7 +50,7 @@ def _is_library(obj: Any) -> bool:
     return root in _LIBRARY_PREFIXES or root in sys.stdlib_module_names
 
 
-_PLAIN_TYPES = frozenset({bool, int, float, complex, str, bytes, type(None), torch.dtype, torch.device})
+_PLAIN_TYPES = frozenset(_PLAIN)  # exact types: one set lookup per item on the hot path
 
 
 def freeze(x: Any, budget: list[int] | None = None) -> Any:
@@ -109,7 +109,7 @@ class _Scanner:
             self.exprs.append(expr)  # compared as is: a tuple compare of numbers costs nothing
             self.descriptions.append(what)
             return
-        if type(value) is tuple and freeze(value) is not _MISSING and all(type(i) in _PLAIN_TYPES for i in value):
+        if type(value) is tuple and all(type(i) in _PLAIN_TYPES for i in value):
             self.exprs.append(f"id({expr})")  # immutable all the way down: a new value is a new tuple
             self.descriptions.append(what)
             return
@@ -143,9 +143,9 @@ class _Scanner:
         if fn.__kwdefaults__:
             self.add(f"{fn_ref}.__kwdefaults__", fn.__kwdefaults__, f"{label}'s default arguments", depth)
         cells = dict(zip(fn.__code__.co_freevars, fn.__closure__ or ()))
-        self.code(fn.__code__, fn, fn_ref, cells, self_name, label, depth)
+        self.code(fn.__code__, fn, cells, self_name, label, depth)
 
-    def code(self, code: types.CodeType, fn: types.FunctionType, fn_ref: str, cells: dict, self_name: str | None,
+    def code(self, code: types.CodeType, fn: types.FunctionType, cells: dict, self_name: str | None,
              label: str, depth: int) -> None:
         globs = fn.__globals__
         chain: list[str] | None = None
@@ -196,7 +196,7 @@ class _Scanner:
         for const in code.co_consts:  # nested functions and lambdas: their global reads
             if isinstance(const, types.CodeType) and id(const) not in self.seen_code:
                 self.seen_code.add(id(const))
-                self.code(const, fn, fn_ref, cells, None, label, depth)
+                self.code(const, fn, cells, None, label, depth)
 
 
 class Guards:
