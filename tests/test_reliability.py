@@ -162,9 +162,13 @@ def test_zero_sizes_in_a_sequence_of_calls(fn, device: str):
                 with pytest.raises(type(err)):
                     compiled(*args)
                 continue
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+            with Launches() as seen, warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
                 out = compiled(*args)
+            empty = any(a.numel() == 0 for a in args)
+            # which path ran: nothing to compute runs eager (no kernel, no fallback warning)
+            assert bool(seen.names) != empty, f"{name}: {'eager' if empty else 'a kernel'} expected"
+            assert not [w for w in caught if "unfused" in str(w.message)], name
             assert out.shape == ref.shape, name
             if ref.numel():
                 assert rel_error(out, ref) <= 1e-5 or (ref == 0).all() and (out == 0).all(), name
