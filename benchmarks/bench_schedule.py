@@ -2,7 +2,7 @@
 adopts them.
 
 Each variant is a text transform of the kernel the code generator emits today (applied through
-a wrapper around ``flashlight_hf.api.generate``), timed per launch configuration next to the
+a wrapper around ``flashlight_hf.compiler.driver.generate``), timed per launch configuration next to the
 program's peer measured in the same run:
 
 * ``generated``: the source as emitted;
@@ -40,7 +40,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import flashlight_hf  # noqa: E402
-import flashlight_hf.api as api  # noqa: E402
+import flashlight_hf.compiler.driver as api  # noqa: E402
 from benchmarks.bench_configs import programs  # noqa: E402
 from flashlight_hf.testing import rel_error, tolerance  # noqa: E402
 

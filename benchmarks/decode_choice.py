@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
                 fn(q, k, v)
                 from flashlight_hf.compiler.runtime import _env
 
-                plans = next(iter(fn._builds.values())).kernel._plans
+                plans = fn.builds()[0].kernel._plans
                 plan = next(pl for key, pl in plans.items() if key[-1] == _env())  # this option's plan
                 us = do_bench_cudagraph(lambda: fn(q, k, v), rep=50, return_mode="median") * 1e3
                 cfg, splits = plan.choice

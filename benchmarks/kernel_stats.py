@@ -56,7 +56,7 @@ def programs(b: int, h: int, s: int, d: int, dtype: torch.dtype) -> dict[str, tu
 def launch_args(fn: Any, example: tuple) -> tuple[Any, list[Any]]:
     """The GPU kernel source of ``fn`` (built as for a GPU, on this machine) and its launch
     arguments for ``example``, as the runtime would pass them."""
-    from flashlight_hf import api
+    from flashlight_hf.compiler import driver as api
 
     build = api.build(fn, example, {}, interpret=False)
     if build.kernel is None:
@@ -72,7 +72,7 @@ def fused_split_stats(fn: Any, example: tuple, splits: int = 16, arch: int = 90)
     """Stats of ``fn``'s one-launch split-KV kernel (``flashlight_fwd_split_fused``) for a decode
     ``example``: the interpreter runs it, but only a real compile checks that Triton accepts
     its atomics, fences and cache modifiers."""
-    from flashlight_hf import api
+    from flashlight_hf.compiler import driver as api
     from flashlight_hf.compiler.runtime import DECODE_CONFIG, _PartialsLayout, tensor_args
 
     build = api.build(fn, example, {}, interpret=False)

@@ -81,7 +81,8 @@ def host_breakdown(model, state: Any, impl: str, steps: int) -> list[str]:
     fn = mapping[impl]
     mapping[impl] = times.timed(fn, "attention function")
     if impl == "flashlight":
-        from flashlight_hf import api, registry
+        from flashlight_hf import registry
+        from flashlight_hf.compiler import compiled as api
 
         times.wrap(registry, "run_layer_structured", "registry.run_layer_structured")
         times.wrap(api.CompiledAttention, "into", "CompiledAttention.into")

@@ -6,16 +6,16 @@ The compiler lives in :mod:`flashlight_hf.compiler`; the model-zoo evaluation (t
 in :mod:`flashlight_hf.eval` (the repository's top-level ``eval/`` folder).
 """
 
-__version__ = "0.1.0"
+from flashlight_hf.version import __version__
 
 
 def __getattr__(name: str):
     # The compiler pulls in torch.export and Triton; load it only when asked for, so the CLI and
     # the evaluation start fast.
     if name in ("compile", "explain", "Explanation"):
-        from flashlight_hf import api
+        from flashlight_hf.compiler import compiled
 
-        return getattr(api, name)
+        return getattr(compiled, name)
     if name in ("enable", "disable"):
         # Importing the front door registers "flashlight" (it imports Transformers); enable() is
         # idempotent, disable() removes the registration and the registry's layer overrides.

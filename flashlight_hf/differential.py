@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 import torch
 
-from flashlight_hf.api import compile as fl_compile
+from flashlight_hf.compiler import compile as fl_compile
 from flashlight_hf.programs import repeat_kv
 
 

@@ -42,7 +42,7 @@ from typing import Any, Callable
 import torch
 
 from flashlight_hf.masks import MaskSpec, SafeSoftmax, keep_from_structure
-from flashlight_hf.api import CompiledAttention
+from flashlight_hf.compiler.compiled import CompiledAttention
 from flashlight_hf.programs import generic_attention
 
 _warned: set[str] = set()

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import torch
 
-from flashlight_hf.api import compile as fl_compile
+from flashlight_hf.compiler import compile as fl_compile
 
 from ._base import FamilyPatch, additive_mask, apply_mask, fallback, mask_kind
 

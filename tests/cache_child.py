@@ -16,7 +16,7 @@ import torch  # noqa: E402
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from flashlight_hf.api import build  # noqa: E402
+from flashlight_hf.compiler.driver import build  # noqa: E402
 from flashlight_hf.testing import rel_error  # noqa: E402
 
 

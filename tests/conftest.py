@@ -47,3 +47,19 @@ def triton_smoke() -> None:
     from tests.triton_smoke import run_smoke
 
     run_smoke(_device())
+
+
+@pytest.fixture
+def flashlight_env(monkeypatch):
+    """``flashlight_env(name, value)``: set an environment variable for one test, for this
+    process (flashlight reads its switches once: this re-reads them) and for the children it
+    starts. Undone, and the switches re-read, when the test ends."""
+    from flashlight_hf import settings
+
+    def set_(name: str, value: str) -> None:
+        monkeypatch.setenv(name, value)
+        settings.reload()
+
+    yield set_
+    monkeypatch.undo()
+    settings.reload()

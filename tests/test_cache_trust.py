@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from flashlight_hf.api import build
+from flashlight_hf.compiler.driver import build
 from flashlight_hf.compiler import cache
 from flashlight_hf.testing import assert_close
 
@@ -136,8 +136,8 @@ def _corrupt(kind: str, root: Path) -> None:
 
 @pytest.mark.parametrize("kind", ["truncated_entry", "empty_entry", "entry_of_another_shape", "emptied_kernel",
                                   "truncated_kernel", "key_removed", "entry_is_a_folder"])
-def test_corrupt_state_is_a_miss_with_one_warning(kind: str, tmp_path, monkeypatch):
-    monkeypatch.setenv("FLASHLIGHT_CACHE_DIR", str(tmp_path))
+def test_corrupt_state_is_a_miss_with_one_warning(kind: str, tmp_path, monkeypatch, flashlight_env):
+    flashlight_env("FLASHLIGHT_CACHE_DIR", str(tmp_path))
     first = build(_program, _inputs(), {})
     _check(first, "first build")
     _corrupt(kind, tmp_path)
@@ -173,9 +173,9 @@ def _unusable(kind: str, tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("kind", ["path_is_a_file", "world_writable", "group_writable_builds", "foreign_owner"])
-def test_untrusted_folders_are_refused_and_the_answer_is_right(kind: str, tmp_path, monkeypatch):
+def test_untrusted_folders_are_refused_and_the_answer_is_right(kind: str, tmp_path, monkeypatch, flashlight_env):
     p = _unusable(kind, tmp_path)
-    monkeypatch.setenv("FLASHLIGHT_CACHE_DIR", str(p))
+    flashlight_env("FLASHLIGHT_CACHE_DIR", str(p))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         b = build(_program, _inputs(), {})
@@ -185,8 +185,8 @@ def test_untrusted_folders_are_refused_and_the_answer_is_right(kind: str, tmp_pa
         assert not list(p.rglob("*.pkl")), "nothing is written to a refused folder"
 
 
-def test_a_cache_that_cannot_be_written_is_skipped(tmp_path, monkeypatch):
-    monkeypatch.setenv("FLASHLIGHT_CACHE_DIR", str(tmp_path))
+def test_a_cache_that_cannot_be_written_is_skipped(tmp_path, monkeypatch, flashlight_env):
+    flashlight_env("FLASHLIGHT_CACHE_DIR", str(tmp_path))
 
     def refuse(*a, **kw):
         raise PermissionError(13, "Read-only file system")
@@ -202,13 +202,13 @@ def test_a_cache_that_cannot_be_written_is_skipped(tmp_path, monkeypatch):
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0,
                     reason="root writes to read-only folders; test_a_cache_that_cannot_be_written_is_skipped "
                            "covers refused writes there")
-def test_a_read_only_folder(tmp_path, monkeypatch):
+def test_a_read_only_folder(tmp_path, monkeypatch, flashlight_env):
     ro = tmp_path / "cache"
     for p in (ro, ro / "builds", ro / "kernels"):
         p.mkdir(mode=0o700)
     for p in (ro / "builds", ro / "kernels", ro):
         p.chmod(0o500)
-    monkeypatch.setenv("FLASHLIGHT_CACHE_DIR", str(ro))
+    flashlight_env("FLASHLIGHT_CACHE_DIR", str(ro))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         b = build(_program, _inputs(), {})
@@ -216,8 +216,8 @@ def test_a_read_only_folder(tmp_path, monkeypatch):
     assert any("flashlight" in str(w.message) for w in caught)
 
 
-def test_concurrent_writers_never_expose_a_torn_entry(tmp_path, monkeypatch):
-    monkeypatch.setenv("FLASHLIGHT_CACHE_DIR", str(tmp_path))
+def test_concurrent_writers_never_expose_a_torn_entry(tmp_path, monkeypatch, flashlight_env):
+    flashlight_env("FLASHLIGHT_CACHE_DIR", str(tmp_path))
     b = build(_program, _inputs(), {})
     key = next((tmp_path / "builds").glob("*.pkl")).stem
     entry = cache.load(key)

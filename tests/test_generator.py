@@ -310,10 +310,10 @@ def test_one_query_decode_step(device: str):
 
 
 @pytest.mark.parametrize("name", sorted(PROGRAMS) + sorted(MORE))
-def test_one_kernel_serves_every_length(name: str, device: str, monkeypatch):
+def test_one_kernel_serves_every_length(name: str, device: str, monkeypatch, flashlight_env):
     """Query and key lengths are run-time arguments for every program (the differential
     program's two streams read the key axis through two variables: both are dynamic)."""
-    monkeypatch.setenv("FLASHLIGHT_DISK_CACHE", "0")
+    flashlight_env("FLASHLIGHT_DISK_CACHE", "0")
     make = (lambda sq, sk: _inputs(name, torch.float32, device, sq, sk)) if name in PROGRAMS else \
         (lambda sq, sk: _more_inputs(name, device, sq, sk))
     compiled = flashlight_hf.compile({**PROGRAMS, **MORE}[name])
@@ -400,11 +400,11 @@ def test_logical_grid_beyond_65535_programs(device: str):
     assert_close(out, causal_kv_offset(q.double(), k.double(), v.double()), torch.bfloat16)
 
 
-def test_disk_cache_serves_a_new_process_and_survives_corruption(device: str, tmp_path, monkeypatch):
-    from flashlight_hf.api import build
+def test_disk_cache_serves_a_new_process_and_survives_corruption(device: str, tmp_path, monkeypatch, flashlight_env):
+    from flashlight_hf.compiler.driver import build
     from flashlight_hf.compiler import cache as diskcache
 
-    monkeypatch.setenv("FLASHLIGHT_CACHE_DIR", str(tmp_path))
+    flashlight_env("FLASHLIGHT_CACHE_DIR", str(tmp_path))
     args = _inputs("vanilla", torch.float32, device, 26, 33)
     first = build(softcap, args, {})
     assert first.kernel is not None and not first.from_disk

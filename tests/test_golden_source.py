@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from flashlight_hf.api import _dynamic_axes
+from flashlight_hf.compiler.driver import dynamic_axes
 from flashlight_hf.compiler import capture
 from flashlight_hf.compiler.codegen import generate
 from flashlight_hf.compiler.ir import build_ir
@@ -24,7 +24,7 @@ GOLDEN = Path(__file__).parent / "golden"
 
 def _source(fn, args) -> str:
     kp = plan(build_ir(capture.trace_static(fn, args, {})))
-    sym = capture.trace_symbolic(fn, args, {}, _dynamic_axes(kp))
+    sym = capture.trace_symbolic(fn, args, {}, dynamic_axes(kp))
     return generate(plan(build_ir(sym)), interpret=True, allow_tf32=False).source
 
 

@@ -117,7 +117,7 @@ def test_bias_key_length_must_match_the_keys(device: str):
 
 
 def test_a_checked_set_of_shapes_is_not_checked_again(device: str, monkeypatch):
-    from flashlight_hf import api
+    from flashlight_hf.compiler import compiled as api
     from flashlight_hf.compiler import runtime
 
     compiled = flashlight_hf.compile(attn)
@@ -294,8 +294,8 @@ def literal_b(q, k, v):
     return torch.softmax(q @ k.transpose(-2, -1) * w[0] + w[1], dim=-1) @ v
 
 
-def test_programs_differing_only_in_a_tensor_literal_do_not_share_a_build(device: str, tmp_path, monkeypatch):
-    monkeypatch.setenv("FLASHLIGHT_CACHE_DIR", str(tmp_path))  # the disk cache is on and shared
+def test_programs_differing_only_in_a_tensor_literal_do_not_share_a_build(device: str, tmp_path, monkeypatch, flashlight_env):
+    flashlight_env("FLASHLIGHT_CACHE_DIR", str(tmp_path))  # the disk cache is on and shared
     for fn in (literal_a, literal_b, literal_a):
         args = _args(device)
         with warnings.catch_warnings():
@@ -489,7 +489,7 @@ def test_outputs_are_fully_written_into_a_poisoned_buffer(device: str):
 def test_the_custom_op_on_shapes_its_kernel_was_not_traced_for(device: str):
     """What a torch.compile graph holding the op does when its sizes change under it: eager's
     answer (warned) or eager's error, never the kernel on shapes it does not hold for."""
-    from flashlight_hf.api import build
+    from flashlight_hf.compiler.driver import build
 
     q, k, v = r(2, 4, 20, 16, device=device), r(2, 4, 28, 16, device=device), r(2, 4, 28, 16, device=device)
     b = build(attn_bias, (q, k, v, r(2, 4, 20, 28, device=device)), {})

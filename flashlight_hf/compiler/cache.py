@@ -46,7 +46,8 @@ from typing import Any, Sequence
 import torch
 import triton
 
-from flashlight_hf import __version__
+from flashlight_hf import settings
+from flashlight_hf.version import __version__
 from flashlight_hf.compiler.capture import Captured
 
 _warned: set[str] = set()
@@ -64,22 +65,22 @@ def _warn_once(key: str, message: str) -> None:
 def _compiler_fingerprint() -> str:
     """Hash of the compiler's own source: a changed generator never reuses an old build."""
     h = hashlib.sha256()
-    # the stages, and api.py, which chooses the dynamic axes a build is traced with
-    for f in [*sorted(Path(__file__).parent.glob("*.py")), Path(__file__).parent.parent / "api.py"]:
-        h.update(f.read_bytes())
+    # every module of the compiler: the stages and the driver, which chooses the dynamic axes
+    # a build is traced with; paths are hashed relative, so a moved checkout keeps its cache
+    here = Path(__file__).parent
+    for f in sorted(here.rglob("*.py")):
+        h.update(f.relative_to(here).as_posix().encode() + b"\0" + f.read_bytes())
     return h.hexdigest()[:16]
 
 
 def enabled() -> bool:
     """``FLASHLIGHT_DISK_CACHE=0``: nothing is read from or written to disk."""
-    return os.environ.get("FLASHLIGHT_DISK_CACHE", "1") != "0"
+    return settings.current().disk_cache
 
 
 def location() -> Path:
     """Where the cache lives (whether or not it is usable)."""
-    root = os.environ.get("FLASHLIGHT_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "flashlight_hf")
-    return Path(root)
+    return Path(settings.current().cache_dir)
 
 
 def _private_dir(path: Path) -> str | None:

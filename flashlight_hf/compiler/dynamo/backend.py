@@ -29,7 +29,7 @@ class _LazyFused:
     fake-tensor mode would otherwise leak into the generator's tracing).
 
     The whole graph is tried as one attention program first; otherwise each attention region
-    inside it is fused (:mod:`flashlight_hf.regions`) and the rest goes to Inductor (CUDA) or
+    inside it is fused (:mod:`flashlight_hf.compiler.dynamo.regions`) and the rest goes to Inductor (CUDA) or
     runs as captured (CPU).
     """
 
@@ -43,8 +43,8 @@ class _LazyFused:
         return self.run(*tensors)
 
     def _compile(self, tensors: tuple) -> Callable[..., Any]:
-        from flashlight_hf.api import build
-        from flashlight_hf.regions import fuse_regions, run_and_record
+        from flashlight_hf.compiler.driver import build
+        from flashlight_hf.compiler.dynamo.regions import fuse_regions, run_and_record
 
         gm = self.gm
 

@@ -1,0 +1,160 @@
+"""The driver: one program through every stage, for one specialisation.
+
+The pipeline per specialisation (dtypes, ranks, static sizes, non-tensor arguments):
+trace with concrete shapes → IR → plan (names the row, key and batch axes) → trace again with
+those axes symbolic → IR → plan → codegen → load. A program that cannot be fused runs through
+its own eager code, with one warning naming the node and the reason — never a wrong answer.
+:mod:`flashlight_hf.compiler.compiled` keeps the builds of one function and calls them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from flashlight_hf import settings
+from flashlight_hf.compiler import cache as diskcache
+from flashlight_hf.compiler import capture as cap
+from flashlight_hf.compiler.codegen import KernelSource, generate
+from flashlight_hf.compiler.ir import Program, Unsupported, Var, build_ir
+from flashlight_hf.compiler.ops import register_kernel
+from flashlight_hf.compiler.rewrite import KernelPlan, plan
+from flashlight_hf.compiler.runtime import CompiledKernel
+
+
+@dataclass
+class Build:
+    """The outcome of compiling one specialisation: a kernel, or the reason it fell back."""
+
+    kernel: CompiledKernel | None
+    program: Program | None
+    kernel_plan: KernelPlan | None
+    source: KernelSource | None
+    fallback: tuple[str, str] | None = None
+    symbolic: bool = False
+    dynamic_axes: list[dict[int, str]] | None = None
+    op_key: str | None = None  # the kernel's key for the flashlight::fused custom op
+    from_disk: bool = False  # loaded from the on-disk build cache
+    launched: bool = False  # its kernel has run once (launch errors after that are the caller's)
+
+
+def dynamic_axes(p: KernelPlan) -> list[dict[int, str]]:
+    """Per input, the axes that may vary between calls (rows, keys, undivided batch axes).
+
+    Axes read by several variables (``doc[:, None] == doc[None, :]`` reads rows and keys) tie
+    those variables to one size name.
+    """
+    prog = p.program
+    derived_from = set()
+    for e in prog.defs.values():
+        derived_from |= e.vars()
+    dynamic = {p.row_var, p.loop_var} | {g for g in p.grid_vars if g not in derived_from}
+    group: dict[Var, Var] = {}
+
+    def find(v: Var) -> Var:
+        while v in group:
+            v = group[v]
+        return v
+
+    for per_input in prog.input_axis_vars:
+        for vs in per_input:
+            roots = [find(v) for v in vs]
+            for r in roots[1:]:
+                if r is not roots[0]:
+                    group[r] = roots[0]
+    # an axis read by several variables (two softmax streams each reading the keys) is dynamic
+    # when its variables are tied to a dynamic one
+    dynamic_roots = {find(v) for v in dynamic}
+    out: list[dict[int, str]] = []
+    for k, b in enumerate(prog.bindings):
+        if not isinstance(b, int):
+            continue
+        axes = {}
+        for a, vs in enumerate(prog.input_axis_vars[k]):
+            if vs and all(find(v) in dynamic_roots and v not in prog.defs for v in vs):
+                axes[a] = f"S_{find(vs[0]).name}"
+        while len(out) <= b:
+            out.append({})
+        out[b] = axes
+    return out
+
+
+def _device_problem(tensors: list[torch.Tensor], interpret: bool) -> str | None:
+    """Why generated kernels cannot run on these tensors' devices, or None."""
+    allowed = ("cpu", "cuda") if interpret else ("cuda",)
+    for t in tensors:
+        if t.device.type not in allowed:
+            where = "Triton's interpreter (TRITON_INTERPRET=1) runs CPU tensors" if interpret else \
+                "generated kernels run on CUDA tensors (CPU tensors need TRITON_INTERPRET=1)"
+            return f"an input is on {t.device}: {where}"
+    return None
+
+
+def build(fn: Callable, args: tuple, kwargs: dict, *, interpret: bool | None = None) -> Build:
+    """Compile ``fn`` for the specialisation of ``(args, kwargs)``; never raises on unsupported programs.
+
+    Whatever goes wrong inside the compiler (a program outside what it handles, or an error of
+    its own) becomes a fallback naming the node or stage: the program then runs as written.
+    ``interpret``: generate for Triton's interpreter or for a GPU (default: what this process
+    runs; ``benchmarks/kernel_stats.py`` builds GPU source on a machine without one)."""
+    tensors, constants, spec = cap.split_args(args, kwargs)
+    if any(t.numel() == 0 for t in tensors):
+        return Build(None, None, None, None, None)  # nothing to compute: eager's answer, no warning
+    # an explicit ``interpret`` builds source for that target (kernel_stats: GPU source on a CPU
+    # machine); by default the build is for running here, on these tensors' devices
+    problem = _device_problem(tensors, settings.current().interpret) if interpret is None else None
+    interpret = settings.current().interpret if interpret is None else interpret
+    if problem is not None:
+        return Build(None, None, None, None, ("inputs", problem))
+    try:
+        return _build(fn, args, kwargs, tensors, constants, spec, interpret)
+    except Unsupported as exc:
+        return Build(None, None, None, None, (exc.node, exc.reason))
+    except Exception as exc:  # noqa: BLE001 - an error of the compiler's own: never the user's problem
+        return Build(None, None, None, None, ("compiler", f"internal error: {type(exc).__name__}: {exc}"))
+
+
+def _build(fn: Callable, args: tuple, kwargs: dict, tensors: list, constants: list, spec: Any,
+           interpret: bool) -> Build:
+    try:
+        static = cap.trace_static(fn, args, kwargs)
+    except cap.CaptureError as exc:
+        return Build(None, None, None, None, ("capture", str(exc)))
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    ws = settings.current().warp_specialize and not interpret
+    disk_key = diskcache.build_key(static, tensors, constants, interpret=interpret, allow_tf32=tf32,
+                                   warp_specialize=ws) \
+        if diskcache.enabled() else None
+    cached = diskcache.load(disk_key) if disk_key else None
+    if cached is not None:
+        kernel = CompiledKernel(cached["program"], cached["source"], name_file=diskcache.kernel_file)
+        op_key = register_kernel(kernel, cap.tensor_function(fn, constants, spec))
+        return Build(kernel, cached["program"], None, cached["source"], None, cached["symbolic"],
+                     cached["dynamic_axes"], op_key, from_disk=True)
+    try:
+        prog = build_ir(static)
+        kplan = plan(prog)
+    except Unsupported as exc:
+        return Build(None, None, None, None, (exc.node, exc.reason))
+    symbolic = False
+    dyn = dynamic_axes(kplan)
+    dyn += [{}] * (len(tensors) - len(dyn))
+    if any(dyn):
+        try:
+            sym = cap.trace_symbolic(fn, args, kwargs, dyn)
+            prog2 = build_ir(sym)
+            kplan2 = plan(prog2)
+            prog, kplan, symbolic = prog2, kplan2, True
+        except (cap.CaptureError, Unsupported):
+            pass  # keep the static specialisation: exact shapes become part of the cache key
+    try:
+        src = generate(kplan, interpret=interpret, allow_tf32=tf32, warp_specialize=ws)
+        kernel = CompiledKernel(prog, src, name_file=diskcache.kernel_file)
+    except Unsupported as exc:
+        return Build(None, prog, kplan, None, (exc.node, exc.reason))
+    if disk_key:
+        diskcache.store(disk_key, {"program": prog, "source": src, "symbolic": symbolic, "dynamic_axes": dyn})
+    op_key = register_kernel(kernel, cap.tensor_function(fn, constants, spec))
+    return Build(kernel, prog, kplan, src, None, symbolic, dyn, op_key)
