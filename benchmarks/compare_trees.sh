@@ -22,7 +22,7 @@ for pass in attention decode; do
     if [ $pass = attention ]; then
       run "$tree" "$side/attention" benchmarks/bench_attention.py --impls sdpa flashlight --variants full causal --head-dim 64 128
     else
-      run "$tree" "$side/decode" benchmarks/bench_decode.py --head-dim 128
+      run "$tree" "$side/decode" benchmarks/bench_decode.py
     fi
   done
 done
