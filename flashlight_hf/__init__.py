@@ -79,4 +79,5 @@ _run_from_a_checkout()
 
 from flashlight_hf.transformers import hook as _hook  # noqa: E402 - standard library only
 
+_hook.watch("transformers.")  # a modeling file half-way through its import gets its hooks when done
 _hook.when_imported("transformers.modeling_utils", _register_with_transformers)
