@@ -53,7 +53,7 @@ def use_impl(model, impl: str):
     Transformers only logs a warning when a class cannot switch dynamically, which would time one
     impl under several names; so the switch is checked through the config and a rebuild follows."""
     if impl == "flashlight":
-        import flashlight_hf.hf  # noqa: F401  registers "flashlight" with Transformers
+        import flashlight_hf  # noqa: F401  registers "flashlight" with Transformers
     if model.config._attn_implementation == impl:
         return model
     model.set_attn_implementation(impl)

@@ -81,10 +81,10 @@ def host_breakdown(model, state: Any, impl: str, steps: int) -> list[str]:
     fn = mapping[impl]
     mapping[impl] = times.timed(fn, "attention function")
     if impl == "flashlight":
-        from flashlight_hf import registry
+        from flashlight_hf.transformers import layers as registry
         from flashlight_hf.compiler import compiled as api
 
-        times.wrap(registry, "run_layer_structured", "registry.run_layer_structured")
+        times.wrap(registry, "run_layer_structured", "layers.run_layer_structured")
         times.wrap(api.CompiledAttention, "into", "CompiledAttention.into")
         times.wrap(runtime.CompiledKernel, "__call__", "CompiledKernel.__call__")
         times.wrap(runtime.CompiledKernel, "_choose", "CompiledKernel._choose")

@@ -42,7 +42,7 @@ class LoadedModel:
         if impl == self.impl:
             return
         if impl == "flashlight":
-            import flashlight_hf.hf  # noqa: F401  registers "flashlight" with Transformers
+            import flashlight_hf  # noqa: F401  registers "flashlight" with Transformers
         can_switch = getattr(self.model, "_can_set_attn_implementation", lambda: True)()
         if can_switch:
             self.model.set_attn_implementation(impl)

@@ -1,12 +1,18 @@
 """flashlight-hf: attention written in plain PyTorch, compiled to fused Triton kernels.
 
-``flashlight_hf.enable()`` registers ``attn_implementation="flashlight"`` with Transformers
-(as does ``import flashlight_hf.hf``); ``flashlight_hf.disable()`` removes it.
-The compiler lives in :mod:`flashlight_hf.compiler`; the model-zoo evaluation (the main job)
-in :mod:`flashlight_hf.eval` (the repository's top-level ``eval/`` folder).
+``import flashlight_hf`` registers ``attn_implementation="flashlight"`` with Transformers (both
+its attention and its mask interface): at once if Transformers' ``modeling_utils`` is already
+imported, else right after it is (:mod:`flashlight_hf.transformers.hook`), so importing this
+package imports neither torch nor Transformers and the CLI starts fast.
+``flashlight_hf.enable()`` registers again (idempotent); ``flashlight_hf.disable()`` removes it.
+The compiler lives in :mod:`flashlight_hf.compiler`, the front door in
+:mod:`flashlight_hf.transformers`, the model-zoo evaluation (the main job) in
+:mod:`flashlight_hf.eval` (the repository's top-level ``eval/`` folder).
 """
 
 from flashlight_hf.version import __version__
+
+__all__ = ["compile", "explain", "enable", "disable", "__version__"]
 
 
 def __getattr__(name: str):
@@ -17,18 +23,38 @@ def __getattr__(name: str):
 
         return getattr(compiled, name)
     if name in ("enable", "disable"):
-        # Importing the front door registers "flashlight" (it imports Transformers); enable() is
-        # idempotent, disable() removes the registration and the registry's layer overrides.
-        from flashlight_hf import hf
+        from flashlight_hf.transformers import interface
 
-        return getattr(hf, name)
+        return getattr(interface, name)
     raise AttributeError(f"module 'flashlight_hf' has no attribute {name!r}")
 
 
+def _register_with_transformers(modeling_utils: object) -> None:
+    """Called once ``transformers.modeling_utils`` (which defines ``AttentionInterface``) has
+    loaded. A failure warns rather than breaking the user's import of Transformers."""
+    try:
+        from flashlight_hf.transformers import interface
+
+        interface.enable()
+    except Exception as exc:  # noqa: BLE001 - an import hook must not break Transformers' import
+        import warnings
+
+        warnings.warn(f"flashlight: could not register attn_implementation='flashlight' with this Transformers "
+                      f"({type(exc).__name__}: {exc}); call flashlight_hf.enable() to see the full error",
+                      stacklevel=2)
+
+
 def _run_from_a_checkout() -> None:
-    """``eval/``, ``model_zoo/`` and ``patches/`` install as ``flashlight_hf.*`` subpackages
-    (pyproject's package-dir). Run from a plain checkout (the GPU box: no install), find them in
-    the top-level folders instead — a last-resort finder, consulted only when nothing else is."""
+    """Mount the top-level ``eval/``, ``model_zoo/`` and ``patches/`` as ``flashlight_hf.eval``,
+    ``flashlight_hf.model_zoo`` and ``flashlight_hf.patches`` when the package runs from a plain
+    checkout (the GPU box: ``PYTHONPATH=<checkout>``, nothing installed).
+
+    An install maps them through pyproject's ``package-dir``; a plain checkout has no such map,
+    so this appends a last-resort finder to ``sys.meta_path``: consulted only when no other
+    finder knows the name, it resolves exactly those three names to the folders next to this
+    package, and only where the folder has an ``__init__.py``. Idempotent (one finder per
+    process). ``tests/test_transformers_interface.py`` runs a checkout copy without the install
+    to exercise it; docs/transformers.md ("Running from a checkout") describes it."""
     import importlib.abc
     import importlib.util
     import sys
@@ -50,3 +76,8 @@ def _run_from_a_checkout() -> None:
 
 
 _run_from_a_checkout()
+
+from flashlight_hf.transformers import hook as _hook  # noqa: E402 - standard library only
+
+_hook.watch("transformers.")  # a modeling file half-way through its import gets its hooks when done
+_hook.when_imported("transformers.modeling_utils", _register_with_transformers)

@@ -1,8 +1,9 @@
-"""Zoo entries for the families served by ``flashlight_hf.patches`` (attention outside
-Transformers' ``AttentionInterface``): their attention features and a tiny random config each.
+"""Tiny random configs for the families served by ``flashlight_hf.patches`` (attention outside
+Transformers' ``AttentionInterface``), merged into :data:`configs.CONFIGS` by the package.
 
-Two dicts in the shapes of :data:`families.FAMILIES` and :data:`configs.CONFIGS`, to be merged
-into them. The tiny configs are float32, 2 layers, hidden size 64 (head dim 16, the smallest
+The families themselves (features, patch module) are entries of the family table
+(:data:`flashlight_hf.transformers.registry.FAMILIES`, those with a ``patch``);
+:data:`PATCHED_FAMILIES` lists them. The tiny configs are float32, 2 layers, hidden size 64 (head dim 16, the smallest
 ``tl.dot`` takes on a GPU), a 1024-token vocabulary, and short maximum lengths where the family
 allocates per-position tables (GPT-Neo's mask buffer, MPT's ALiBi table) so a model builds in
 milliseconds. Each one is chosen to exercise the family's distinctive path: GPT-Neo's window (4)
@@ -13,52 +14,10 @@ one config per attention program (ALiBi with multi-query K/V, rotary with groupe
 from __future__ import annotations
 
 from .configs import ZooConfig
-from .families import FamilySpec, add_features
+from .families import FAMILIES, FamilySpec
 
-add_features("mqa", "gather")  # one K/V head for all query heads; index gathers inside the scores
-
-PATCHED_FAMILIES: dict[str, FamilySpec] = {
-    "bloom": FamilySpec(
-        model_type="bloom",
-        kind="causal",
-        attention=("alibi", "causal-mask", "padding-mask", "kv-cache"),
-        about="BLOOM: ALiBi from the padding mask's cumulative positions, float32 softmax (patches.bloom).",
-    ),
-    "mpt": FamilySpec(
-        model_type="mpt",
-        kind="causal",
-        attention=("alibi", "causal-mask", "padding-mask", "kv-cache"),
-        about="MPT: ALiBi as a per-key bias table, boolean mask filled with finfo.min (patches.mpt).",
-    ),
-    "falcon": FamilySpec(
-        model_type="falcon",
-        kind="causal",
-        attention=("alibi", "rope", "mqa", "gqa", "causal-mask", "padding-mask", "kv-cache"),
-        about="Falcon: ALiBi (bias before the 1/sqrt(d) scaling) or rotary, multi-query or grouped K/V "
-              "(patches.falcon).",
-    ),
-    "gpt_neo": FamilySpec(
-        model_type="gpt_neo",
-        kind="causal",
-        attention=("sliding-window", "causal-mask", "padding-mask", "kv-cache"),
-        about="GPT-Neo: alternating global and local (sliding-window) layers, unscaled float32 scores "
-              "(patches.gpt_neo).",
-    ),
-    "gptj": FamilySpec(
-        model_type="gptj",
-        kind="causal",
-        attention=("rope", "causal-mask", "padding-mask", "kv-cache"),
-        about="GPT-J: partial rotary, float32 scores. Patched (patches.gptj) only on Transformers versions "
-              "where it bypasses AttentionInterface (5.17); from 5.2x the front door's interface serves it.",
-    ),
-    "deberta-v2": FamilySpec(
-        model_type="deberta-v2",
-        kind="encoder",
-        attention=("bidirectional", "padding-mask", "relative-bias", "gather"),
-        about="DeBERTa-v2: disentangled attention, c2p / p2c terms gathered with bucketed relative "
-              "positions (patches.deberta_v2).",
-    ),
-}
+# the zoo families the table serves through a patch module (their facts are the table's)
+PATCHED_FAMILIES: dict[str, FamilySpec] = {name: fam for name, fam in FAMILIES.items() if fam.patch is not None}
 
 PATCHED_CONFIGS: dict[str, ZooConfig] = {
     "bloom-tiny": ZooConfig(
@@ -112,8 +71,6 @@ PATCHED_CONFIGS: dict[str, ZooConfig] = {
 }
 
 
-# The names model_zoo/__init__.py merges (its EXTENSIONS). tiny stays False: these families are
-# exercised by tests/test_patches.py, which knows each one's limits (MPT ignores a static cache,
-# ALiBi Falcon's static cache fails in eager too), not by the generic tests/test_zoo_families.py.
-FAMILIES = PATCHED_FAMILIES
-CONFIGS = PATCHED_CONFIGS
+# tiny stays False: these families are exercised by tests/test_patches.py, which knows each one's
+# limits (MPT ignores a static cache, ALiBi Falcon's static cache fails in eager too), not by the
+# generic tests/test_zoo_families.py.

@@ -5,13 +5,20 @@ softmax, times V) with a program written in plain PyTorch that reproduces the fa
 math, compiled by :func:`flashlight_hf.compile` into one fused kernel per layer configuration.
 The patch goes on the model's *instances* (never the class) and is undone cleanly.
 
-Entry points for the front door (``flashlight_hf.hf``) and users:
+Which families have a patch, and in which module, is the family table's ``patch`` field
+(:data:`flashlight_hf.transformers.registry.FAMILIES`); a new family is one entry there plus one
+module here defining ``PATCH``, a :class:`FamilyPatch`.
+
+Entry points for the front door (:mod:`flashlight_hf.transformers.interface`) and users:
 
 * :func:`install` / :func:`uninstall` — hook Transformers so that loading a patched family with
   ``attn_implementation="flashlight"`` or calling ``model.set_attn_implementation(...)`` applies
-  or undoes the patch (``flashlight_hf.hf.enable()`` calls :func:`install`);
+  or undoes the patch (``flashlight_hf.enable()`` calls :func:`install`);
 * :func:`apply` / :func:`remove` / :func:`is_patched` — the same by hand, on one model;
-* :data:`PATCHED_MODEL_TYPES` — the ``config.model_type`` values handled here.
+* :data:`PATCHES` / :data:`PATCHED_MODEL_TYPES` — the patches, by ``config.model_type``, that
+  apply on the installed Transformers. Computed on first use (it imports the family modules,
+  hence the compiler, and reads the modeling files' source): :func:`install` stays cheap, so
+  registering the backend leaves Transformers' import time as it was.
 
 A family is patched only where the installed Transformers' modeling file bypasses the interface:
 GPT-J does on 5.17 (patched there) but goes through ``AttentionInterface`` from 5.2x, where the
@@ -20,23 +27,45 @@ front door's interface registration serves it and "gptj" is not in :data:`PATCHE
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 import torch
+
+from flashlight_hf.transformers.registry import FAMILIES
 
 from . import _transformers
 from ._base import (NAME, FamilyPatch, attention_modules, install_on, is_patched_module, previous_implementation,
                     remove_from)
-from .bloom import PATCH as _BLOOM
-from .deberta_v2 import PATCH as _DEBERTA_V2
-from .falcon import PATCH as _FALCON
-from .gpt_neo import PATCH as _GPT_NEO
-from .gptj import PATCH as _GPTJ
-from .mpt import PATCH as _MPT
 
-PATCHES: dict[str, FamilyPatch] = {
-    p.model_type: p for p in (_BLOOM, _MPT, _FALCON, _GPT_NEO, _DEBERTA_V2, _GPTJ)
-    if _transformers.bypasses_attention_interface(p.module)
-}
-PATCHED_MODEL_TYPES: frozenset[str] = frozenset(PATCHES)
+_patches: dict[str, FamilyPatch] | None = None
+
+
+def patches() -> dict[str, FamilyPatch]:
+    """``model_type -> FamilyPatch`` for the table's families whose modeling file, in the
+    installed Transformers, bypasses the interface (loaded once)."""
+    global _patches
+    if _patches is None:
+        found: dict[str, FamilyPatch] = {}
+        for fam in FAMILIES.values():
+            if fam.patch is None:
+                continue
+            patch: FamilyPatch = importlib.import_module(f"{__name__}.{fam.patch}").PATCH
+            if patch.model_type != fam.model_type:
+                raise ValueError(f"patches.{fam.patch}.PATCH is for {patch.model_type!r}, the family table "
+                                 f"names it for {fam.model_type!r}")
+            if _transformers.bypasses_attention_interface(patch.module):
+                found[fam.model_type] = patch
+        _patches = found
+    return _patches
+
+
+def __getattr__(name: str) -> Any:
+    if name == "PATCHES":
+        return patches()
+    if name == "PATCHED_MODEL_TYPES":
+        return frozenset(patches())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 # Implementations a patched model can be switched back to without reloading: its attention
 # modules were built as the family's eager class, which also serves these names at run time.
@@ -45,7 +74,11 @@ _SWITCHABLE: dict[str, tuple[str, ...]] = {"falcon": ("eager", "sdpa")}
 
 def family_patch(model: torch.nn.Module) -> FamilyPatch | None:
     """The patch for ``model``'s family, or None when its family is not patched here."""
-    return PATCHES.get(getattr(getattr(model, "config", None), "model_type", None))
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    fam = FAMILIES.get(model_type) if isinstance(model_type, str) else None
+    if fam is None or fam.patch is None:
+        return None  # no need to load the patches for a family the table patches nowhere
+    return patches().get(model_type)
 
 
 def is_patched(model: torch.nn.Module) -> bool:
@@ -60,8 +93,6 @@ def apply(model: torch.nn.Module) -> bool:
     patch = family_patch(model)
     if patch is None:
         return False
-    import flashlight_hf.hf  # noqa: F401 - "flashlight" must be in both interfaces before masks are built
-
     modules = attention_modules(model, patch)
     if not modules:
         raise ValueError(
@@ -113,7 +144,7 @@ def switch(model: torch.nn.Module, attn_implementation: str) -> bool:
 
 
 def install() -> None:
-    """Apply the patches on load / switch (idempotent; ``flashlight_hf.hf.enable()`` calls it)."""
+    """Apply the patches on load / switch (idempotent; ``flashlight_hf.enable()`` calls it)."""
     _transformers.install(apply, switch)
 
 
@@ -123,4 +154,4 @@ def uninstall() -> None:
 
 
 __all__ = ["PATCHED_MODEL_TYPES", "PATCHES", "FamilyPatch", "apply", "family_patch", "install", "is_patched",
-           "remove", "switch", "uninstall"]
+           "patches", "remove", "switch", "uninstall"]

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import torch
 
-from flashlight_hf.masks import as_dense
+from flashlight_hf.transformers.masks import as_dense
 
 NAME = "flashlight"
 

@@ -8,7 +8,7 @@ How Transformers 5.x treats an implementation name for a family outside the atte
   writes it to ``config._attn_implementation``. BLOOM, MPT and DeBERTa-v2 then build their eager
   modules; Falcon, GPT-Neo (and GPT-J on 5.17) index a module-level dict of attention classes by
   that name (``FALCON_ATTENTION_CLASSES`` / ``GPT_NEO_ATTENTION_CLASSES`` / ``GPTJ_ATTENTION_CLASSES``) and would raise ``KeyError``:
-  :func:`install` maps "flashlight" to their eager class there.
+  :func:`install` maps "flashlight" to their eager class there, once each modeling file is imported.
 * Switching (``set_attn_implementation``): for a class whose modeling source never calls
   ``ALL_ATTENTION_FUNCTIONS.get_interface(`` (``_can_set_attn_implementation``), Transformers
   logs a warning and changes nothing. :func:`install` wraps ``PreTrainedModel.set_attn_implementation``
@@ -30,6 +30,8 @@ import inspect
 from typing import Any, Callable
 
 import torch
+
+from flashlight_hf.transformers import hook
 
 from ._base import NAME
 
@@ -56,15 +58,25 @@ def bypasses_attention_interface(module_name: str) -> bool:
     return "ALL_ATTENTION_FUNCTIONS.get_interface(" not in source
 
 
-def _register_in_class_tables() -> None:
+def _register_table(modeling: Any) -> None:
     for module_name, table_name in CLASS_TABLES.values():
-        table = getattr(importlib.import_module(module_name), table_name, None)
+        if module_name != modeling.__name__:
+            continue
+        table = getattr(modeling, table_name, None)
         if table is not None and NAME not in table:
             table[NAME] = table["eager"]
             _installed.setdefault("tables", []).append(table)
 
 
+def _register_in_class_tables() -> None:
+    """Each table learns "flashlight" as soon as its modeling file has been imported (now, if it
+    has): importing one here would load every such model file with Transformers."""
+    for module_name, _ in CLASS_TABLES.values():
+        hook.when_imported(module_name, _register_table)
+
+
 def _unregister_from_class_tables() -> None:
+    hook.cancel(_register_table)
     for table in _installed.pop("tables", []):
         table.pop(NAME, None)
 

@@ -8,10 +8,11 @@ import warnings
 import pytest
 import torch
 
-import flashlight_hf.hf as fl_hf
+import flashlight_hf.transformers.interface as fl_hf
 from flashlight_hf.compiler.runtime import add_launch_hook
 from flashlight_hf.model_zoo.configs import zoo_config
 from flashlight_hf.testing import rel_error
+from flashlight_hf.transformers.masks import as_additive
 
 
 @pytest.fixture(scope="module")
@@ -119,8 +120,8 @@ def test_smollm2_perplexity_flashlight_equals_sdpa(tmp_path):
 
 def test_mask_conversion_is_shared_by_layers_but_not_stale():
     mask = torch.rand(1, 1, 4, 6) > 0.3
-    a = fl_hf._additive(mask, torch.float32)
-    assert fl_hf._additive(mask, torch.float32) is a  # the next layer reuses it
+    a = as_additive(mask, torch.float32)
+    assert as_additive(mask, torch.float32) is a  # the next layer reuses it
     mask[..., 0] = ~mask[..., 0]  # edited in place: converted again
-    b = fl_hf._additive(mask, torch.float32)
+    b = as_additive(mask, torch.float32)
     assert torch.equal(b == 0, mask)

@@ -12,10 +12,10 @@ import warnings
 import pytest
 import torch
 
-import flashlight_hf.hf as fl_hf
-from flashlight_hf import registry
+import flashlight_hf.transformers.interface as fl_hf
 from flashlight_hf.compiler.runtime import add_launch_hook
-from flashlight_hf.masks import StructuredMask
+from flashlight_hf.transformers import layers
+from flashlight_hf.transformers.masks import StructuredMask
 from flashlight_hf.model_zoo.configs import zoo_config
 from flashlight_hf.testing import rel_error
 
@@ -48,15 +48,15 @@ def _masks_seen(model, **inputs) -> list:
 
 def _compiled():
     """Every compiled attention program the registry holds."""
-    return [p.fn for progs in registry._programs.values() for p in progs]
+    return [p.fn for progs in layers._programs.values() for p in progs]
 
 
 def _sources_with_padding(kind: str) -> list[str]:
     """Sources of the structured-mask programs whose padding took the form ``kind``."""
     out = []
-    for key, progs in registry._programs.items():
+    for key, progs in layers._programs.items():
         structure = key[-1]
-        if isinstance(structure, registry.MaskStructure) and structure.sig[2] == kind:
+        if isinstance(structure, layers.MaskStructure) and structure.sig[2] == kind:
             out += [b.source.source for p in progs for b in p.fn._builds.values() if b.source is not None]
     return out
 

@@ -12,7 +12,7 @@ import warnings
 import pytest
 import torch
 
-import flashlight_hf.hf  # noqa: F401 - registers "flashlight" and installs the patches
+import flashlight_hf  # noqa: F401 - registers "flashlight" and installs the patches
 from flashlight_hf import patches
 from flashlight_hf.compiler.runtime import add_launch_hook
 from flashlight_hf.model_zoo.patched import PATCHED_CONFIGS, PATCHED_FAMILIES
@@ -74,7 +74,7 @@ def test_private_transformers_apis_are_where_patches_expect_them():
 
     from flashlight_hf.patches import _transformers
 
-    assert _transformers.installed(), "flashlight_hf.hf.enable() must install the patches"
+    assert _transformers.installed(), "flashlight_hf.enable() must install the patches"
     assert PreTrainedModel.post_init._flashlight_original is not None
     assert PreTrainedModel.set_attn_implementation._flashlight_original is not None
     for model_type, (module_name, table_name) in _transformers.CLASS_TABLES.items():

@@ -10,7 +10,7 @@ import torch
 
 import flashlight_hf
 from flashlight_hf.compiler.runtime import DECODE_CONFIG, add_launch_hook
-from flashlight_hf.masks import Signature, _device_ints, _intern
+from flashlight_hf.transformers.masks import Signature, _device_ints, _intern
 from flashlight_hf.testing import assert_close, poison_
 
 

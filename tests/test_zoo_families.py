@@ -19,11 +19,12 @@ import pytest
 import torch
 
 import flashlight_hf
-import flashlight_hf.hf as fl_hf
-from flashlight_hf import registry
+import flashlight_hf.transformers.interface as fl_hf
+from flashlight_hf.transformers import layers, registry
 from flashlight_hf.compiler.runtime import add_launch_hook
 from flashlight_hf.model_zoo import FAMILIES, ZooConfig, tiny_configs
 from flashlight_hf.testing import rel_error
+from flashlight_hf.transformers.masks import as_additive
 
 TOL = 1e-4  # the issue's bar for logits against eager, float32
 TINY = tiny_configs()
@@ -265,13 +266,13 @@ def test_registry_finds_every_eager_function():
 
     from flashlight_hf.patches import PATCHED_MODEL_TYPES
 
-    for model_type, path in registry.INTERFACE_FAMILIES.items():
+    for model_type, path in ((f.model_type, f.eager) for f in registry.FAMILIES.values() if f.eager):
         if model_type in PATCHED_MODEL_TYPES:
             continue  # this Transformers' version bypasses the interface for it: patches/ serves it
         module = importlib.import_module(path)
         assert callable(getattr(module, "eager_attention_forward", None)), f"{model_type}: {path} moved"
     for model_type in TINY:
-        assert model_type in registry.INTERFACE_FAMILIES, f"zoo family {model_type} has no registry entry"
+        assert registry.FAMILIES[model_type].eager, f"zoo family {model_type} has no registry entry"
     assert set(FAMILIES) >= set(TINY)
 
 
@@ -285,7 +286,7 @@ class _UnknownAttention(torch.nn.Module):
 
 
 def test_unknown_family_warns_once_and_runs_the_generic_program():
-    from flashlight_hf.programs import generic_attention
+    from flashlight_hf.transformers.programs import generic_attention
 
     assert not hasattr(sys.modules[__name__], "eager_attention_forward")  # so the generic program is used
     module = _UnknownAttention().eval()
@@ -297,7 +298,7 @@ def test_unknown_family_warns_once_and_runs_the_generic_program():
         fl_hf.flashlight_attention_forward(module, q, k, v, keep, scaling=0.25)
     named = [w for w in caught if "no_such_family" in str(w.message)]
     assert len(named) == 1, [str(w.message) for w in caught]
-    ref = generic_attention(module, q, k, v, fl_hf._additive(keep, q.dtype), scaling=0.25)[0]
+    ref = generic_attention(module, q, k, v, as_additive(keep, q.dtype), scaling=0.25)[0]
     assert rel_error(out, ref) <= 1e-5
 
 
@@ -331,10 +332,10 @@ def test_layers_with_different_attributes_do_not_share_a_program():
     layer = _llama_layer()
     fam = registry.attention_for(layer)
     q, k = torch.randn(1, 4, 5, 16), torch.randn(1, 2, 5, 16)
-    mask = fl_hf._additive(torch.ones(5, 5, dtype=torch.bool).tril()[None, None], q.dtype)
-    first = registry.layer_program(layer, fam, 0.25, registry.classify_kwargs(fam, {}))
+    mask = as_additive(torch.ones(5, 5, dtype=torch.bool).tril()[None, None], q.dtype)
+    first = layers.layer_program(layer, fam, 0.25, layers.classify_kwargs(fam, {}))
     first.fn(q, k, k, mask)
     assert first.seen.get("num_key_value_groups") == 2  # the trace read it through the module view
-    assert registry.layer_program(layer, fam, 0.25, registry.classify_kwargs(fam, {})) is first
+    assert layers.layer_program(layer, fam, 0.25, layers.classify_kwargs(fam, {})) is first
     layer.num_key_value_groups = 1  # as if another layer had as many KV heads as query heads
-    assert registry.layer_program(layer, fam, 0.25, registry.classify_kwargs(fam, {})) is not first
+    assert layers.layer_program(layer, fam, 0.25, layers.classify_kwargs(fam, {})) is not first

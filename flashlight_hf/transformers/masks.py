@@ -28,9 +28,9 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-
-# Query lengths up to this are decode steps: padding is read per key, never analysed on the host.
-DECODE_ROWS = 16
+# Query lengths up to this are decode steps: padding is read per key, never analysed on the host
+# (the bound the runtime uses to pick decode tile configurations and split-KV).
+from flashlight_hf.compiler.abi import DECODE_MAX_ROWS
 
 
 class NotStructural(Exception):
@@ -69,7 +69,7 @@ class MaskSpec:
             return "none", []
         pad = pad[:, : self.kv_offset + self.kv_length].to(device=self.device, dtype=torch.bool)
         window = pad[:, self.kv_offset: self.kv_offset + self.kv_length]  # this call's keys: [B, K]
-        if self.q_length <= DECODE_ROWS:
+        if self.q_length <= DECODE_MAX_ROWS:
             # a decode step: reading one flag per key costs less than the host sync that
             # classifying the padding needs (it would stall every step's launch queue)
             return "keys", [window]
@@ -140,6 +140,26 @@ def as_dense(x: Any) -> Any:
     """``x`` with a :class:`StructuredMask` replaced by its dense boolean mask (anything else as is):
     for code that needs the mask as a real tensor."""
     return x.dense() if isinstance(x, StructuredMask) else x
+
+
+_last_additive: list = [None, None, None, None]  # (bool mask, its version, dtype, additive mask)
+
+
+def as_additive(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """Boolean keep-mask (or a structured one) -> the additive float mask (0 / ``finfo.min``)
+    the families' eager code expects; a float mask or None is returned as is.
+
+    Every layer of a forward pass receives the same mask object; it is converted once (the
+    attention function and DiffLlama's layer override share this one-entry cache)."""
+    mask = as_dense(mask)
+    if mask is None or mask.dtype != torch.bool:
+        return mask
+    version = mask._version  # bumped by in-place writes: a mask edited in place is converted again
+    if _last_additive[0] is mask and _last_additive[1] == version and _last_additive[2] == dtype:
+        return _last_additive[3]
+    out = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+    _last_additive[:] = [mask, version, dtype, out]
+    return out
 
 
 _METADATA = {torch.Tensor.dim, torch.Tensor.size, torch.Tensor.numel, torch.Tensor.is_contiguous,

@@ -1,160 +1,29 @@
-"""Per model family: the attention program ``attn_implementation="flashlight"`` traces.
+"""The compiled program of one attention layer: what the attention function runs.
 
-A Transformers family computes attention with the eager function of its own modeling file
-(``eager_attention_forward``: its ``repeat_kv``, scaling, softcap, sinks, float32 softmax…).
-Tracing *that* function with a layer's real arguments is what makes the generated kernel exact
-for the family, so this module answers, for an attention module, which function that is:
-
-* :data:`INTERFACE_FAMILIES`: the families verified by ``tests/test_zoo_families.py``, each
-  naming the modeling module whose ``eager_attention_forward`` eager mode runs;
-* :data:`REPLACED_PROGRAMS`: families whose literal eager spelling the generator does not fuse
-  would trace an equivalent plain-PyTorch program of :mod:`flashlight_hf.programs` instead (none
-  today: GPT-OSS's sinks with their max shift fuse as written);
-* a family not listed warns once, naming it, and traces the ``eager_attention_forward`` its own
-  modeling file defines (what its eager mode runs) or, where there is none,
-  :func:`~flashlight_hf.programs.generic_attention` (Llama-style: ``repeat_kv``, scaled scores,
-  float32 softmax);
-* families whose attention math spans the module's forward, not one interface call, get a
-  **layer override**: DiffLlama calls the interface twice (one softmax over shared Q/K applied to
-  the two halves of V) and combines the results in its forward (``o1 - λ·o2``, group RMSNorm).
-  :mod:`flashlight_hf.differential` reproduces that math as one plain-PyTorch program, so it
-  fuses into one kernel; :func:`install_layer_overrides` routes the family's attention module to
-  it whenever its config says ``"flashlight"`` (other implementations run the original forward).
-
-It also decides what happens to each keyword argument a layer passes to attention
-(:func:`classify_kwargs`) and builds the traced program for a layer configuration
-(:func:`layer_program`), with the module's own parameters (GPT-OSS sinks) as kernel inputs.
+Given a layer's family (:func:`flashlight_hf.transformers.registry.attention_for`) and its call,
+this module decides what happens to each keyword argument the layer passes to attention
+(:func:`classify_kwargs`: never dropped silently), builds the traced program for a layer
+configuration (:func:`layer_program`), with the module's own parameters (GPT-OSS sinks) as
+kernel inputs, caches it, and runs it (:func:`run_layer` with a dense mask,
+:func:`run_layer_structured` with the mask as structure; a decode step of a grouped-query layer
+folds a group's query heads into rows where the family table allows it).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import importlib
 import inspect
-import os
-import sys
-import warnings
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 
-from flashlight_hf.masks import MaskSpec, SafeSoftmax, keep_from_structure
+from flashlight_hf import settings
 from flashlight_hf.compiler.compiled import CompiledAttention
-from flashlight_hf.programs import generic_attention
-
-_warned: set[str] = set()
-
-
-def warn_once(key: str, message: str) -> None:
-    """One warning per ``key`` per process (messages start with "flashlight:")."""
-    if key not in _warned:
-        _warned.add(key)
-        warnings.warn(message, stacklevel=3)
-
-
-# --------------------------------------------------------------------------------------------
-# Which eager function each family runs
-# --------------------------------------------------------------------------------------------
-
-# model_type -> the modeling module whose ``eager_attention_forward`` the family's eager mode runs.
-# Private Transformers layout: tests/test_zoo_families.py::test_registry_finds_every_eager_function
-# fails loudly if one moves.
-INTERFACE_FAMILIES: dict[str, str] = {
-    "llama": "transformers.models.llama.modeling_llama",
-    "mistral": "transformers.models.mistral.modeling_mistral",
-    "qwen2": "transformers.models.qwen2.modeling_qwen2",
-    "qwen3": "transformers.models.qwen3.modeling_qwen3",
-    "gemma2": "transformers.models.gemma2.modeling_gemma2",
-    "gemma3_text": "transformers.models.gemma3.modeling_gemma3",
-    "gpt_oss": "transformers.models.gpt_oss.modeling_gpt_oss",
-    "phi3": "transformers.models.phi3.modeling_phi3",
-    "gpt_neox": "transformers.models.gpt_neox.modeling_gpt_neox",
-    "gpt2": "transformers.models.gpt2.modeling_gpt2",
-    "diffllama": "transformers.models.diffllama.modeling_diffllama",
-    "bert": "transformers.models.bert.modeling_bert",
-    "modernbert": "transformers.models.modernbert.modeling_modernbert",
-    "t5": "transformers.models.t5.modeling_t5",
-    "bart": "transformers.models.bart.modeling_bart",
-    # GPT-J goes through the interface from Transformers 5.2x; on 5.17 it bypasses it and
-    # patches/gptj.py serves it (this entry is then never consulted)
-    "gptj": "transformers.models.gptj.modeling_gptj",
-}
-
-# model_type -> a program of flashlight_hf.programs traced instead of the family's own eager
-# function (same math, a spelling the generator fuses; each says why in its docstring).
-REPLACED_PROGRAMS: dict[str, Callable] = {}
-
-
-# Families whose every softmax row holds a finite logit besides the keys (attention sinks): a
-# query that sees no key attends to the sink only, never 0/0, so their softmax is traced as
-# written (not as SafeSoftmax).
-ROWS_NEVER_EMPTY = frozenset({"gpt_oss"})
-
-
-def family_name(module: torch.nn.Module) -> str:
-    """The module's ``model_type`` (from its config), else its modeling module's name."""
-    config = getattr(module, "config", None)
-    model_type = getattr(config, "model_type", None)
-    if isinstance(model_type, str):
-        return model_type
-    return type(module).__module__.rsplit(".", 1)[-1].removeprefix("modeling_")
-
-
-@dataclass(frozen=True)
-class FamilyAttention:
-    """The eager attention function one family runs, and where it came from (for messages)."""
-
-    family: str
-    eager: Callable  # the program traced into the kernel
-    source: str
-    verified: bool  # listed in INTERFACE_FAMILIES (tested), or a fallback
-    transformers_eager: Callable | None = None  # the family's own eager function, where it has one
-
-
-_by_class: dict[type, FamilyAttention] = {}
-
-
-def attention_for(module: torch.nn.Module) -> FamilyAttention:
-    """The eager attention function of ``module``'s family (looked up once per module class)."""
-    cls = type(module)
-    found = _by_class.get(cls)
-    if found is None:
-        found = _by_class[cls] = _resolve(module)
-    return found
-
-
-def _resolve(module: torch.nn.Module) -> FamilyAttention:
-    name = family_name(module)
-    path = INTERFACE_FAMILIES.get(name)
-    if path is not None:
-        fn = getattr(importlib.import_module(path), "eager_attention_forward", None)
-        if fn is None:
-            raise RuntimeError(f"flashlight: the registry expects {path}.eager_attention_forward for family "
-                               f"{name!r}, and this Transformers version has none; use "
-                               "attn_implementation='sdpa' or 'eager', or update flashlight_hf.registry")
-        program = REPLACED_PROGRAMS.get(name)
-        if program is not None:
-            return FamilyAttention(name, program, f"flashlight_hf.programs.{program.__name__}", True, fn)
-        return FamilyAttention(name, fn, f"{path}.eager_attention_forward", True, fn)
-    own_module = type(module).__module__
-    fn = getattr(sys.modules.get(own_module), "eager_attention_forward", None)
-    if fn is not None:
-        warn_once(f"family:{name}", f"flashlight: model family {name!r} is not in flashlight's registry (untested); "
-                  f"tracing the eager_attention_forward of its modeling file ({own_module})")
-        return FamilyAttention(name, fn, f"{own_module}.eager_attention_forward", False, fn)
-    warn_once(f"family:{name}", f"flashlight: model family {name!r} is not in flashlight's registry and its "
-              f"modeling file ({own_module}) defines no eager_attention_forward; using the generic Llama-style "
-              "program (repeat_kv, scaled scores, float32 softmax). Compare against attn_implementation='eager'.")
-    return FamilyAttention(name, generic_attention, "flashlight_hf.programs.generic_attention", False)
-
-
-def eager_forward_of(module: torch.nn.Module) -> Callable:
-    """The eager attention forward of ``module``'s family (see :func:`attention_for`)."""
-    return attention_for(module).eager
-
+from flashlight_hf.transformers.masks import MaskSpec, SafeSoftmax, keep_from_structure
+from flashlight_hf.transformers.registry import FamilyAttention, warn_once
 
 # --------------------------------------------------------------------------------------------
 # Keyword arguments a layer passes to attention
@@ -304,9 +173,9 @@ def layer_program(module: torch.nn.Module, fam: FamilyAttention, scaling: float 
 
     Without ``structure``: ``fn(q, k, v, mask, *kw.tensors, *params)`` with the mask a tensor.
     With it: ``fn(q, k, v, *mask_tensors, *kw.tensors, *params)``, the mask built *inside* the
-    program from its pieces (:func:`flashlight_hf.masks.keep_from_structure`) as −inf selects the
+    program from its pieces (:func:`flashlight_hf.transformers.masks.keep_from_structure`) as −inf selects the
     generator reads as loop bounds, the family's softmax run as
-    :class:`~flashlight_hf.masks.SafeSoftmax` (rows that see no key: 0) unless its rows can
+    :class:`~flashlight_hf.transformers.masks.SafeSoftmax` (rows that see no key: 0) unless its rows can
     never be empty (sinks)."""
     params = dict(module.named_parameters(recurse=False))
     names = tuple(sorted(kw.tensors))
@@ -332,7 +201,7 @@ def layer_program(module: torch.nn.Module, fam: FamilyAttention, scaling: float 
             keep = keep_from_structure(structure.sig, structure.mask_function, q, k, list(rest[:n_mask]),
                                        q_rows=1 if rows else None)
             bias = torch.where(keep, 0.0, float("-inf")).to(q.dtype)
-            with contextlib.nullcontext() if fam.family in ROWS_NEVER_EMPTY else SafeSoftmax():
+            with contextlib.nullcontext() if fam.rows_never_empty else SafeSoftmax():
                 out = eager(view, q, k, v, bias, **call)[0]
         entry.traced = True
         return out
@@ -344,23 +213,18 @@ def layer_program(module: torch.nn.Module, fam: FamilyAttention, scaling: float 
     return entry
 
 
-# Families whose eager attention is the Llama pattern (repeat_kv, scaled scores, mask, softmax,
-# · V) with nothing per head besides: a decode step may fold a GQA group's query heads into rows.
-GQA_ROW_FAMILIES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3",
-                              "gemma3_text", "granite", "olmo", "olmo2", "starcoder2", "smollm3", "cohere", "helium"})
-
-
 def _gqa_rows(fam: FamilyAttention, module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
               kw: LayerKwargs) -> bool:
     """A decode step (one query row) of a grouped-query layer: the G query heads that share a KV
     head become G rows of one program, which then reads that KV head's cache once instead of G
-    times. Only for the Llama-pattern eager code with no per-head tensors (sinks, biases)."""
+    times. Only for families the table marks ``gqa_rows`` (the Llama-pattern eager code) with no
+    per-head tensors (sinks, biases); ``settings.current().gqa_rows`` (FLASHLIGHT_GQA_ROWS=0) turns it off."""
     groups = int(getattr(module, "num_key_value_groups", 1) or 1)
     if query.shape[-2] != 1 or groups <= 1 or kw.tensors or key.shape[1] * groups != query.shape[1]:
         return False
     if any(True for _ in module.named_parameters(recurse=False)):
         return False
-    return fam.family in GQA_ROW_FAMILIES and os.environ.get("FLASHLIGHT_GQA_ROWS", "1") != "0"
+    return fam.gqa_rows and settings.current().gqa_rows
 
 
 def run_layer_structured(module: torch.nn.Module, fam: FamilyAttention, query: torch.Tensor, key: torch.Tensor,
@@ -376,7 +240,7 @@ def run_layer_structured(module: torch.nn.Module, fam: FamilyAttention, query: t
         memo = _layer_memo[module] = {}
     memo_key = (fam.eager, scaling, sig, len(mask_tensors),
                 tuple([(n, v) if type(v) in _PLAIN else (n, type(v)) for n, v in kwargs.items()]),
-                query.shape[1], query.shape[2], key.shape[1], os.environ.get("FLASHLIGHT_GQA_ROWS"))
+                query.shape[1], query.shape[2], key.shape[1], settings.current().gqa_rows)
     hit = memo.get(memo_key)
     if hit is not None and hit[0].fits(module):
         prog, rows, tensor_names = hit
@@ -412,51 +276,3 @@ def run_layer(module: torch.nn.Module, fam: FamilyAttention, query: torch.Tensor
     prog = layer_program(module, fam, scaling, kw)
     params = [getattr(module, n) for n in prog.param_names]
     return prog.fn(query, key, value, mask, *[kw.tensors[n] for n in sorted(kw.tensors)], *params)
-
-
-# --------------------------------------------------------------------------------------------
-# Layer overrides: families whose attention math spans the module's forward
-# --------------------------------------------------------------------------------------------
-
-# (modeling module, attention class, factory of the flashlight forward given the original)
-def _layer_overrides() -> list[tuple[str, str, Callable[[Callable], Callable]]]:
-    from flashlight_hf import differential
-
-    return [("transformers.models.diffllama.modeling_diffllama", "DiffLlamaAttention", differential.flashlight_forward)]
-
-
-_installed: dict[tuple[str, str], Callable] = {}
-
-
-def install_layer_overrides(impl_name: str) -> None:
-    """Route each overridden attention class to its flashlight forward while the module's config
-    selects ``impl_name``; any other implementation runs the class's original forward."""
-    for path, cls_name, make in _layer_overrides():
-        if (path, cls_name) in _installed:
-            continue
-        try:
-            cls = getattr(importlib.import_module(path), cls_name)
-        except (ImportError, AttributeError) as exc:
-            raise RuntimeError(f"flashlight: cannot find {path}.{cls_name} to route its differential attention "
-                               f"({exc}); this Transformers version moved it: update flashlight_hf.registry") from exc
-        original = cls.forward
-        _installed[(path, cls_name)] = original
-        cls.forward = _dispatching(original, make(original), impl_name)
-
-
-def remove_layer_overrides() -> None:
-    """Restore every overridden class's original forward."""
-    for (path, cls_name), original in list(_installed.items()):
-        setattr(getattr(importlib.import_module(path), cls_name), "forward", original)
-        del _installed[(path, cls_name)]
-
-
-def _dispatching(original: Callable, fused: Callable, impl_name: str) -> Callable:
-    def forward(self: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
-        if getattr(self.config, "_attn_implementation", None) == impl_name:
-            return fused(self, *args, **kwargs)
-        return original(self, *args, **kwargs)
-
-    forward.__wrapped__ = original  # type: ignore[attr-defined]
-    forward.__doc__ = original.__doc__
-    return forward

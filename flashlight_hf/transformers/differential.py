@@ -18,8 +18,10 @@ dtype, softmax in float32 cast back, λ computed in float32 then cast, RMSNorm i
 back as ``torch.nn.RMSNorm`` does). The two V halves are concatenated before the kernel (the
 generator rejects expanding a concatenated tensor; see the report of issue 5).
 
-:func:`flashlight_forward` is the module forward that runs it; :mod:`flashlight_hf.registry`
-installs it on ``DiffLlamaAttention`` for models whose config selects ``"flashlight"``.
+:func:`flashlight_forward` is the module forward that runs it; the family table
+(:mod:`flashlight_hf.transformers.registry`, DiffLlama's ``layer_override``) names it, and
+:func:`flashlight_hf.transformers.interface.enable` installs it on ``DiffLlamaAttention`` for
+models whose config selects ``"flashlight"``.
 """
 
 from __future__ import annotations
@@ -31,7 +33,10 @@ from typing import Any, Callable
 import torch
 
 from flashlight_hf.compiler import compile as fl_compile
-from flashlight_hf.programs import repeat_kv
+from flashlight_hf.transformers.layers import classify_kwargs
+from flashlight_hf.transformers.masks import as_additive
+from flashlight_hf.transformers.programs import repeat_kv
+from flashlight_hf.transformers.registry import attention_for
 
 
 def _stream(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scaling: float,
@@ -70,9 +75,6 @@ def flashlight_forward(original: Callable) -> Callable:
     def forward(self: torch.nn.Module, hidden_states: torch.Tensor,
                 position_embeddings: tuple[torch.Tensor, torch.Tensor], attention_mask: torch.Tensor | None = None,
                 past_key_values: Any = None, cache: Any = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
-        from flashlight_hf.hf import _additive
-        from flashlight_hf.registry import attention_for, classify_kwargs
-
         cache = cache if cache is not None else past_key_values
         fam = attention_for(self)
         if attention_mask is None:
@@ -99,7 +101,7 @@ def flashlight_forward(original: Callable) -> Callable:
         lambda_2 = torch.exp(torch.sum(self.lambda_q2 * self.lambda_k2, dim=-1, dtype=torch.float32)).to(query.dtype)
         lambda_full = lambda_1 - lambda_2 + self.lambda_init
         eps = self.groupnorm.eps if self.groupnorm.eps is not None else torch.finfo(query.dtype).eps
-        out = _program(query, key, value_pairs, _additive(attention_mask, query.dtype), lambda_full,
+        out = _program(query, key, value_pairs, as_additive(attention_mask, query.dtype), lambda_full,
                        float(self.scaling), int(self.num_key_value_groups), float(self.lambda_init), float(eps))
         return self.o_proj(out.reshape(*input_shape, -1)), None
 

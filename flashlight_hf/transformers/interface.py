@@ -4,36 +4,42 @@ Registers ``"flashlight"`` in **both** of Transformers' public interfaces:
 
 * ``AttentionMaskInterface``: where a backend name is missing there, Transformers hands the
   attention function no mask at all (no causal, no padding) and raises nothing. The mask
-  function registered here returns the mask as **structure** (:mod:`flashlight_hf.masks`: a
+  function registered here returns the mask as **structure** (:mod:`flashlight_hf.transformers.masks`: a
   memory-less ``StructuredMask`` holding offsets, the mask function and padding), which the
   generated kernel evaluates as index predicates and loop bounds; where the pieces cannot be
   traced, a boolean tensor (Transformers' own SDPA builder, never "skipped" for causal). The
   attention function refuses to run without a mask.
 * ``AttentionInterface``: the attention function traces the **family's own eager attention
-  code** (found by :mod:`flashlight_hf.registry`: the family's ``eager_attention_forward``, with
-  its ``repeat_kv``, scaling, softcap, sinks and float32 softmax) with the layer's real
-  arguments, and runs it through :func:`flashlight_hf.compile` — one generated kernel per layer
-  configuration, cached. Families whose attention spans the module's forward (DiffLlama) get
-  a layer override from the registry, installed by :func:`enable` and removed by :func:`disable`.
+  code** (found in the family table, :mod:`flashlight_hf.transformers.registry`: the family's
+  ``eager_attention_forward``, with its ``repeat_kv``, scaling, softcap, sinks and float32
+  softmax) with the layer's real arguments, and runs it through :func:`flashlight_hf.compile`
+  (:mod:`flashlight_hf.transformers.layers`) — one generated kernel per layer configuration,
+  cached. Families whose attention spans the module's forward (DiffLlama) get a layer override
+  named in the table, installed by :func:`enable` and removed by :func:`disable`.
+
+``import flashlight_hf`` calls :func:`enable` as soon as Transformers' ``modeling_utils`` has
+loaded (:mod:`flashlight_hf.transformers.hook`); calling it again is harmless. This module
+imports the compiler only when the attention function first runs.
 
 ``docs/transformers.md`` follows one call through all of it (decoding included).
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
 from typing import Any, Callable
 
 import torch
 
-from flashlight_hf import registry
-from flashlight_hf.masks import MaskSpec, NotStructural, StructuredMask, as_dense, closure_signature
+from flashlight_hf.transformers import hook, registry
+from flashlight_hf.transformers.masks import MaskSpec, NotStructural, StructuredMask, as_additive, closure_signature
 
 NAME = "flashlight"
 
 
 def flashlight_mask(*args: Any, **kwargs: Any) -> torch.Tensor:
-    """The mask as structure (a :class:`flashlight_hf.masks.StructuredMask`: offsets, mask
+    """The mask as structure (a :class:`flashlight_hf.transformers.masks.StructuredMask`: offsets, mask
     function, padding, no memory) for the generated kernel to evaluate as index predicates; a
     boolean ``[B, 1, Q, K]`` tensor (Transformers' SDPA builder, never "skipped") where the pieces
     cannot be traced."""
@@ -91,43 +97,27 @@ def flashlight_attention_forward(module: torch.nn.Module, query: torch.Tensor, k
                                  **kwargs: Any) -> tuple[torch.Tensor, None]:
     """Transformers' attention signature: q [B,H,Q,D], k/v [B,Hk,K,D] -> ([B,Q,H,D], None).
 
-    The family's eager attention (:func:`flashlight_hf.registry.attention_for`) is traced with
-    this layer's arguments; :func:`flashlight_hf.registry.classify_kwargs` decides, per keyword
-    argument, how the program honours it (never silently dropped)."""
+    The family's eager attention (:func:`flashlight_hf.transformers.registry.attention_for`) is
+    traced with this layer's arguments; :func:`flashlight_hf.transformers.layers.classify_kwargs`
+    decides, per keyword argument, how the program honours it (never silently dropped)."""
+    from flashlight_hf.transformers import layers  # the compiler: loaded on the first call, not on registration
+
     fam = registry.attention_for(module)
     if dropout and module.training:
         registry.warn_once("dropout", "flashlight: attention dropout > 0 in training is not fused; running the "
                            "family's eager attention")
         eager = fam.transformers_eager or fam.eager
-        return eager(module, query, key, value, _additive(attention_mask, query.dtype), scaling=scaling,
+        return eager(module, query, key, value, as_additive(attention_mask, query.dtype), scaling=scaling,
                      dropout=dropout, **kwargs)
     if attention_mask is None:
         raise RuntimeError("flashlight: the attention function received no mask. Transformers passes none "
                            "when the backend's mask function is not registered: call flashlight_hf.enable() "
-                           "(importing flashlight_hf.hf registers both) before building the model's masks.")
+                           "(importing flashlight_hf registers both) before building the model's masks.")
     if isinstance(attention_mask, StructuredMask):
-        return registry.run_layer_structured(module, fam, query, key, value, attention_mask.spec, scaling,
+        return layers.run_layer_structured(module, fam, query, key, value, attention_mask.spec, scaling,
                                              kwargs), None
-    out = registry.run_layer(module, fam, query, key, value, _additive(attention_mask, query.dtype), scaling, kwargs)
+    out = layers.run_layer(module, fam, query, key, value, as_additive(attention_mask, query.dtype), scaling, kwargs)
     return out, None
-
-
-_last_additive: list = [None, None, None, None]  # (bool mask, its version, dtype, additive mask)
-
-
-def _additive(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-    """Boolean keep-mask -> the additive float mask the families' eager code expects.
-
-    Every layer of a forward pass receives the same mask object; it is converted once."""
-    mask = as_dense(mask)
-    if mask is None or mask.dtype != torch.bool:
-        return mask
-    version = mask._version  # bumped by in-place writes: a mask edited in place is converted again
-    if _last_additive[0] is mask and _last_additive[1] == version and _last_additive[2] == dtype:
-        return _last_additive[3]
-    out = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
-    _last_additive[:] = [mask, version, dtype, out]
-    return out
 
 
 def _not_flash_attention(original: Callable) -> Callable:
@@ -163,15 +153,32 @@ def _patch_flash_name_check() -> None:
             mod.is_flash_attention_requested = patched
 
 
-def enable() -> None:
-    """Register ``"flashlight"`` with Transformers' attention and mask interfaces (idempotent)."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface
-
+def _register_attention(modeling_utils: Any) -> None:
     _patch_flash_name_check()
-    AttentionInterface.register(NAME, flashlight_attention_forward)
-    AttentionMaskInterface.register(NAME, flashlight_mask)
-    registry.install_layer_overrides(NAME)
+    modeling_utils.AttentionInterface.register(NAME, flashlight_attention_forward)
+
+
+def _register_mask(masking_utils: Any) -> None:
+    masking_utils.AttentionMaskInterface.register(NAME, flashlight_mask)
+
+
+def _now_or_once_loaded(name: str, callback: Callable[[Any], None]) -> None:
+    """``callback(module)`` now, importing ``name`` if needed; after its import if it is half-way
+    (``enable`` called from the import hook while that module is still loading)."""
+    if name not in sys.modules:
+        importlib.import_module(name)
+    hook.when_imported(name, callback)
+
+
+def enable() -> None:
+    """Register ``"flashlight"`` with Transformers' attention and mask interfaces (idempotent),
+    route the table's layer overrides (each once its modeling file is imported), and install
+    the patches for families outside the interface."""
+    _now_or_once_loaded("transformers.modeling_utils", _register_attention)
+    _now_or_once_loaded("transformers.masking_utils", _register_mask)
+    for fam in registry.FAMILIES.values():
+        if fam.layer_override is not None and fam.eager is not None:
+            hook.when_imported(fam.eager, _install_layer_override)
     from flashlight_hf.patches import install as install_patches  # families outside the interface
 
     install_patches()
@@ -182,12 +189,56 @@ def disable() -> None:
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface
 
+    for callback in (_register_attention, _register_mask, _install_layer_override):
+        hook.cancel(callback)
     for iface in (AttentionInterface, AttentionMaskInterface):
         iface._global_mapping.pop(NAME, None)
-    registry.remove_layer_overrides()
+    remove_layer_overrides()
     from flashlight_hf.patches import uninstall as uninstall_patches
 
     uninstall_patches()
 
 
-enable()
+# --------------------------------------------------------------------------------------------
+# Layer overrides: families whose attention math spans the module's forward
+# --------------------------------------------------------------------------------------------
+
+_installed: dict[tuple[str, str], Callable] = {}
+
+
+def _install_layer_override(modeling: Any) -> None:
+    """Route the attention class the family table names in ``layer_override`` for this modeling
+    module to its flashlight forward while the module's config selects "flashlight"; any other
+    implementation runs the class's original forward."""
+    for fam in registry.FAMILIES.values():
+        if fam.layer_override is None or fam.eager != modeling.__name__:
+            continue
+        cls_name, forward_module = fam.layer_override
+        if (fam.eager, cls_name) in _installed:
+            continue
+        cls = getattr(modeling, cls_name, None)
+        if cls is None:
+            raise RuntimeError(f"flashlight: cannot find {fam.eager}.{cls_name} to route its attention; this "
+                               "Transformers version moved it: update flashlight_hf.transformers.registry")
+        make = importlib.import_module(forward_module).flashlight_forward
+        original = cls.forward
+        _installed[(fam.eager, cls_name)] = original
+        cls.forward = _dispatching(original, make(original), NAME)
+
+
+def remove_layer_overrides() -> None:
+    """Restore every overridden class's original forward."""
+    for (path, cls_name), original in list(_installed.items()):
+        setattr(getattr(importlib.import_module(path), cls_name), "forward", original)
+        del _installed[(path, cls_name)]
+
+
+def _dispatching(original: Callable, fused: Callable, impl_name: str) -> Callable:
+    def forward(self: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        if getattr(self.config, "_attn_implementation", None) == impl_name:
+            return fused(self, *args, **kwargs)
+        return original(self, *args, **kwargs)
+
+    forward.__wrapped__ = original  # type: ignore[attr-defined]
+    forward.__doc__ = original.__doc__
+    return forward
