@@ -18,9 +18,9 @@ from typing import Any, Sequence
 import sympy
 import torch
 
-from flashlight_hf.compiler.codegen import pointwise, scores
+from flashlight_hf.compiler.codegen import pointwise, reduce, scores
 from flashlight_hf.compiler.codegen.naming import Names
-from flashlight_hf.compiler.codegen.source import LN2, TL_DTYPE, pow2
+from flashlight_hf.compiler.codegen.source import LN2, pow2
 from flashlight_hf.compiler.ir import Const, IExpr, Index, Load, Node, Pointwise, Reduce, Unsupported, Var
 from flashlight_hf.compiler.rewrite import Acc, KernelPlan, RunningMax
 
@@ -231,7 +231,7 @@ class Emitter:
             what = self.label(x.expr.args[0]) if x.expr.op == "var" else "expression"
             self.emit(f"{name} = {self.iexpr(x.expr, lay)}  # index: {what}")
         elif isinstance(x, Reduce):
-            self.emit_reduce(x, name, lay)
+            reduce.emit_reduce(self, x, name, lay)
         elif isinstance(x, Pointwise):
             self.emit(f"{name} = {pointwise.pointwise(self, x, lay)}  # {x.op}")
         else:
@@ -271,55 +271,6 @@ class Emitter:
             self.emit(f"{name} = tl.load({ptr}, mask={mask}, other=0.0)  # load {what}")
         else:
             self.emit(f"{name} = tl.load({ptr})  # load {what}")
-
-    def emit_reduce(self, x: Reduce, name: str, lay: tuple[Var, ...]) -> None:
-        arg = x.arg
-        while isinstance(arg, Pointwise) and arg.op == "cast":
-            arg = arg.args[0]
-        full = self.sort(set(lay) | {x.var})
-        if len(full) == 3 and x.op == "sum" and isinstance(arg, Pointwise) and arg.op == "mul":
-            a, b = arg.args
-            la, lb = self.layout(a), self.layout(b)
-            if x.var in la and x.var in lb and len(la) == 2 and len(lb) == 2 and len(lay) == 2:
-                r, _ = lay
-                lhs = a if r in la else b
-                rhs = b if lhs is a else a
-                av = self.dot_operand(lhs)
-                bv = self.dot_operand(rhs)
-                if self.layout(lhs)[0] is x.var:
-                    av = f"tl.trans({av})"
-                if self.layout(rhs)[1] is x.var:
-                    bv = f"tl.trans({bv})"
-                self.emit(f"{name} = tl.dot({av}, {bv}{self.dot_precision(lhs, rhs)})  "
-                          f"# sum over {self.label(x.var)}: contraction")
-                return
-        if len(full) > 2:
-            raise Unsupported("codegen", f"reduction over {x.var} of a 3-D intermediate that is not a matmul")
-        body = self.f32(x.arg, full)
-        ident = {"sum": "0.0", "max": 'float("-inf")', "min": 'float("inf")'}[x.op]
-        axis = full.index(x.var)
-        fn = {"sum": "tl.sum", "max": "tl.max", "min": "tl.min"}[x.op]
-        mask = self.bounds_mask((x.var,))
-        if mask is not None:
-            body = f"tl.where({self.broadcast(mask, (x.var,), full)}, {body}, {ident})"
-        self.emit(f"{name} = {fn}({body}, axis={axis})  # {x.op} over {self.label(x.var)}")
-
-    def dot_operand(self, x: Node) -> str:
-        name = self.node(x)
-        dt = x.dtype
-        if dt not in (torch.float16, torch.bfloat16, torch.float32):
-            dt = torch.float32
-        if self.interpret and dt == torch.bfloat16:
-            return f"{name}.to(tl.float32)"  # the interpreter multiplies raw bf16 bits (triton#11584)
-        if isinstance(x, Load):
-            return name if dt == x.dtype else f"{name}.to({TL_DTYPE[dt]})"
-        return f"{name}.to({TL_DTYPE[dt]})"
-
-    def dot_precision(self, a: Node, b: Node) -> str:
-        if a.dtype == torch.float32 or b.dtype == torch.float32 or self.interpret:
-            return ", input_precision=\"tf32\"" if self.allow_tf32 and not self.interpret else ", input_precision=\"ieee\""
-        return ""
-
 
 def const_text(x: Const) -> str:
     """A numeric constant as a literal (size expressions are run-time arguments: ``Emitter.size``)."""
