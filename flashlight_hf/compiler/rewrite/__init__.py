@@ -34,9 +34,6 @@ PASSES: tuple[Pass, ...] = (
     tile_skip_pass,         # other cheap key masks -> a run-time skip of fully masked key tiles
 )
 
-# Codegen still imports the old private name; the lead removes this alias when merging codegen.
-_mul_factors = mul_factors
-
 
 def plan(program: Program) -> KernelPlan:
     """Classify variables, demote the key axis and rewrite every softmax stream to online form."""
