@@ -167,8 +167,10 @@ def _constants_digest(gm: torch.fx.GraphModule) -> str:
 
 
 def build_key(static: Captured, tensors: Sequence[torch.Tensor], constants: Sequence[Any], *,
-              interpret: bool, allow_tf32: bool, warp_specialize: bool = False) -> str:
+              interpret: bool, allow_tf32: bool, warp_specialize: bool = False,
+              names: Sequence[str | None] = ()) -> str:
     h = hashlib.sha256()
+    h.update(repr(list(names)).encode())  # the source names its pointers after the arguments
     gm = static.graph_module
     h.update(gm.code.encode())
     for n in gm.graph.nodes:

@@ -14,6 +14,8 @@ keys its cache on their values.
 
 from __future__ import annotations
 
+import inspect
+
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -49,6 +51,31 @@ def split_args(args: Sequence[Any], kwargs: dict[str, Any]) -> tuple[list[torch.
     tensors = [x for x in leaves if isinstance(x, torch.Tensor)]
     constants = [None if isinstance(x, torch.Tensor) else x for x in leaves]
     return tensors, constants, spec
+
+
+def argument_names(fn: Callable, args: Sequence[Any], kwargs: dict[str, Any]) -> list[str | None]:
+    """Per tensor leaf of :func:`split_args`, the name of the parameter it was passed as (a
+    top-level positional or keyword tensor), else None (a tensor inside a list, ``*args``).
+
+    Only for reading: the generated source names its pointers after them (``q_ptr``)."""
+    try:
+        params = [p for p in inspect.signature(fn).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        params = []
+
+    class Name:
+        def __init__(self, name: str | None):
+            self.name = name
+
+    def mark(value: Any, name: str | None) -> Any:
+        if isinstance(value, torch.Tensor):
+            return Name(name)
+        return pytree.tree_map_only(torch.Tensor, lambda t: Name(None), value)
+
+    marked = (tuple(mark(a, params[i].name if i < len(params) else None) for i, a in enumerate(args)),
+              {k: mark(v, k) for k, v in kwargs.items()})
+    return [leaf.name for leaf in pytree.tree_leaves(marked) if isinstance(leaf, Name)]
 
 
 def tensor_function(fn: Callable, constants: list[Any], spec: Any) -> Callable[..., Any]:

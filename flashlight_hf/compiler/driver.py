@@ -124,8 +124,9 @@ def _build(fn: Callable, args: tuple, kwargs: dict, tensors: list, constants: li
         return Build(None, None, None, None, ("capture", str(exc)))
     tf32 = torch.backends.cuda.matmul.allow_tf32
     ws = settings.current().warp_specialize and not interpret
+    arg_names = cap.argument_names(fn, args, kwargs)
     disk_key = diskcache.build_key(static, tensors, constants, interpret=interpret, allow_tf32=tf32,
-                                   warp_specialize=ws) \
+                                   warp_specialize=ws, names=arg_names) \
         if diskcache.enabled() else None
     cached = diskcache.load(disk_key) if disk_key else None
     if cached is not None:
@@ -150,7 +151,8 @@ def _build(fn: Callable, args: tuple, kwargs: dict, tensors: list, constants: li
         except (cap.CaptureError, Unsupported):
             pass  # keep the static specialisation: exact shapes become part of the cache key
     try:
-        src = generate(kplan, interpret=interpret, allow_tf32=tf32, warp_specialize=ws)
+        names = [arg_names[b] if isinstance(b, int) else None for b in prog.bindings]
+        src = generate(kplan, interpret=interpret, allow_tf32=tf32, warp_specialize=ws, input_names=names)
         kernel = CompiledKernel(prog, src, name_file=diskcache.kernel_file)
     except Unsupported as exc:
         return Build(None, prog, kplan, None, (exc.node, exc.reason))
