@@ -22,8 +22,7 @@ from flashlight_hf.compiler.guards import Guards
 from flashlight_hf.compiler.codegen import KernelSource, generate
 from flashlight_hf.compiler.ir import Program, Unsupported, Var, build_ir
 from flashlight_hf.compiler.rewrite import KernelPlan, plan
-from flashlight_hf.compiler.ops import register_kernel
-from flashlight_hf.compiler.runtime import CompiledKernel, shape_mismatch
+from flashlight_hf.compiler.runtime import CompiledKernel, register_kernel, shape_mismatch
 
 
 def _interpret() -> bool:
