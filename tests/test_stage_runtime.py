@@ -35,21 +35,22 @@ def attention(q, k, v):
     return torch.softmax(q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5, dim=-1) @ v
 
 
-def _qkv(sq: int, sk: int, h: int = 2, d: int = 32):
-    return [torch.randn(1, h, sq, d), torch.randn(1, h, sk, d), torch.randn(1, h, sk, d)]
+def _qkv(sq: int, sk: int, h: int = 2, d: int = 32, device: str = "cpu"):
+    return [torch.randn(1, h, sq, d, device=device), torch.randn(1, h, sk, d, device=device),
+            torch.randn(1, h, sk, d, device=device)]
 
 
-def _build(sq: int) -> api.Build:
-    build = api.build(attention, tuple(_qkv(sq, 70)), {})
+def _build(sq: int, device: str) -> api.Build:
+    build = api.build(attention, tuple(_qkv(sq, 70, device=device)), {})
     assert build.kernel is not None, build.fallback
     return build
 
 
 @pytest.fixture(scope="module")
-def builds() -> dict[str, api.Build]:
+def builds(device: str) -> dict[str, api.Build]:
     """Kernels generated for the CPU interpreter, sizes symbolic (heads, query and key lengths;
     sizes 0 and 1 specialise: a decode step, one query row, is a build of its own)."""
-    return {"prefill": _build(5), "decode": _build(1)}
+    return {"prefill": _build(5, device), "decode": _build(1, device)}
 
 
 @pytest.fixture
@@ -110,16 +111,16 @@ def test_shape_mismatch_reasons():
         assert why is not None and reason in why, (reason, why)
 
 
-def test_a_kernel_refuses_shapes_its_program_does_not_hold_for(kernel: CompiledKernel):
-    q, k, v = _qkv(5, 70)
+def test_a_kernel_refuses_shapes_its_program_does_not_hold_for(device: str, kernel: CompiledKernel):
+    q, k, v = _qkv(5, 70, device=device)
     with pytest.raises(ShapeError, match="must be the same size"):
         kernel([q, k, v[:, :, :69]])
     with pytest.raises(ShapeError, match="axis 0 must be 1"):
-        kernel([torch.randn(2, 2, 5, 32), torch.randn(2, 2, 70, 32), torch.randn(2, 2, 70, 32)])
+        kernel([*(torch.randn(2, 2, n, 32, device=device) for n in (5, 70, 70))])
 
 
 # -- plans -------------------------------------------------------------------------------------
-def test_one_plan_per_set_of_shapes_made_once(kernel: CompiledKernel, monkeypatch):
+def test_one_plan_per_set_of_shapes_made_once(device: str, kernel: CompiledKernel, monkeypatch):
     """A set of shapes is checked and planned at its first call only; its plan is the very
     object later calls use; new lengths get plans of their own, all right."""
     checks: list[int] = []
@@ -130,23 +131,24 @@ def test_one_plan_per_set_of_shapes_made_once(kernel: CompiledKernel, monkeypatc
 
     monkeypatch.setattr(kernel_module, "shape_mismatch", counting)
     for sq, sk in ((5, 70), (5, 70), (3, 40), (5, 70), (3, 40)):
-        inputs = _qkv(sq, sk)
+        inputs = _qkv(sq, sk, device=device)
         assert_close(kernel(inputs), _ref(inputs), torch.float32, tf32=False)
     assert len(checks) == 2
     plans = kernel.plans()
     assert [(p.rows, p.keys) for p in plans] == [(5, 70), (3, 40)]
     first = plans[0]
-    kernel(_qkv(5, 70))
+    kernel(_qkv(5, 70, device=device))
     assert kernel.plans()[0] is first and first.choice is not None
 
 
-def test_a_plan_made_under_one_setting_never_serves_another(decode_kernel: CompiledKernel):
+def test_a_plan_made_under_one_setting_never_serves_another(device: str, decode_kernel: CompiledKernel):
     """Same shapes, other launch switches: another plan, with its own choice and launches."""
     kernel = decode_kernel
-    inputs = _qkv(1, 8 * DECODE_CONFIG.block_n)
+    inputs = _qkv(1, 8 * DECODE_CONFIG.block_n, device=device)
     seen: dict[str, list[str]] = {}
     for label, switches in (("one", dict(split_kv=1)), ("fused", dict(split_kv=4, fused_split=True)),
-                            ("pair", dict(split_kv=4, fused_split=False)), ("slow", dict(split_kv=1, fast_launch=False))):
+                            ("pair", dict(split_kv=4, fused_split=False)),
+                            ("slow", dict(split_kv=1, fast_launch=False))):
         names: list[str] = []
         remove = add_launch_hook(names.append)
         try:
@@ -176,26 +178,26 @@ def test_launch_switches_follow_the_settings():
 @pytest.mark.parametrize("switches", [dict(split_kv=1), dict(split_kv=3, fused_split=True),
                                       dict(split_kv=3, fused_split=False)], ids=["single", "fused", "pair"])
 @pytest.mark.parametrize("sq,sk", [(1, 200), (37, 45)])
-def test_a_launch_writes_every_output_element(kernel: CompiledKernel, decode_kernel: CompiledKernel, switches,
-                                             sq: int, sk: int):
+def test_a_launch_writes_every_output_element(device: str, kernel: CompiledKernel, decode_kernel: CompiledKernel,
+                                             switches: dict, sq: int, sk: int):
     """Into a poisoned output (NaN everywhere) and into a poisoned strided view of the caller's
     layout: every element written, equal to float64 eager."""
     kernel = decode_kernel if sq == 1 else kernel
-    inputs = _qkv(sq, sk, h=3)
+    inputs = _qkv(sq, sk, h=3, device=device)
     with settings.override(**switches):
-        out = poison_(torch.empty(1, 3, sq, 32))
+        out = poison_(torch.empty(1, 3, sq, 32, device=device))
         assert kernel(inputs, out=out) is out
         assert_close(out, _ref(inputs), torch.float32, tf32=False)
-        final = poison_(torch.empty(1, sq, 3, 32))  # [B, S, H, D] memory seen as [B, H, S, D]
+        final = poison_(torch.empty(1, sq, 3, 32, device=device))  # [B, S, H, D] memory seen as [B, H, S, D]
         kernel(inputs, out=final.transpose(1, 2))
         assert_close(final.transpose(1, 2), _ref(inputs), torch.float32, tf32=False)
 
 
-def test_launch_args_follow_the_signature(kernel: CompiledKernel):
+def test_launch_args_follow_the_signature(device: str, kernel: CompiledKernel):
     """``launch_args``: each input with its strides, the output with its, the run-time sizes."""
-    inputs = _qkv(5, 70)
+    inputs = _qkv(5, 70, device=device)
     plan = kernel.make_plan(inputs)
-    out = torch.empty(plan.out_shape)
+    out = torch.empty(plan.out_shape, device=device)
     args = kernel.launch_args(inputs, out, plan)
     want: list = []
     for k in kernel.source.input_args:
@@ -205,8 +207,8 @@ def test_launch_args_follow_the_signature(kernel: CompiledKernel):
     assert len(args) == len(want) and all(same), args
 
 
-def test_launch_hooks_name_each_kernel_until_removed(kernel: CompiledKernel):
-    inputs = _qkv(37, 45)
+def test_launch_hooks_name_each_kernel_until_removed(device: str, kernel: CompiledKernel):
+    inputs = _qkv(37, 45, device=device)
     names: list[str] = []
     remove = add_launch_hook(names.append)
     kernel(inputs)
@@ -229,10 +231,15 @@ def test_split_kv_shares_for_decode_shapes():
     assert num_splits(1, 64 * tiles, 16, cpu) == 1  # the grid is full without splitting
 
 
-def test_a_decode_plan_splits_and_a_prefill_does_not(kernel: CompiledKernel, decode_kernel: CompiledKernel):
-    """Two heads, one query row, 64 key tiles: two programs per share, 4 shares (of 4 SMs)."""
-    decode, prefill = _qkv(1, 64 * DECODE_CONFIG.block_n), _qkv(64, 64)
-    assert decode_kernel.make_plan(decode).splits == 4
+def test_a_decode_plan_splits_and_a_prefill_does_not(device: str, kernel: CompiledKernel,
+                                                     decode_kernel: CompiledKernel):
+    """Two heads, one query row, 64 key tiles: two programs per share, so 4 shares off a GPU
+    (4 multiprocessors assumed)."""
+    keys = 64 * DECODE_CONFIG.block_n
+    decode, prefill = _qkv(1, keys, device=device), _qkv(64, 64, device=device)
+    assert decode_kernel.make_plan(decode).splits == num_splits(1, keys, 2, torch.device(device))
+    if device == "cpu":
+        assert decode_kernel.make_plan(decode).splits == 4
     assert kernel.make_plan(prefill).splits == 1
     with settings.override(split_kv=5):
         assert kernel.make_plan(prefill).splits == 5  # forced, whatever the shapes

@@ -90,7 +90,8 @@ class SplitKV:
             self.pair = tuple((Launcher(load(k)), SizeFunction(program, list(k.runtime_sizes))) for k in source.split)
         self.fused = None  # (Launcher, SizeFunction) of the one-launch kernel
         if source.split_fused is not None:
-            self.fused = (Launcher(load(source.split_fused)), SizeFunction(program, list(source.split_fused.runtime_sizes)))
+            fused = source.split_fused
+            self.fused = (Launcher(load(fused)), SizeFunction(program, list(fused.runtime_sizes)))
         self._counters: dict = {}
 
     def num_splits(self, rows: int, keys: int, n_grid: int, device: torch.device, switches: LaunchSwitches) -> int:
