@@ -22,6 +22,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import flashlight_hf  # noqa: E402
+from flashlight_hf import settings  # noqa: E402
 from benchmarks.bench_programs import diff_attention, diff_attention_two_sdpa  # noqa: E402
 from flashlight_hf.compiler.runtime import CONFIGS  # noqa: E402
 from flashlight_hf.testing import rel_error  # noqa: E402
@@ -64,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     from triton.testing import do_bench
 
-    os.environ["FLASHLIGHT_DISK_CACHE"] = "0"
+    os.environ["FLASHLIGHT_DISK_CACHE"] = "0"  # the whole run, whoever reads it
+    settings.reload()
     dtype, device = torch.bfloat16, "cuda"
     rows = []
     progs = programs(*args.shape, device, dtype)
@@ -74,22 +76,23 @@ def main(argv: list[str] | None = None) -> int:
         ms = do_bench(lambda: peer(*inputs), warmup=25, rep=100, return_mode="median")
         rows.append(dict(program=name, impl="peer", ws="-", config="-", ms=ms, tflops=flops / ms * 1e-9, err=0.0))
         for ws in args.warp_specialize.split(","):
-            os.environ["FLASHLIGHT_WARP_SPECIALIZE"] = ws
+            os.environ["FLASHLIGHT_WARP_SPECIALIZE"] = ws  # read where kernels are generated
+            settings.reload()
             for cfg in CONFIGS:
-                os.environ["FLASHLIGHT_CONFIGS"] = f"{cfg.block_m},{cfg.block_n},{cfg.num_warps},{cfg.num_stages}"
                 label = f"{cfg.block_m}x{cfg.block_n} w{cfg.num_warps} s{cfg.num_stages}"
+                tiles = ((cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages),)
                 try:
-                    compiled = flashlight_hf.compile(fn)
-                    out = compiled(*inputs)
-                    err = rel_error(out, ref)
-                    ms = do_bench(lambda: compiled(*inputs), warmup=25, rep=100, return_mode="median")
+                    with settings.override(configs=tiles):
+                        compiled = flashlight_hf.compile(fn)
+                        out = compiled(*inputs)
+                        err = rel_error(out, ref)
+                        ms = do_bench(lambda: compiled(*inputs), warmup=25, rep=100, return_mode="median")
                     rows.append(dict(program=name, impl="flashlight", ws=ws, config=label, ms=ms,
                                      tflops=flops / ms * 1e-9, err=err))
                 except Exception as e:  # noqa: BLE001 - a config that does not fit is a row, not a crash
                     rows.append(dict(program=name, impl="flashlight", ws=ws, config=label, ms=None, tflops=None,
                                      err=None, error=f"{type(e).__name__}: {str(e)[:80]}"))
                 print(rows[-1], flush=True)
-    os.environ.pop("FLASHLIGHT_CONFIGS", None)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "configs.json").write_text(json.dumps(rows, indent=1))

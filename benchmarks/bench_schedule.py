@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import flashlight_hf  # noqa: E402
 import flashlight_hf.compiler.driver as api  # noqa: E402
+from flashlight_hf import settings  # noqa: E402
 from benchmarks.bench_configs import programs  # noqa: E402
 from flashlight_hf.testing import rel_error, tolerance  # noqa: E402
 
@@ -197,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     from triton.testing import do_bench
 
-    os.environ["FLASHLIGHT_DISK_CACHE"] = "0"
+    os.environ["FLASHLIGHT_DISK_CACHE"] = "0"  # the whole run, whoever reads it
+    settings.reload()
     import triton
 
     # TMA descriptors made inside a kernel live in a global scratch buffer the caller provides
@@ -222,13 +224,13 @@ def main(argv: list[str] | None = None) -> int:
 
             api.generate = generate
             for cfg in args.configs.split(";"):
-                os.environ["FLASHLIGHT_CONFIGS"] = cfg
                 row = dict(program=name, variant=vname, config=cfg)
                 try:
-                    compiled = flashlight_hf.compile(fn)
-                    compiled(*inputs)  # autotune-free: one forced configuration
-                    row["err"] = rel_error(compiled(*small), ref)
-                    row["ms"] = do_bench(lambda: compiled(*inputs), warmup=25, rep=100, return_mode="median")
+                    with settings.override(configs=cfg):
+                        compiled = flashlight_hf.compile(fn)
+                        compiled(*inputs)  # autotune-free: one forced configuration
+                        row["err"] = rel_error(compiled(*small), ref)
+                        row["ms"] = do_bench(lambda: compiled(*inputs), warmup=25, rep=100, return_mode="median")
                     row["tflops"] = flops / row["ms"] * 1e-9
                     if not row["err"] <= tolerance(dtype):
                         row["error"] = f"rel err {row['err']:.1e} over {tolerance(dtype):.0e}"
@@ -237,7 +239,6 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(row)
                 print(row, flush=True)
             api.generate = original
-    os.environ.pop("FLASHLIGHT_CONFIGS", None)
     peer_ms = {r["program"]: r["ms"] for r in rows if r["variant"] == "peer"}
     lines = [f"- device: {torch.cuda.get_device_name()}; torch {torch.__version__}; shape {args.shape} bf16", "",
              "| program | variant | config | ms | TFLOP/s | × peer | rel err | note |",

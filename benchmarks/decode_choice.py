@@ -24,11 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.bench_decode import grouped_rows_attention  # noqa: E402
 
-OPTIONS = {
+OPTIONS = {  # settings.override(...) of each option
     "tuned": {},
-    "one launch": {"FLASHLIGHT_SPLIT_KV": "1"},
-    "split, one launch": {"FLASHLIGHT_SPLIT_KV": "32"},
-    "split, pair": {"FLASHLIGHT_SPLIT_KV": "32", "FLASHLIGHT_FUSED_SPLIT": "0"},
+    "one launch": {"split_kv": 1},
+    "split, one launch": {"split_kv": 32},
+    "split, pair": {"split_kv": 32, "fused_split": False},
 }
 
 
@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=os.environ.get("OUT") or "benchmarks/out/decode_choice")
     args = p.parse_args(argv)
     import flashlight_hf
+    from flashlight_hf import settings
+    from flashlight_hf.compiler.runtime import launch_switches
     from triton.testing import do_bench_cudagraph
 
     rows = []
@@ -47,25 +49,16 @@ def main(argv: list[str] | None = None) -> int:
         q = torch.randn(b, hk, g, d, device="cuda", dtype=torch.bfloat16)
         k = torch.randn(b, hk, ctx, d, device="cuda", dtype=torch.bfloat16)
         v = torch.randn(b, hk, ctx, d, device="cuda", dtype=torch.bfloat16)
-        for name, env in OPTIONS.items():
-            saved = {n: os.environ.pop(n, None) for n in ("FLASHLIGHT_SPLIT_KV", "FLASHLIGHT_FUSED_SPLIT")}
-            os.environ.update(env)
-            try:
+        for name, option in OPTIONS.items():
+            with settings.override(**{"split_kv": None, "fused_split": True, **option}):
                 fn = flashlight_hf.compile(grouped_rows_attention)
                 fn(q, k, v)
-                from flashlight_hf.compiler.runtime import _env
-
-                plans = fn.builds()[0].kernel._plans
-                plan = next(pl for key, pl in plans.items() if key[-1] == _env())  # this option's plan
+                plans = fn.builds()[0].kernel.plans()
+                plan = next(pl for pl in plans if pl.switches == launch_switches())  # this option's plan
                 us = do_bench_cudagraph(lambda: fn(q, k, v), rep=50, return_mode="median") * 1e3
                 cfg, splits = plan.choice
                 rows.append(dict(context=ctx, option=name, us=us, splits=splits,
                                  config=f"{cfg.block_m}x{cfg.block_n} w{cfg.num_warps} s{cfg.num_stages}"))
-            finally:
-                for n, val in saved.items():
-                    os.environ.pop(n, None)
-                    if val is not None:
-                        os.environ[n] = val
             print(rows[-1], flush=True)
     lines = [f"- device: {torch.cuda.get_device_name()}; B{args.batch} H32 Hk8 D64 bf16, GQA rows; "
              "GPU µs from CUDA graphs", "", "| context | option | splits | config | GPU µs |", "|---:|---|---:|---|---:|"]

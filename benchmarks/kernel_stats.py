@@ -63,9 +63,9 @@ def launch_args(fn: Any, example: tuple) -> tuple[Any, list[Any]]:
         raise RuntimeError(f"{getattr(fn, '__name__', fn)} does not fuse: {build.fallback}")
     kernel = build.kernel
     inputs = kernel.bound_inputs(list(example))
-    plan = kernel._plan(inputs)
+    plan = kernel.make_plan(inputs)
     out = torch.empty(plan.out_shape, dtype=kernel.program.out_dtype)
-    return build.source, kernel._args(inputs, out, plan)
+    return build.source, kernel.launch_args(inputs, out, plan)
 
 
 def fused_split_stats(fn: Any, example: tuple, splits: int = 16, arch: int = 90) -> dict[str, Any]:
@@ -73,17 +73,17 @@ def fused_split_stats(fn: Any, example: tuple, splits: int = 16, arch: int = 90)
     ``example``: the interpreter runs it, but only a real compile checks that Triton accepts
     its atomics, fences and cache modifiers."""
     from flashlight_hf.compiler import driver as api
-    from flashlight_hf.compiler.runtime import DECODE_CONFIG, _PartialsLayout, tensor_args
+    from flashlight_hf.compiler.runtime import DECODE_CONFIG, PartialsLayout, tensor_args
 
     build = api.build(fn, example, {}, interpret=False)
     if build.kernel is None or build.source.split_fused is None:
         raise RuntimeError(f"{getattr(fn, '__name__', fn)} has no split-KV kernel")
     kernel, src = build.kernel, build.source.split_fused
     inputs = kernel.bound_inputs(list(example))
-    plan = kernel._plan(inputs)
+    plan = kernel.make_plan(inputs)
     out = torch.empty(plan.out_shape, dtype=kernel.program.out_dtype)
     args = tensor_args(inputs, src.input_args)
-    layout = _PartialsLayout(splits, plan.n_grid, plan.rows, src.acc_widths)
+    layout = PartialsLayout(splits, plan.n_grid, plan.rows, src.acc_widths)
     args += layout.carve(layout.alloc(torch.device("cpu")))
     args += [plan.n_grid, torch.zeros(1024, dtype=torch.int32), out, *out.stride(), *plan.fused_sizes]
     cfg = DECODE_CONFIG
@@ -155,8 +155,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         raise SystemExit("kernel_stats compiles real kernels: run it with TRITON_INTERPRET=0 (or unset); "
                          "under the interpreter triton.jit makes functions that cannot be compiled")
     from benchmarks.bench_schedule import VARIANTS
+    from flashlight_hf import settings
 
-    os.environ["FLASHLIGHT_DISK_CACHE"] = "0"
+    os.environ["FLASHLIGHT_DISK_CACHE"] = "0"  # the whole run, whoever reads it
+    settings.reload()
     progs = programs(*args.shape, torch.bfloat16)
     rows = []
     for pname in args.programs.split(","):

@@ -87,9 +87,9 @@ def host_breakdown(model, state: Any, impl: str, steps: int) -> list[str]:
         times.wrap(registry, "run_layer_structured", "layers.run_layer_structured")
         times.wrap(api.CompiledAttention, "into", "CompiledAttention.into")
         times.wrap(runtime.CompiledKernel, "__call__", "CompiledKernel.__call__")
-        times.wrap(runtime.CompiledKernel, "_choose", "CompiledKernel._choose")
+        times.wrap(runtime.Tuner, "choose", "Tuner.choose")
         times.wrap(runtime.CompiledKernel, "_launch", "CompiledKernel._launch (one kernel)")
-        times.wrap(runtime.CompiledKernel, "_run_split", "CompiledKernel._run_split (split-KV pair)")
+        times.wrap(runtime.SplitKV, "run_pair", "SplitKV.run_pair (split-KV pair)")
         times.wrap(tjit.JITFunction, "run", "triton JITFunction.run")
         times.wrap(torch, "empty", "torch.empty")
     step = cases.decode_call(model, state)
@@ -115,7 +115,7 @@ def launch_costs(n: int = 500) -> list[str]:
     import triton
     import triton.language as tl
 
-    from flashlight_hf.compiler._triton_launch import Launcher
+    from flashlight_hf.compiler.runtime import Launcher
 
     @triton.jit
     def copy(x_ptr, y_ptr, n_elem, BLOCK: tl.constexpr):
@@ -188,7 +188,7 @@ def launch_anatomy(model, state: Any) -> list[str]:
     """Host µs of one decode layer's kernel launch, peeled layer by layer: the runtime call, our
     ``Launcher`` (specialisation key + kept kernel), Triton's runner, its ``run`` called directly,
     and the same with raw pointers instead of tensors. Tells which layer costs what."""
-    from flashlight_hf.compiler import _triton_launch as tlaunch
+    from flashlight_hf.compiler.runtime import launch as tlaunch
     from flashlight_hf.compiler import runtime
 
     seen: dict[str, Any] = {}
@@ -219,7 +219,7 @@ def launch_anatomy(model, state: Any) -> list[str]:
             f"| CompiledKernel call (whole runtime path; {len(launched)} launch(es) went through Launcher) | | "
             f"{_host_us(lambda: kernel(tensors, out=out)):.1f} |"]
     inputs = kernel.bound_inputs(tensors)
-    plans = [p for p in kernel._plans.values() if p.direct is not None]
+    plans = [p for p in kernel.plans() if p.direct is not None]
     if plans:
         rows.append(f"| the plan's direct launch(es) alone | | {_host_us(lambda: plans[-1].direct(inputs, out)):.1f} |")
     for launcher, grid, args, constexprs, nw, ns in launched.values():

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import flashlight_hf
+from flashlight_hf import settings
 from flashlight_hf.compiler.runtime import add_launch_hook
 from flashlight_hf.testing import assert_close
 from tests.test_generator import MORE, PROGRAMS, _inputs, _more_inputs
@@ -25,21 +26,19 @@ def _args(name: str, device: str, sq: int, sk: int):
 
 @pytest.mark.parametrize("fused", [False, True], ids=["pair", "fused"])
 @pytest.mark.parametrize("name", sorted(DECODE))
-def test_split_kv_matches_float64(name: str, fused: bool, device: str, monkeypatch):
+def test_split_kv_matches_float64(name: str, fused: bool, device: str):
     """Split as a partials + combine pair, and fused (the last share of a row tile combines,
     the default; FLASHLIGHT_FUSED_SPLIT=0 runs the pair): run twice each, so the fused kernel's
     tickets must be reset."""
     fn = DECODE[name]
     compiled = flashlight_hf.compile(fn)
     launches: list[str] = []
-    monkeypatch.setenv("FLASHLIGHT_FUSED_SPLIT", "1" if fused else "0")
     remove = add_launch_hook(launches.append)
     try:
         # shares that split tiles unevenly (7), and more shares than key tiles (16: empty ones)
         for splits, sq, sk in ((7, 3, 260), (16, 1, 70)):
-            monkeypatch.setenv("FLASHLIGHT_SPLIT_KV", str(splits))
             args = _args(name, device, sq, sk)
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), settings.override(split_kv=splits, fused_split=fused):
                 warnings.filterwarnings("error", message="flashlight")
                 outs = [compiled(*args), compiled(*args)]
             ref = fn(*[a.double() if a.is_floating_point() else a for a in args])

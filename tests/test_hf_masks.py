@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import flashlight_hf.transformers.interface as fl_hf
+from flashlight_hf import settings
 from flashlight_hf.compiler.runtime import add_launch_hook
 from flashlight_hf.transformers import layers
 from flashlight_hf.transformers.masks import StructuredMask
@@ -146,21 +147,19 @@ def test_decode_steps_reuse_one_kernel(models):
 
 
 @pytest.mark.parametrize("one_launch", ["1", "0"], ids=["one-launch", "pair"])
-def test_generate_with_split_kv_decode_steps_matches_eager(models, monkeypatch, one_launch):
+def test_generate_with_split_kv_decode_steps_matches_eager(models, one_launch):
     """Decode steps forced onto split KV (shares of the cache merged by their log-sum-exp: in one
     launch by default, as a partials + combine pair with FLASHLIGHT_FUSED_SPLIT=0), with the GQA
     group's heads as rows: the same tokens as eager, and the split kernels ran."""
-    splits = "3"
-    monkeypatch.setenv("FLASHLIGHT_FUSED_SPLIT", one_launch)
+    splits = 3
     eager, fused = models
     ids = torch.randint(5, 1000, (2, 11), device=fused.device)
     mask = torch.ones_like(ids)
     mask[0, :3] = 0
-    monkeypatch.setenv("FLASHLIGHT_SPLIT_KV", splits)
     launches: list[str] = []
     remove = add_launch_hook(launches.append)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), settings.override(split_kv=splits, fused_split=one_launch == "1"):
             got = fused.generate(input_ids=ids, attention_mask=mask, max_new_tokens=4, do_sample=False)
     finally:
         remove()

@@ -1,4 +1,4 @@
-"""What the runtime does per call (flashlight_hf/compiler/runtime.py and api.CompiledAttention.into):
+"""What the runtime does per call (flashlight_hf/compiler/runtime/ and api.CompiledAttention.into):
 writing into a caller's tensor of any strides, one plan per set of input shapes, and the
 decode-step choice between one launch and the split-KV pair. A decode loop repeats the same
 call at every layer of every step, so these paths carry most launches a model makes."""
@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import flashlight_hf
+from flashlight_hf import settings
 from flashlight_hf.compiler.runtime import DECODE_CONFIG, add_launch_hook
 from flashlight_hf.transformers.masks import Signature, _device_ints, _intern
 from flashlight_hf.testing import assert_close, poison_
@@ -50,10 +51,10 @@ def test_one_plan_per_set_of_shapes(device: str):
         q, k, v = _qkv(device, sk=sk)
         assert_close(compiled(q, k, v), attention(q.double(), k.double(), v.double()), torch.float32, tf32=False)
     kernel = next(iter(compiled._builds.values())).kernel
-    assert len(kernel._plans) == 2
+    assert len(kernel.plans()) == 2
 
 
-def test_forced_single_launch_for_a_decode_step(device: str, monkeypatch):
+def test_forced_single_launch_for_a_decode_step(device: str):
     """FLASHLIGHT_SPLIT_KV=1 keeps a decode step that would split in one launch, still right;
     unset, the step splits (in one launch: the merging share combines)."""
     compiled = flashlight_hf.compile(attention)
@@ -62,10 +63,11 @@ def test_forced_single_launch_for_a_decode_step(device: str, monkeypatch):
     launches: list[str] = []
     remove = add_launch_hook(launches.append)
     try:
-        monkeypatch.setenv("FLASHLIGHT_SPLIT_KV", "1")
-        assert_close(compiled(q, k, v), attention(q.double(), k.double(), v.double()), torch.float32, tf32=False)
-        monkeypatch.delenv("FLASHLIGHT_SPLIT_KV")
-        assert_close(compiled(q, k, v), attention(q.double(), k.double(), v.double()), torch.float32, tf32=False)
+        with settings.override(split_kv=1):
+            assert_close(compiled(q, k, v), attention(q.double(), k.double(), v.double()), torch.float32,
+                         tf32=False)
+        with settings.override(split_kv=None):
+            assert_close(compiled(q, k, v), attention(q.double(), k.double(), v.double()), torch.float32, tf32=False)
     finally:
         remove()
     assert launches == ["flashlight_fwd", "flashlight_fwd_split_fused"], launches
@@ -86,39 +88,39 @@ def test_device_ints_from_plain_ints_and_tensors():
 
 
 @pytest.mark.parametrize("mode", ["single", "pair", "fused"])
-def test_repeated_shapes_with_new_tensors(device: str, mode: str, monkeypatch):
+def test_repeated_shapes_with_new_tensors(device: str, mode: str):
     """A decode loop: the same shapes again and again, new tensors (new pointers) every call.
     On a GPU the plan's later launches pass only the new pointers (a direct launch); every
     call must still read its own inputs and write its own output."""
-    splits = {"single": "1", "pair": "4", "fused": "4"}[mode]
-    monkeypatch.setenv("FLASHLIGHT_SPLIT_KV", splits)
-    monkeypatch.setenv("FLASHLIGHT_FUSED_SPLIT", "1" if mode == "fused" else "0")
+    splits = {"single": 1, "pair": 4, "fused": 4}[mode]
     compiled = flashlight_hf.compile(attention)
-    for _ in range(3):
-        q, k, v = _qkv(device, b=1, h=2, sq=1, sk=8 * DECODE_CONFIG.block_n)
-        out = poison_(torch.empty(1, 2, 1, 32, device=device))
-        compiled.into(out, q, k, v)
-        assert_close(out, attention(q.double(), k.double(), v.double()), torch.float32, tf32=False)
+    with settings.override(split_kv=splits, fused_split=mode == "fused"):
+        for _ in range(3):
+            q, k, v = _qkv(device, b=1, h=2, sq=1, sk=8 * DECODE_CONFIG.block_n)
+            out = poison_(torch.empty(1, 2, 1, 32, device=device))
+            compiled.into(out, q, k, v)
+            assert_close(out, attention(q.double(), k.double(), v.double()), torch.float32, tf32=False)
     kernel = next(iter(compiled._builds.values())).kernel
-    (plan,) = kernel._plans.values()
-    assert plan.choice[1] == int(splits)
+    (plan,) = kernel.plans()
+    assert plan.choice[1] == splits
     if device == "cuda":
         assert plan.direct is not None, "the repeated call should relaunch directly"
 
 
-def test_plans_follow_the_launch_switches(device: str, monkeypatch):
+def test_plans_follow_the_launch_switches(device: str):
     """A plan made with fast launches on (its direct relaunches included) never serves a call
     made after FLASHLIGHT_FAST_LAUNCH=0: the switch is part of the plan's key."""
     compiled = flashlight_hf.compile(attention)
     q, k, v = _qkv(device)
     for _ in range(2):
         compiled(q, k, v)
-    monkeypatch.setenv("FLASHLIGHT_FAST_LAUNCH", "0")
-    for _ in range(2):
-        assert_close(compiled(q, k, v), attention(q.double(), k.double(), v.double()), torch.float32, tf32=False)
+    with settings.override(fast_launch=False):
+        for _ in range(2):
+            assert_close(compiled(q, k, v), attention(q.double(), k.double(), v.double()), torch.float32,
+                         tf32=False)
     kernel = next(iter(compiled._builds.values())).kernel
-    assert len(kernel._plans) == 2
-    off = [p for key, p in kernel._plans.items() if key[-1][3] == "0"]
+    assert len(kernel.plans()) == 2
+    off = [p for p in kernel.plans() if not p.switches.fast_launch]
     assert len(off) == 1 and off[0].direct is None
 
 
@@ -126,7 +128,7 @@ def test_decode_tuning_has_its_gpu_busy_wait():
     """Decode tuning times options on the GPU alone by queueing them behind
     ``torch.cuda._sleep`` (a private PyTorch API); if it moves, tuning falls back to wall-clock
     timing, which ranks decode options by host bookkeeping: fail loudly here instead."""
-    from flashlight_hf.compiler import runtime
+    from flashlight_hf.compiler.runtime import tune
 
-    assert callable(getattr(torch.cuda, "_sleep", None)), "torch.cuda._sleep moved: update runtime._hold_gpu"
-    assert runtime._hold_gpu(0) is True
+    assert callable(getattr(torch.cuda, "_sleep", None)), "torch.cuda._sleep moved: update tune.hold_gpu"
+    assert tune.hold_gpu(0) is True

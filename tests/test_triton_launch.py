@@ -1,4 +1,4 @@
-"""The kept-kernel launch path (flashlight_hf/compiler/_triton_launch.py), the one module that
+"""The kept-kernel launch path (flashlight_hf/compiler/runtime/launch.py), the one module that
 uses Triton's private launch API.
 
 On CPU: the specialisation key separates what it must, and the interpreter never takes the
@@ -15,7 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
-from flashlight_hf.compiler._triton_launch import Launcher, specialization_key
+from flashlight_hf import settings
+from flashlight_hf.compiler.runtime.launch import Launcher, specialization_key
 
 
 @triton.jit
@@ -38,9 +39,9 @@ def test_key_separates_alignment_ones_and_widths():
     assert specialization_key([object()]) is None  # unknown argument: Triton's own path
 
 
-def test_interpreter_never_takes_the_fast_path(monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    assert not Launcher(_scaled_copy).enabled
+def test_interpreter_never_takes_the_fast_path():
+    with settings.override(interpret=True):
+        assert not Launcher(_scaled_copy).enabled
 
 
 def _variants(device: str) -> list[tuple[torch.Tensor, int, int]]:
@@ -68,11 +69,11 @@ def test_kept_kernel_is_the_one_triton_picks():
                                     "one specialisation: update specialization_key for this Triton version")
 
 
-def test_no_direct_launch_without_a_kept_kernel(monkeypatch):
+def test_no_direct_launch_without_a_kept_kernel():
     """Under the interpreter (and before a first launch) there is nothing to relaunch directly."""
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
     x = torch.randn(64)
-    assert Launcher(_scaled_copy).direct([x, x, 64, 1, 0.5], (("BLOCK", 128),), 4, 2) is None
+    with settings.override(interpret=True):
+        assert Launcher(_scaled_copy).direct([x, x, 64, 1, 0.5], (("BLOCK", 128),), 4, 2) is None
 
 
 def _launched_once(stride: int):

@@ -19,9 +19,8 @@ from flashlight_hf.compiler import cache as diskcache
 from flashlight_hf.compiler import capture as cap
 from flashlight_hf.compiler.codegen import KernelSource, generate
 from flashlight_hf.compiler.ir import Program, Unsupported, Var, build_ir
-from flashlight_hf.compiler.ops import register_kernel
 from flashlight_hf.compiler.rewrite import KernelPlan, plan
-from flashlight_hf.compiler.runtime import CompiledKernel
+from flashlight_hf.compiler.runtime import CompiledKernel, register_kernel
 
 
 @dataclass

@@ -13,7 +13,8 @@ argument, more than Triton specialises on (pointer dtype and 16-byte alignment; 
 class, equal to 1, divisible by 16), plus the device, the constexprs and the launch options.
 ``tests/test_triton_launch.py`` (GPU) checks that claim against Triton's own cache, so a
 Triton release that specialises on something new fails that test instead of launching a
-kernel compiled for other arguments. ``FLASHLIGHT_FAST_LAUNCH=0`` turns this off.
+kernel compiled for other arguments. ``FLASHLIGHT_FAST_LAUNCH=0`` (``settings.fast_launch``)
+turns this off.
 
 A decode loop repeats one set of shapes at every layer of every step; for those the runtime
 asks :meth:`Launcher.direct` for a :class:`DirectLaunch`: the kept kernel's own ``run`` with every
@@ -24,10 +25,11 @@ to ~6 µs per launch on the GPU box, ``benchmarks/profile_decode.py``'s launch a
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import torch
+
+from flashlight_hf import settings
 
 
 _I32_MIN, _I32_MAX, _U64 = -(2 ** 31), 2 ** 31 - 1, 2 ** 63
@@ -80,7 +82,7 @@ class Launcher:
     def _key(self, args: list, constexprs: tuple[tuple[str, int], ...], num_warps: int,
              num_stages: int) -> tuple | None:
         """The kept-kernel key of a launch; None where fast launches are off or not possible."""
-        if not self.enabled or os.environ.get("FLASHLIGHT_FAST_LAUNCH", "1") == "0":
+        if not self.enabled or not settings.current().fast_launch:
             return None
         spec = specialization_key(args)
         return None if spec is None else (spec, constexprs, num_warps, num_stages)
@@ -173,4 +175,4 @@ def _supported(fn: Any) -> bool:
         from triton.runtime.jit import JITFunction
     except ImportError:  # pragma: no cover - a Triton without this class: Triton's own path only
         return False
-    return type(fn) is JITFunction and os.environ.get("TRITON_INTERPRET", "0") in ("", "0")
+    return type(fn) is JITFunction and not settings.current().interpret

@@ -19,7 +19,9 @@ from typing import Any, Callable, Sequence
 import sympy
 import torch
 
-from flashlight_hf.compiler.runtime import CompiledKernel, ShapeError, shape_mismatch, sum_extent
+from flashlight_hf.compiler.runtime.kernel import CompiledKernel
+from flashlight_hf.compiler.runtime.shapes import ShapeError, shape_mismatch
+from flashlight_hf.compiler.runtime.sizes import sum_extent
 
 
 @dataclass

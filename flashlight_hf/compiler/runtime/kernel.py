@@ -1,0 +1,188 @@
+"""A generated kernel bound to its program: the object the driver calls with real tensors.
+
+Generated source is loaded from memory (:mod:`.loader`). Before a set of input shapes' first
+launch, the shapes are checked against the relations the traced program imposes
+(:func:`~.shapes.shape_mismatch`) and the call's plan is made (:class:`~.plan.ShapePlan`: sizes,
+grid, key shares, tile choice), once per set of shapes and launch switches; later calls with
+those shapes look the plan up and, on a GPU, relaunch directly with only the pointers new.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+
+from flashlight_hf.compiler.codegen import KernelSource
+from flashlight_hf.compiler.ir import Program
+from flashlight_hf.compiler.runtime.hooks import launch_hooks
+from flashlight_hf.compiler.runtime.launch import Launcher
+from flashlight_hf.compiler.runtime.loader import load_kernel
+from flashlight_hf.compiler.runtime.plan import ShapePlan, constexprs, row_tiles, tensor_args
+from flashlight_hf.compiler.runtime.shapes import ShapeError, shape_mismatch
+from flashlight_hf.compiler.runtime.sizes import SizeFunction, sum_extent
+from flashlight_hf.compiler.runtime.split_kv import SplitKV
+from flashlight_hf.compiler.runtime.switches import LaunchSwitches, launch_switches
+from flashlight_hf.compiler.runtime.tune import LaunchConfig, Tuner
+
+_MAX_PLANS = 256  # a dynamic cache's decode loop makes one new set of shapes per step
+
+
+@dataclass
+class CompiledKernel:
+    """A generated forward kernel bound to its program; call with the flat tensor inputs.
+
+    Tile sizes are autotuned per (row-count, key-count) power-of-two bucket on the first call
+    that lands in a bucket (GPU only, :class:`~.tune.Tuner`); sequence lengths stay runtime
+    arguments, so a bucket never recompiles the source. A decode step's bucket also decides
+    between one launch and a split-KV launch (:class:`~.split_kv.SplitKV`). What a call's input
+    shapes imply (sizes, grid, splits) is computed once per set of shapes: a decode loop
+    repeats them at every layer of every step.
+    """
+
+    program: Program
+    source: KernelSource
+    # the file name each generated source is known by (the driver's readable copy), or None
+    name_file: Callable[[str], str | None] | None = None
+    _plans: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._launcher = Launcher(self._load(self.source))
+        self._direct = all(isinstance(b, int) for b in self.program.bindings)  # no constant inputs
+        out_extents = [sum_extent(ax) for ax in self.program.out_axes]
+        src = self.source
+        exprs = out_extents + list(src.runtime_sizes) + [src.row_extent, src.loop_extent] + list(src.grid_extents)
+        self._sizes = SizeFunction(self.program, exprs)
+        self._n_out, self._n_rt = len(out_extents), len(src.runtime_sizes)
+        self._tuner = Tuner(src.tile_pads)
+        self._split = None
+        if src.split is not None or src.split_fused is not None:
+            self._split = SplitKV(self.program, src, self._load)
+
+    def _load(self, src: KernelSource) -> Any:
+        return load_kernel(src, self.name_file(src.source) if self.name_file is not None else None)
+
+    def bound_inputs(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """The kernel's inputs from the program's: tensors picked by binding, constants moved
+        to the inputs' device."""
+        bindings = self.program.bindings
+        if self._direct:
+            return [tensors[b] for b in bindings]
+        device = tensors[0].device if tensors else torch.device("cpu")
+        return [tensors[b] if isinstance(b, int) else b.to(device) for b in bindings]
+
+    # -- public hooks (benchmarks, tests) -----------------------------------------------------------
+    def plans(self) -> list[ShapePlan]:
+        """The plans made so far, oldest first: one per set of input shapes, strides, dtypes,
+        devices and launch switches (``plan.switches``), with their tile choice once launched."""
+        return list(self._plans.values())
+
+    def make_plan(self, inputs: list[torch.Tensor], switches: LaunchSwitches | None = None) -> ShapePlan:
+        """A fresh plan for these (bound) inputs, not kept: their sizes and key shares, no
+        launch configuration yet. Raises :class:`ShapeError` for shapes the program does not
+        hold for. ``switches``: the launch switches in force by default."""
+        switches = launch_switches() if switches is None else switches
+        why = shape_mismatch(self.program, inputs)
+        if why is not None:
+            raise ShapeError(f"flashlight: {self.source.name} cannot run on inputs of shapes "
+                             f"{[tuple(t.shape) for t in inputs]}: {why}")
+        sizes = self._sizes(inputs)
+        n_out, n_rt = self._n_out, self._n_rt
+        n_grid = 1
+        for g in sizes[n_out + n_rt + 2:]:
+            n_grid *= g
+        rows, keys = sizes[n_out + n_rt], sizes[n_out + n_rt + 1]
+        out_shape = torch.Size(sizes[:n_out])
+        splits = 1 if self._split is None else self._split.num_splits(rows, keys, n_grid, inputs[0].device, switches)
+        plan = ShapePlan(out_shape=out_shape, runtime=list(sizes[n_out:n_out + n_rt]), rows=rows, keys=keys,
+                         n_grid=n_grid, splits=splits, switches=switches, empty=out_shape.numel() == 0)
+        if self._split is not None:
+            self._split.fill_sizes(plan, inputs)
+        return plan
+
+    def launch_args(self, inputs: list[torch.Tensor], out: torch.Tensor, plan: ShapePlan) -> list[Any]:
+        """The single-launch kernel's arguments, in its signature's order: each input with its
+        strides, the output with its, the run-time sizes (constexprs not included)."""
+        return tensor_args(inputs, self.source.input_args) + [out, *out.stride(), *plan.runtime]
+
+    # -- a call ------------------------------------------------------------------------------------
+    def __call__(self, tensors: Sequence[torch.Tensor], out: torch.Tensor | None = None) -> torch.Tensor:
+        """Launch on ``tensors`` (the program's inputs); the result goes to a new tensor, or into
+        ``out`` (any strides) when given: the caller's final layout, with no copy after."""
+        inputs = self.bound_inputs(tensors)
+        switches = launch_switches()
+        first = inputs[0]
+        # strides and dtypes too: a plan's direct launches hold every integer argument
+        shape_key = (tuple([(t.shape, t.stride(), t.dtype, t.device) for t in inputs]),
+                     None if out is None else out.stride(), first.get_device(), switches)
+        plan = self._plans.get(shape_key)
+        if plan is None:
+            if len(self._plans) >= _MAX_PLANS:
+                self._plans.clear()
+            plan = self._plans[shape_key] = self.make_plan(inputs, switches)
+        if out is None:
+            out = torch.empty(plan.out_shape, dtype=self.program.out_dtype, device=first.device)
+        elif out.shape != plan.out_shape or out.dtype != self.program.out_dtype or \
+                out.get_device() != first.get_device():
+            raise ValueError(f"flashlight: out= is {tuple(out.shape)} {out.dtype} on {out.device}; this call "
+                             f"writes {tuple(plan.out_shape)} {self.program.out_dtype} on {first.device}")
+        if plan.empty:
+            return out
+        if plan.choice is None:  # tuned (or looked up) once per set of shapes
+            plan.choice = self._choose(inputs, out, plan, switches)
+        cfg, splits = plan.choice
+        hooks = launch_hooks()
+        if hooks:
+            names = plan.kernel_names or self._kernel_names(plan, switches)
+            for hook in hooks:
+                for name in names:
+                    hook(name)
+        if plan.direct is not None and plan.direct(inputs, out):
+            return out
+        if splits > 1:
+            run, _ = self._split.runner(switches)
+            run(inputs, out, plan, splits, cfg)
+        else:
+            self._launch(cfg, self.launch_args(inputs, out, plan), plan.rows, plan.n_grid)
+        if plan.direct is None and not plan.no_direct:  # launched (compiled) once: relaunch directly
+            plan.direct = self._direct_launch(inputs, out, plan, switches)
+            plan.no_direct = plan.direct is None
+        return out
+
+    def _launch(self, cfg: LaunchConfig, args: list, rows: int, n_grid: int) -> None:
+        """One launch of the single-launch kernel (the whole key loop per program)."""
+        self._launcher(row_tiles(rows, cfg, n_grid), args, constexprs(cfg), cfg.num_warps, cfg.num_stages)
+
+    def _choose(self, inputs: list[torch.Tensor], out: torch.Tensor, plan: ShapePlan,
+                switches: LaunchSwitches) -> tuple[LaunchConfig, int]:
+        """(tile configuration, key splits) for this call: :meth:`Tuner.choose` timing this
+        call's own launches."""
+        args = self.launch_args(inputs, out, plan)
+        return self._tuner.choose(
+            plan.rows, plan.keys, plan.n_grid, plan.splits, out.device, switches,
+            lambda cfg: self._launch(cfg, args, plan.rows, plan.n_grid),
+            lambda cfg, splits: self._split.runner(switches)[0](inputs, out, plan, splits, cfg))
+
+    def _kernel_names(self, plan: ShapePlan, switches: LaunchSwitches) -> list[str]:
+        """The generated kernels one call with this plan launches (for launch hooks)."""
+        plan.kernel_names = self._split.runner(switches)[1] if plan.choice[1] > 1 else [self.source.name]
+        return plan.kernel_names
+
+    def _direct_launch(self, inputs: list[torch.Tensor], out: torch.Tensor, plan: ShapePlan,
+                       switches: LaunchSwitches) -> Callable[[list, torch.Tensor], bool] | None:
+        """``direct(inputs, out) -> bool``: this plan's launches with only the pointers new
+        (:class:`flashlight_hf.compiler.runtime.launch.DirectLaunch`), for a decode loop that
+        repeats one set of shapes at every layer. None where Triton's path must stay (the
+        interpreter, fast launches off, unaligned pointers); False from a call: launch the
+        usual way (a pointer not aligned, a launch hook set)."""
+        cfg, splits = plan.choice
+        if splits > 1:
+            return self._split.direct(inputs, out, plan, switches)
+        n_tiles = row_tiles(plan.rows, cfg, plan.n_grid)
+        single = self._launcher.direct(self.launch_args(inputs, out, plan), constexprs(cfg), cfg.num_warps,
+                                       cfg.num_stages)
+        if single is None:
+            return None
+        which = self.source.input_args
+        return lambda ins, o: single(n_tiles, [ins[k].data_ptr() for k in which] + [o.data_ptr()])
