@@ -88,7 +88,7 @@ def host_breakdown(model, state: Any, impl: str, steps: int) -> list[str]:
         times.wrap(api.CompiledAttention, "into", "CompiledAttention.into")
         times.wrap(runtime.CompiledKernel, "__call__", "CompiledKernel.__call__")
         times.wrap(runtime.Tuner, "choose", "Tuner.choose")
-        times.wrap(runtime.CompiledKernel, "_launch", "CompiledKernel._launch (one kernel)")
+        times.wrap(runtime.CompiledKernel, "launch_single", "CompiledKernel.launch_single (one kernel)")
         times.wrap(runtime.SplitKV, "run_pair", "SplitKV.run_pair (split-KV pair)")
         times.wrap(tjit.JITFunction, "run", "triton JITFunction.run")
         times.wrap(torch, "empty", "torch.empty")

@@ -84,3 +84,26 @@ def random_tensors(shapes: Iterable[tuple[int, ...]], dtype: torch.dtype, device
 def to_float64(*tensors: torch.Tensor) -> list[torch.Tensor]:
     """CPU float64 copies, for the reference computation."""
     return [t.detach().to("cpu", torch.float64) for t in tensors]
+
+
+def key_tile_body(source: str, *, boundary: bool) -> str:
+    """The statements the generated key-tile helper (``_attn_fwd_inner``) runs for one value of
+    its ``BOUNDARY`` flag, as source text: what an interior (``boundary=False``) or a boundary
+    tile evaluates. For tests that check what a tile range loads or masks."""
+    import ast
+
+    tree = ast.parse(source)
+    helper = next((f for f in tree.body if isinstance(f, ast.FunctionDef) and f.name == "_attn_fwd_inner"), None)
+    if helper is None:
+        raise ValueError("no _attn_fwd_inner helper in this source")
+
+    def chosen(stmts: list[ast.stmt]) -> list[ast.stmt]:
+        out: list[ast.stmt] = []
+        for s in stmts:
+            if isinstance(s, ast.If) and isinstance(s.test, ast.Name) and s.test.id == "BOUNDARY":
+                out += chosen(s.body if boundary else s.orelse)
+            else:
+                out.append(s)
+        return out
+
+    return "\n".join(ast.unparse(s) for s in chosen(helper.body))

@@ -18,7 +18,7 @@ from flashlight_hf.compiler.runtime import add_launch_hook
 from flashlight_hf.transformers import layers
 from flashlight_hf.transformers.masks import StructuredMask
 from flashlight_hf.model_zoo.configs import zoo_config
-from flashlight_hf.testing import rel_error
+from flashlight_hf.testing import key_tile_body, rel_error
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def _sources_with_padding(kind: str) -> list[str]:
     for key, progs in layers._programs.items():
         structure = key[-1]
         if isinstance(structure, layers.MaskStructure) and structure.sig[2] == kind:
-            out += [b.source.source for p in progs for b in p.fn._builds.values() if b.source is not None]
+            out += [b.source.source for p in progs for b in p.fn.builds() if b.source is not None]
     return out
 
 
@@ -92,9 +92,12 @@ def test_causal_and_contiguous_padding_become_loop_bounds(models):
     assert rel_error(got[keep], ref[keep]) <= 1e-4
     src = _sources_with_padding("ranges")
     assert src, "no kernel with padding as key ranges was built"
-    interior = src[-1].split("# interior tiles")[1].split("# boundary tiles after")[0]
-    # the interior loop reads K and V only: the mask is in the loop bounds, not loaded per tile
+    assert "BOUNDARY=False" in src[-1], "the kernel has interior tiles"
+    interior = key_tile_body(src[-1], boundary=False)
+    # an interior tile reads K and V only: the mask is in the loop bounds, not loaded per tile
     assert interior.count("tl.load(") == 2, interior
+    # the mask arithmetic (on kv_idx) runs in boundary tiles only
+    assert "kv_idx" in key_tile_body(src[-1], boundary=True) and "kv_idx" not in interior, interior
 
 
 def test_padding_with_holes_is_read_per_key(models):
@@ -133,7 +136,7 @@ def test_decode_steps_reuse_one_kernel(models):
     mask[1, :4] = 0
     with torch.no_grad():
         fused.generate(input_ids=ids, attention_mask=mask, max_new_tokens=2, do_sample=False)  # warm up
-        builds = sum(len(c._builds) for c in _compiled())
+        builds = sum(len(c.builds()) for c in _compiled())
         launches: list[str] = []
         remove = add_launch_hook(launches.append)
         try:
@@ -142,7 +145,7 @@ def test_decode_steps_reuse_one_kernel(models):
             remove()
         ref = eager.generate(input_ids=ids, attention_mask=mask, max_new_tokens=8, do_sample=False)
     assert torch.equal(got, ref)
-    assert sum(len(c._builds) for c in _compiled()) == builds, "a decode step recompiled"
+    assert sum(len(c.builds()) for c in _compiled()) == builds, "a decode step recompiled"
     assert len(launches) >= 8 * fused.config.num_hidden_layers
 
 

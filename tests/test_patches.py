@@ -159,7 +159,7 @@ def test_every_program_built_a_kernel_without_fallback():
         models(name)  # make sure every family has run at least once (order of tests is free)
         _strict_run(lambda: _output(models(name)[1], *_batch()))
     for program in programs:
-        builds = list(program._builds.values())
+        builds = program.builds()
         assert builds, f"{program.fn.__name__} never ran"
         for b in builds:
             assert b.kernel is not None and b.fallback is None, (program.fn.__name__, b.fallback)

@@ -50,7 +50,7 @@ def test_one_plan_per_set_of_shapes(device: str):
     for sk in (45, 45, 70, 45):
         q, k, v = _qkv(device, sk=sk)
         assert_close(compiled(q, k, v), attention(q.double(), k.double(), v.double()), torch.float32, tf32=False)
-    kernel = next(iter(compiled._builds.values())).kernel
+    kernel = compiled.builds()[0].kernel
     assert len(kernel.plans()) == 2
 
 
@@ -100,7 +100,7 @@ def test_repeated_shapes_with_new_tensors(device: str, mode: str):
             out = poison_(torch.empty(1, 2, 1, 32, device=device))
             compiled.into(out, q, k, v)
             assert_close(out, attention(q.double(), k.double(), v.double()), torch.float32, tf32=False)
-    kernel = next(iter(compiled._builds.values())).kernel
+    kernel = compiled.builds()[0].kernel
     (plan,) = kernel.plans()
     assert plan.choice[1] == splits
     if device == "cuda":
@@ -118,7 +118,7 @@ def test_plans_follow_the_launch_switches(device: str):
         for _ in range(2):
             assert_close(compiled(q, k, v), attention(q.double(), k.double(), v.double()), torch.float32,
                          tf32=False)
-    kernel = next(iter(compiled._builds.values())).kernel
+    kernel = compiled.builds()[0].kernel
     assert len(kernel.plans()) == 2
     off = [p for p in kernel.plans() if not p.switches.fast_launch]
     assert len(off) == 1 and off[0].direct is None

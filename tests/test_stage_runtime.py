@@ -15,7 +15,8 @@ import sympy
 import torch
 from torch.utils._sympy.functions import CeilDiv, FloatTrueDiv, FloorDiv
 
-from flashlight_hf import api, settings
+from flashlight_hf import settings
+from flashlight_hf.compiler import driver as api
 from flashlight_hf.compiler.abi import DECODE_MAX_ROWS, KERNEL_COMBINE, KERNEL_SINGLE, KERNEL_SPLIT, KERNEL_SPLIT_FUSED
 from flashlight_hf.compiler.runtime import (DECODE_CONFIG, CompiledKernel, ShapeError, SizeFunction,
                                             add_launch_hook, launch_switches, num_splits, shape_mismatch)

@@ -111,6 +111,26 @@ def test_when_imported_waits_for_the_module(tmp_path, monkeypatch):
         sys.modules.pop("fl_hook_probe", None)
 
 
+def test_when_imported_waits_for_a_sourceless_module(tmp_path, monkeypatch):
+    """A module installed as .pyc only (no source) is still waited for."""
+    import py_compile
+
+    src = tmp_path / "fl_hook_pyc.py"
+    src.write_text("VALUE = 7\n")
+    py_compile.compile(str(src), cfile=str(tmp_path / "fl_hook_pyc.pyc"))
+    src.unlink()
+    monkeypatch.syspath_prepend(str(tmp_path))
+    seen = []
+    hook.when_imported("fl_hook_pyc", lambda m: seen.append(m.VALUE))
+    try:
+        module = importlib.import_module("fl_hook_pyc")
+        assert seen == [7] and "fl_hook_pyc" not in hook.pending()
+        assert module.__spec__.origin.endswith(".pyc")
+    finally:
+        sys.modules.pop("fl_hook_pyc", None)
+        hook.cancel(seen.append)
+
+
 def test_public_names_and_one_version():
     assert flashlight_hf.__all__ == ["compile", "explain", "enable", "disable", "__version__"]
     for name in flashlight_hf.__all__:

@@ -101,6 +101,8 @@ class _AfterImport(importlib.abc.MetaPathFinder):
             if spec is not None:
                 if type(spec.loader) is importlib.machinery.SourceFileLoader:
                     spec.loader = _SourceThenCallbacks(spec.loader.name, spec.loader.path)
+                elif spec.loader is not None and hasattr(spec.loader, "exec_module"):
+                    spec.loader = _ThenCallbacks(spec.loader)  # .pyc-only installs, zip imports, ...
                 return spec
         return None
 
@@ -109,3 +111,21 @@ class _SourceThenCallbacks(importlib.machinery.SourceFileLoader):
     def exec_module(self, module: ModuleType) -> None:
         super().exec_module(module)
         _run(module)
+
+
+class _ThenCallbacks(importlib.abc.Loader):
+    """Any other loader (sourceless ``.pyc``, zip archives): delegates everything to it and runs
+    the module's callbacks after its code."""
+
+    def __init__(self, inner: Any):
+        self._inner = inner
+
+    def create_module(self, spec: Any) -> ModuleType | None:
+        return self._inner.create_module(spec)
+
+    def exec_module(self, module: ModuleType) -> None:
+        self._inner.exec_module(module)
+        _run(module)
+
+    def __getattr__(self, name: str) -> Any:  # get_source, get_code, is_package, ...
+        return getattr(self._inner, name)

@@ -144,13 +144,13 @@ class CompiledKernel:
             run, _ = self._split.runner(switches)
             run(inputs, out, plan, splits, cfg)
         else:
-            self._launch(cfg, self.launch_args(inputs, out, plan), plan.rows, plan.n_grid)
+            self.launch_single(cfg, self.launch_args(inputs, out, plan), plan.rows, plan.n_grid)
         if plan.direct is None and not plan.no_direct:  # launched (compiled) once: relaunch directly
             plan.direct = self._direct_launch(inputs, out, plan, switches)
             plan.no_direct = plan.direct is None
         return out
 
-    def _launch(self, cfg: LaunchConfig, args: list, rows: int, n_grid: int) -> None:
+    def launch_single(self, cfg: LaunchConfig, args: list, rows: int, n_grid: int) -> None:
         """One launch of the single-launch kernel (the whole key loop per program)."""
         self._launcher(row_tiles(rows, cfg, n_grid), args, constexprs(cfg), cfg.num_warps, cfg.num_stages)
 
@@ -161,7 +161,7 @@ class CompiledKernel:
         args = self.launch_args(inputs, out, plan)
         return self._tuner.choose(
             plan.rows, plan.keys, plan.n_grid, plan.splits, out.device, switches,
-            lambda cfg: self._launch(cfg, args, plan.rows, plan.n_grid),
+            lambda cfg: self.launch_single(cfg, args, plan.rows, plan.n_grid),
             lambda cfg, splits: self._split.runner(switches)[0](inputs, out, plan, splits, cfg))
 
     def _kernel_names(self, plan: ShapePlan, switches: LaunchSwitches) -> list[str]:
