@@ -552,13 +552,13 @@ def test_non_contiguous_inputs_are_read_through_strides(device: str):
     seen: list = []
     compiled = flashlight_hf.compile(causal_kv_offset)
     compiled(q, k, v)  # build
-    build = next(iter(compiled._fast.values()))
-    original = build.kernel._launch
-    build.kernel._launch = lambda cfg, args, *rest: (seen.append(args), original(cfg, args, *rest))
+    build = compiled.builds()[0]
+    original = build.kernel.launch_single
+    build.kernel.launch_single = lambda cfg, args, *rest: (seen.append(args), original(cfg, args, *rest))
     try:
         out = compiled(q, k, v)
     finally:
-        build.kernel._launch = original
+        build.kernel.launch_single = original
     tensors = [a for a in seen[0] if isinstance(a, torch.Tensor)]
     assert any(t.data_ptr() == q.data_ptr() and t.stride() == q.stride() for t in tensors), "q was copied"
     assert_close(out, causal_kv_offset(q.double(), k.double(), v.double()), torch.float32)
