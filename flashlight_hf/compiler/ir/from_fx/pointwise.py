@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from flashlight_hf.compiler.ir.from_fx.core import LT, Handler, LabelState, OpCall, not_handled
-from flashlight_hf.compiler.ir.nodes import Const, Pointwise
+from flashlight_hf.compiler.ir.nodes import Const, Pointwise, Unsupported
 
 aten = torch.ops.aten
 
@@ -49,6 +49,10 @@ def invert(lab: LabelState, c: OpCall) -> LT:
 
 
 def gelu(lab: LabelState, c: OpCall) -> LT:
+    approximate = c.kwargs.get("approximate", c.args[1] if len(c.args) > 1 else "none")
+    if approximate != "none":  # the tanh approximation is another function: never run it as erf
+        raise Unsupported(c.node.name, f"gelu(approximate={approximate!r}) is not handled by the generator "
+                                       "(only the exact, erf form is)")
     return LT(c.args[0].axes, Pointwise(c.dtype, "gelu", (c.args[0].node,)))
 
 
