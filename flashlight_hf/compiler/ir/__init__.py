@@ -15,7 +15,9 @@ nodes only, never on the FX graph.
 
 Layout: :mod:`.nodes` (the data, shared with rewrite and codegen), :mod:`.algebra` (casts
 looked through, products split into factors), :mod:`.program` (:class:`Program`),
-:mod:`.printer` (the text ``explain`` shows), :mod:`.from_fx` (the labeller, by op family).
+:mod:`.printer` (the text ``explain`` shows), :mod:`.from_fx` (the labeller, by op family),
+:mod:`.derivative` (reverse-mode derivatives of expressions, for the generated backward) and
+:mod:`.evaluate` (an expression computed densely with torch: the reference tests check against).
 """
 
 from flashlight_hf.compiler.ir.algebra import contains, mul_factors, strip_casts
