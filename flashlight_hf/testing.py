@@ -6,7 +6,7 @@ correctness gate and an eval comparison never disagree about tolerances.
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Callable, Iterable, Sequence
 
 import torch
 
@@ -107,3 +107,17 @@ def key_tile_body(source: str, *, boundary: bool) -> str:
         return out
 
     return "\n".join(ast.unparse(s) for s in chosen(helper.body))
+
+
+def gradients(fn: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor], seed: torch.Tensor, *,
+              dtype: torch.dtype | None = None) -> list[torch.Tensor | None]:
+    """The gradient of ``(fn(*inputs) * seed).sum()`` with respect to every floating input (None
+    for the others, and for an input the output does not depend on). ``dtype`` (e.g.
+    float64): inputs and seed are converted first — the reference a fused backward is checked
+    against. Fresh leaves each call: the caller's tensors are not touched."""
+    leaves = [t.detach().to(dtype if dtype is not None and t.is_floating_point() else t.dtype)
+              .requires_grad_(t.is_floating_point()) for t in inputs]
+    out = fn(*leaves)
+    wanted = [t for t in leaves if t.requires_grad]
+    grads = iter(torch.autograd.grad((out * seed.to(out.dtype)).sum(), wanted, allow_unused=True))
+    return [next(grads) if t.requires_grad else None for t in leaves]
