@@ -14,6 +14,7 @@ KERNEL_SINGLE = "flashlight_fwd"  # one program per row tile, the whole key loop
 KERNEL_SPLIT = "flashlight_fwd_split"  # a share of the keys per program, partials stored
 KERNEL_COMBINE = "flashlight_fwd_combine"  # merges the partials, then the epilogue
 KERNEL_SPLIT_FUSED = "flashlight_fwd_split_fused"  # split + combine in one launch
+KERNEL_TRAIN = "flashlight_fwd_train"  # training mode: the single launch + per-row log-sum-exps
 
 # A call with at most this many query rows is a decode step: it gets the decode tile
 # configurations and the choice of a split-KV launch. The front door uses the same bound to

@@ -168,7 +168,9 @@ def _constants_digest(gm: torch.fx.GraphModule) -> str:
 
 def build_key(static: Captured, tensors: Sequence[torch.Tensor], constants: Sequence[Any], *,
               interpret: bool, allow_tf32: bool, warp_specialize: bool = False,
-              names: Sequence[str | None] = ()) -> str:
+              names: Sequence[str | None] = (), training: bool = False) -> str:
+    """The build's key: everything its generated source and program depend on (``training``: the
+    entry also holds the training-mode kernel)."""
     h = hashlib.sha256()
     h.update(repr(list(names)).encode())  # the source names its pointers after the arguments
     gm = static.graph_module
@@ -181,6 +183,8 @@ def build_key(static: Captured, tensors: Sequence[torch.Tensor], constants: Sequ
     for t in tensors:
         h.update(f"{t.dtype}:{t.dim()}:{t.device.type}".encode())
     h.update(repr([c for c in constants if c is not None]).encode())
+    if training:  # ordinary builds keep the key they had
+        h.update(b"training")
     h.update(f"{interpret}:{allow_tf32}:{warp_specialize}:{torch.__version__}:{triton.__version__}:{__version__}:"
              f"{_compiler_fingerprint()}".encode())
     return h.hexdigest()[:32]

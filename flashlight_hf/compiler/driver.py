@@ -91,13 +91,16 @@ def _device_problem(tensors: list[torch.Tensor], interpret: bool) -> str | None:
     return None
 
 
-def build(fn: Callable, args: tuple, kwargs: dict, *, interpret: bool | None = None) -> Build:
+def build(fn: Callable, args: tuple, kwargs: dict, *, interpret: bool | None = None,
+          training: bool = False) -> Build:
     """Compile ``fn`` for the specialisation of ``(args, kwargs)``; never raises on unsupported programs.
 
     Whatever goes wrong inside the compiler (a program outside what it handles, or an error of
     its own) becomes a fallback naming the node or stage: the program then runs as written.
     ``interpret``: generate for Triton's interpreter or for a GPU (default: what this process
-    runs; ``benchmarks/kernel_stats.py`` builds GPU source on a machine without one)."""
+    runs; ``benchmarks/kernel_stats.py`` builds GPU source on a machine without one).
+    ``training``: also generate the training-mode forward (``kernel.forward_with_lse``: the
+    output and each softmax stream's log-sum-exp; the first piece of the generated backward)."""
     tensors, constants, spec = cap.split_args(args, kwargs)
     if any(t.numel() == 0 for t in tensors):
         return Build(None, None, None, None, None)  # nothing to compute: eager's answer, no warning
@@ -108,7 +111,7 @@ def build(fn: Callable, args: tuple, kwargs: dict, *, interpret: bool | None = N
     if problem is not None:
         return Build(None, None, None, None, ("inputs", problem))
     try:
-        return _build(fn, args, kwargs, tensors, constants, spec, interpret)
+        return _build(fn, args, kwargs, tensors, constants, spec, interpret, training)
     except Unsupported as exc:
         return Build(None, None, None, None, (exc.node, exc.reason))
     except Exception as exc:  # noqa: BLE001 - an error of the compiler's own: never the user's problem
@@ -116,7 +119,7 @@ def build(fn: Callable, args: tuple, kwargs: dict, *, interpret: bool | None = N
 
 
 def _build(fn: Callable, args: tuple, kwargs: dict, tensors: list, constants: list, spec: Any,
-           interpret: bool) -> Build:
+           interpret: bool, training: bool = False) -> Build:
     try:
         static = cap.trace_static(fn, args, kwargs)
     except cap.CaptureError as exc:
@@ -125,7 +128,7 @@ def _build(fn: Callable, args: tuple, kwargs: dict, tensors: list, constants: li
     ws = settings.current().warp_specialize and not interpret
     arg_names = cap.argument_names(fn, args, kwargs)
     disk_key = diskcache.build_key(static, tensors, constants, interpret=interpret, allow_tf32=tf32,
-                                   warp_specialize=ws, names=arg_names) \
+                                   warp_specialize=ws, names=arg_names, training=training) \
         if diskcache.enabled() else None
     cached = diskcache.load(disk_key) if disk_key else None
     if cached is not None:
@@ -151,7 +154,8 @@ def _build(fn: Callable, args: tuple, kwargs: dict, tensors: list, constants: li
             pass  # keep the static specialisation: exact shapes become part of the cache key
     try:
         names = [arg_names[b] if isinstance(b, int) else None for b in prog.bindings]
-        src = generate(kplan, interpret=interpret, allow_tf32=tf32, warp_specialize=ws, input_names=names)
+        src = generate(kplan, interpret=interpret, allow_tf32=tf32, warp_specialize=ws, input_names=names,
+                       training=training)
         kernel = CompiledKernel(prog, src, name_file=diskcache.kernel_file)
     except Unsupported as exc:
         return Build(None, prog, kplan, None, (exc.node, exc.reason))

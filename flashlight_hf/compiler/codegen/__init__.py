@@ -7,7 +7,7 @@ per IR node with a named temporary and a comment naming the node.
 
 Modules: ``kernels`` (the loop nest of each kernel kind), ``keyloop`` (the key-tile helper),
 ``bounds`` (the key range), ``emitter`` (expressions), ``pointwise`` (the op table),
-``scores`` (base-2 softmax scaling), ``naming``, ``signature``, ``source`` (:class:`KernelSource`).
+``scores`` (base-2 softmax scaling), ``lse`` (training mode's log-sum-exps), ``naming``, ``signature``, ``source`` (:class:`KernelSource`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from flashlight_hf.compiler.codegen.kernels import (Options, combine_kernel, single_kernel, split_fused_kernel,
-                                                    split_kernel)
+                                                    split_kernel, training_kernel)
 from flashlight_hf.compiler.codegen.source import KernelSource
 from flashlight_hf.compiler.rewrite import KernelPlan
 
@@ -23,12 +23,14 @@ __all__ = ["KernelSource", "generate"]
 
 
 def generate(kp: KernelPlan, *, interpret: bool, allow_tf32: bool = False, warp_specialize: bool = False,
-             input_names: Sequence[str | None] | None = None) -> KernelSource:
+             input_names: Sequence[str | None] | None = None, training: bool = False) -> KernelSource:
     """Emit the forward kernel for ``kp`` and, where the accumulators allow it, its split-KV pair
     (``KernelSource.split``) and one-launch split-KV kernel (``KernelSource.split_fused``).
     ``input_names``: per program input, the program's name for it where the caller knows it
-    (pointers and strides are named after it). Raises :class:`Unsupported` for shapes it cannot
-    tile."""
+    (pointers and strides are named after it). ``training``: also the training-mode forward
+    (``KernelSource.train``, storing each softmax stream's log-sum-exp; ``train_error`` says why
+    not where it cannot be generated); off, nothing of it is built. Raises :class:`Unsupported`
+    for shapes it cannot tile."""
     opt = Options(interpret, allow_tf32, warp_specialize, input_names)
     main = single_kernel(kp, opt)
     try:
@@ -36,4 +38,9 @@ def generate(kp: KernelPlan, *, interpret: bool, allow_tf32: bool = False, warp_
         main.split_fused = split_fused_kernel(kp, opt)
     except Exception:  # noqa: BLE001 - Unsupported or a rule's error: decode runs the single kernel
         main.split = main.split_fused = None
+    if training:
+        try:
+            main.train = training_kernel(kp, opt)
+        except Exception as exc:  # noqa: BLE001 - the ordinary forward stands; say why there is no training kernel
+            main.train_error = f"{type(exc).__name__}: {exc}"
     return main

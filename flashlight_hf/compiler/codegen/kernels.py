@@ -6,6 +6,8 @@ most of the GPU idle: ``split_kernel`` reduces a share of the key axis per progr
 its accumulators as partials; ``combine_kernel`` merges the partials with their log-sum-exp
 rescaling, then runs the epilogue; ``split_fused_kernel`` does both in one launch (the program
 that finishes its row tile's shares last, counted through a per-tile atomic ticket, combines).
+``training_kernel`` is the single launch that also stores each softmax stream's per-row
+log-sum-exp (:mod:`.lse`), the first kernel of the generated backward (not yet used by autograd).
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from flashlight_hf.compiler.abi import (BLOCK_M, BLOCK_N, KERNEL_COMBINE, KERNEL_SINGLE, KERNEL_SPLIT,
-                                        KERNEL_SPLIT_FUSED, NUM_SPLITS)
+                                        KERNEL_SPLIT_FUSED, KERNEL_TRAIN, NUM_SPLITS)
 from flashlight_hf.compiler.codegen.bounds import emit_key_range
 from flashlight_hf.compiler.codegen.emitter import Emitter, atom, has_running_max
 from flashlight_hf.compiler.codegen.keyloop import InnerHelper, running_max
+from flashlight_hf.compiler.codegen.lse import lse_stores, softmax_streams
 from flashlight_hf.compiler.codegen.scores import scaled
 from flashlight_hf.compiler.codegen.signature import assemble
 from flashlight_hf.compiler.codegen.source import LOG2E, KernelSource
@@ -47,6 +50,20 @@ def single_kernel(kp: KernelPlan, opt: Options) -> KernelSource:
     _key_loops(em, opt, split=False)
     _epilogue_store(em)
     return assemble(em, KERNEL_SINGLE, "single", partials=False, with_out=True)
+
+
+def training_kernel(kp: KernelPlan, opt: Options) -> KernelSource:
+    """The single launch plus, per softmax stream, a store of the row's log-sum-exp."""
+    em = _emitter(kp, opt)
+    _coordinates(em, split=False, partials=False)
+    _acc_init(em)
+    _key_loops(em, opt, split=False)
+    _epilogue_store(em)
+    streams = softmax_streams(em)
+    lse_stores(em, streams)
+    src = assemble(em, KERNEL_TRAIN, "train", partials=False, with_out=True, lse=len(streams))
+    src.lse_accs = [st.max_acc for st in streams]
+    return src
 
 
 def split_kernel(kp: KernelPlan, opt: Options) -> KernelSource:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from flashlight_hf.compiler.abi import BLOCK_M, BLOCK_N, KERNEL_SPLIT_FUSED, NUM_SPLITS
+from flashlight_hf.compiler.codegen.lse import lse_parameters
 from flashlight_hf.compiler.codegen.source import KernelSource
 
 if TYPE_CHECKING:
@@ -22,11 +23,14 @@ WHAT = {
     "split": "one program per (share of the keys, row tile, grid point); stores partial accumulators",
     "combine": "one program per (row tile, grid point); merges the shares' partials, then the epilogue",
     "fused": "one program per (share, row tile, grid point); the last share of a row tile merges them",
+    "train": "one program per (row tile, grid point); the whole key axis; also stores each softmax "
+             "stream's per-row log-sum-exp (training mode)",
 }
 
 
-def parameters(em: "Emitter", name: str, *, partials: bool, with_out: bool) -> list[str]:
-    """The kernel's parameters in launch order (constexprs annotated)."""
+def parameters(em: "Emitter", name: str, *, partials: bool, with_out: bool, lse: int = 0) -> list[str]:
+    """The kernel's parameters in launch order (constexprs annotated); ``lse``: how many
+    log-sum-exp tensors the kernel stores after the output (training mode)."""
     prog, nm = em.kp.program, em.nm
     params = []
     for k in sorted(em.inputs):
@@ -39,6 +43,7 @@ def parameters(em: "Emitter", name: str, *, partials: bool, with_out: bool) -> l
     if with_out:
         params.append("out_ptr")
         params += [nm.out_stride(d) for d in range(len(prog.out_axes))]
+    params += lse_parameters(em, lse)
     params += [f"z{k}" for k in range(len(em.sizes))]
     params += [f"{BLOCK_M}: tl.constexpr", f"{BLOCK_N}: tl.constexpr"]
     if partials:
@@ -72,10 +77,11 @@ def header(em: "Emitter", name: str, kind: str) -> list[str]:
     return out
 
 
-def assemble(em: "Emitter", name: str, kind: str, *, partials: bool, with_out: bool) -> KernelSource:
+def assemble(em: "Emitter", name: str, kind: str, *, partials: bool, with_out: bool,
+             lse: int = 0) -> KernelSource:
     """The module text (imports, the key-tile helper, the kernel) and what the runtime needs."""
     kp = em.kp
-    params = parameters(em, name, partials=partials, with_out=with_out)
+    params = parameters(em, name, partials=partials, with_out=with_out, lse=lse)
     text = ["import triton", "import triton.language as tl", "", ""]
     helper = getattr(em, "helper", None)
     if helper is not None:

@@ -22,7 +22,9 @@ class KernelSource:
     The kernel's parameters, in order: per input in ``input_args`` its pointer and one stride per
     axis; for split-KV kernels one pointer per accumulator's partials and ``n_grid`` (the fused
     kernel then its ticket counters); the output pointer and strides (kernels that store the
-    output); the run-time sizes ``runtime_sizes``; the constexprs ``BLOCK_M``, ``BLOCK_N`` and,
+    output); training mode (:data:`~flashlight_hf.compiler.abi.KERNEL_TRAIN`), per softmax stream
+    an fp32 log-sum-exp tensor ``[grid..., rows]``: its pointer, one stride per grid variable, the
+    row stride; the run-time sizes ``runtime_sizes``; the constexprs ``BLOCK_M``, ``BLOCK_N`` and,
     split-KV, ``NUM_SPLITS`` (names in :mod:`flashlight_hf.compiler.abi`)."""
 
     name: str
@@ -36,6 +38,12 @@ class KernelSource:
     acc_widths: list = field(default_factory=list)  # per accumulator: its columns per row (partials)
     split: "tuple[KernelSource, KernelSource] | None" = None  # split-KV (partials, combine) pair
     split_fused: "KernelSource | None" = None  # split-KV in one launch: the last share combines
+    # training mode (built on request only): the forward that also stores the log-sum-exps
+    train: "KernelSource | None" = None
+    train_error: str | None = None  # why no training kernel was generated, when one was asked for
+    # a training kernel's log-sum-exp tensors, in launch order: the index in the plan's
+    # accumulators of the max accumulator each belongs to (non-softmax streams have none)
+    lse_accs: list = field(default_factory=list)
 
 
 def pow2(n: int) -> int:

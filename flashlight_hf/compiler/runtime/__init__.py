@@ -9,6 +9,7 @@
 | :mod:`.loader` | :func:`load_kernel`: generated source executed from memory (``linecache``) |
 | :mod:`.tune` | :class:`LaunchConfig`, candidate tiles, the autotuner and its GPU timers |
 | :mod:`.split_kv` | split-KV decoding: share counts, partials, the pair and one-launch runners |
+| :mod:`.training` | :class:`TrainingForward`: the training-mode forward (output + log-sum-exps) |
 | :mod:`.switches` | :class:`LaunchSwitches`: the settings a launch depends on (part of every plan's key) |
 | :mod:`.hooks` | :func:`add_launch_hook`: be told every generated kernel launched |
 | :mod:`.launch` | the one module touching Triton's private launch API (kept kernels, direct launches) |
@@ -25,12 +26,13 @@ from flashlight_hf.compiler.runtime.shapes import ShapeError, shape_mismatch
 from flashlight_hf.compiler.runtime.sizes import SizeFunction, sum_extent
 from flashlight_hf.compiler.runtime.split_kv import MAX_SPLITS, PartialsLayout, SplitKV, num_splits
 from flashlight_hf.compiler.runtime.switches import LaunchSwitches, launch_switches
+from flashlight_hf.compiler.runtime.training import TrainingForward
 from flashlight_hf.compiler.runtime.tune import (CONFIGS, DECODE_CONFIG, DECODE_CONFIGS, LaunchConfig, Tuner,
                                                  candidate_configs, gpu_ms, hold_gpu)
 
 __all__ = [
     "CONFIGS", "DECODE_CONFIG", "DECODE_CONFIGS", "MAX_SPLITS", "CompiledKernel", "DirectLaunch", "LaunchConfig",
-    "LaunchSwitches", "Launcher", "PartialsLayout", "ShapeError", "ShapePlan", "SizeFunction", "SplitKV", "Tuner",
+    "LaunchSwitches", "Launcher", "PartialsLayout", "ShapeError", "ShapePlan", "SizeFunction", "SplitKV", "TrainingForward", "Tuner",
     "add_launch_hook", "candidate_configs", "constexprs", "current_stream", "fused", "gpu_ms", "hold_gpu",
     "launch_switches", "load_kernel", "num_splits", "register_kernel", "row_tiles", "shape_mismatch",
     "specialization_key", "sum_extent", "tensor_args",

@@ -24,6 +24,7 @@ from flashlight_hf.compiler.runtime.shapes import ShapeError, shape_mismatch
 from flashlight_hf.compiler.runtime.sizes import SizeFunction, sum_extent
 from flashlight_hf.compiler.runtime.split_kv import SplitKV
 from flashlight_hf.compiler.runtime.switches import LaunchSwitches, launch_switches
+from flashlight_hf.compiler.runtime.training import TrainingForward
 from flashlight_hf.compiler.runtime.tune import LaunchConfig, Tuner
 
 _MAX_PLANS = 256  # a dynamic cache's decode loop makes one new set of shapes per step
@@ -57,6 +58,7 @@ class CompiledKernel:
         self._n_out, self._n_rt = len(out_extents), len(src.runtime_sizes)
         self._tuner = Tuner(src.tile_pads)
         self._split = None
+        self._train: TrainingForward | None = None  # loaded on the first forward_with_lse
         if src.split is not None or src.split_fused is not None:
             self._split = SplitKV(self.program, src, self._load)
 
@@ -149,6 +151,30 @@ class CompiledKernel:
             plan.direct = self._direct_launch(inputs, out, plan, switches)
             plan.no_direct = plan.direct is None
         return out
+
+    def forward_with_lse(self, tensors: Sequence[torch.Tensor], *, out: torch.Tensor | None = None,
+                         lse: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The training-mode forward: the output and, per softmax stream (``source.train.lse_accs``
+        names each one's max accumulator), its fp32 per-row log-sum-exp ``[grid..., rows]``, such
+        that the stream's probabilities are ``exp(s − lse)``; an empty list for a program without
+        softmax streams. One launch, the ordinary forward's tile choice for the bucket; no
+        split-KV. Needs a build with ``training=True``. ``out`` / ``lse``: buffers to write."""
+        train = self.source.train
+        if train is None:
+            why = self.source.train_error or "the kernel was generated without training=True"
+            raise RuntimeError(f"flashlight: no training-mode kernel for {self.source.name}: {why}")
+        if self._train is None:
+            self._train = TrainingForward(self.program, train, self._load)
+        inputs = self.bound_inputs(tensors)
+        switches = launch_switches()
+        plan = self.make_plan(inputs, switches)  # checks the shapes; the output's shape
+        if out is None:
+            out = torch.empty(plan.out_shape, dtype=self.program.out_dtype, device=inputs[0].device)
+        elif out.shape != plan.out_shape or out.dtype != self.program.out_dtype:
+            raise ValueError(f"flashlight: out= is {tuple(out.shape)} {out.dtype}; this call writes "
+                             f"{tuple(plan.out_shape)} {self.program.out_dtype}")
+        cfg = self._tuner.lookup(plan.rows, plan.keys, plan.n_grid, switches)
+        return out, self._train(inputs, out, cfg, lse)
 
     def launch_single(self, cfg: LaunchConfig, args: list, rows: int, n_grid: int) -> None:
         """One launch of the single-launch kernel (the whole key loop per program)."""

@@ -75,16 +75,13 @@ class Tuner:
         (at batch 1 with 4k keys they picked a 37 µs single launch over a 15 µs split). Both
         relaunch directly afterwards, at nearly the same host cost."""
         forced_splits, decode = switches.split_kv is not None, rows <= DECODE_MAX_ROWS and not switches.configs
-        # the switches are part of the key: a choice made under forced splits / configurations
-        # is not the tuned choice once they are unset
-        key = (bucket(rows), bucket(keys), switches) + ((bucket(n_grid),) if decode else ())
+        key = self._key(rows, keys, n_grid, switches)
         if key in self.chosen:
             cfg, chosen_splits = self.chosen[key]
             return cfg, (splits if chosen_splits > 1 or forced_splits else 1)
         cands = DECODE_CONFIGS if decode else candidate_configs(self.tile_pads, switches)
         if device.type != "cuda" or not switches.autotune:
-            best = (LaunchConfig(64, 64, 4, 2) if cands is CONFIGS else
-                    cands[0] if cands is DECODE_CONFIGS else cands[-1])
+            best = _untuned(cands)
             choice = (DECODE_CONFIG, splits) if splits > 1 else (best, 1)
         elif decode:
             options: list[tuple[LaunchConfig, int]] = []
@@ -116,6 +113,27 @@ class Tuner:
             choice = (min(timings, key=lambda t: t[0])[1], 1)
         self.chosen[key] = choice
         return choice[0], (splits if choice[1] > 1 else 1)
+
+    @staticmethod
+    def _key(rows: int, keys: int, n_grid: int, switches: LaunchSwitches) -> tuple:
+        # the switches are part of the key: a choice made under forced splits / configurations
+        # is not the tuned choice once they are unset
+        decode = rows <= DECODE_MAX_ROWS and not switches.configs
+        return (bucket(rows), bucket(keys), switches) + ((bucket(n_grid),) if decode else ())
+
+    def lookup(self, rows: int, keys: int, n_grid: int, switches: LaunchSwitches) -> LaunchConfig:
+        """The tile configuration chosen for this bucket so far, else the untuned default; never
+        times anything (the training-mode forward launches with the ordinary forward's choice)."""
+        choice = self.chosen.get(self._key(rows, keys, n_grid, switches))
+        if choice is not None:
+            return choice[0]
+        decode = rows <= DECODE_MAX_ROWS and not switches.configs
+        return _untuned(DECODE_CONFIGS if decode else candidate_configs(self.tile_pads, switches))
+
+
+def _untuned(cands: list[LaunchConfig]) -> LaunchConfig:
+    """The configuration a call takes without timing, from its candidates."""
+    return LaunchConfig(64, 64, 4, 2) if cands is CONFIGS else cands[0] if cands is DECODE_CONFIGS else cands[-1]
 
 
 # -- GPU timers ---------------------------------------------------------------------------------
