@@ -86,18 +86,28 @@ def _check_lse(lse: torch.Tensor, ref: torch.Tensor, what: str) -> None:
     assert err <= tolerance(torch.float32), f"{what}: relative error {err:.3e}"
 
 
+# where kernels run: CUDA when present (compiled), else CPU tensors through the interpreter;
+# references are computed on the CPU in float64
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _on_device(args: tuple) -> tuple:
+    return tuple(a.to(DEVICE) for a in args)
+
+
 def _run(name: str, sq: int, sk: int):
     fn, make, scores = CASES[name]
-    args = make(sq, sk)
-    b = build(fn, args, {}, interpret=True, training=True)
+    args = _on_device(make(sq, sk))
+    b = build(fn, args, {}, training=True)
     assert b.kernel is not None, b.fallback
     assert b.source.train is not None, b.source.train_error
     out, lse = b.kernel.forward_with_lse(list(args))  # the shapes, then again into poisoned buffers
-    out_p = poisoned_empty(*out.shape, dtype=out.dtype)
-    lse_p = [poisoned_empty(*t.shape, dtype=torch.float32) for t in lse]
+    out_p = poisoned_empty(*out.shape, dtype=out.dtype, device=DEVICE)
+    lse_p = [poisoned_empty(*t.shape, dtype=torch.float32, device=DEVICE) for t in lse]
     out2, lse2 = b.kernel.forward_with_lse(list(args), out=out_p, lse=lse_p)
     assert out2 is out_p and all(x is y for x, y in zip(lse2, lse_p))
-    args64 = [a.double() if a.is_floating_point() else a for a in args]
+    args64 = [(a.double() if a.is_floating_point() else a).cpu() for a in args]
+    out2, lse2 = out2.cpu(), [t.cpu() for t in lse2]
     assert_close(out2, fn(*args64), torch.float32, what=f"{name} output")
     refs = [torch.logsumexp(s, dim=-1) for s in scores(*args64)]
     assert len(lse2) == len(refs) == len(b.source.train.lse_accs)
@@ -138,9 +148,9 @@ def test_sigmoid_attention_has_no_lse():
 def test_sink_is_part_of_the_normaliser():
     """A sink far above every score: the LSE is close to the sink, not to the keys' logsumexp."""
     fn, make, _ = CASES["sinks"]
-    q, k, v, _ = make(20, 30)
-    sink = torch.full((H,), 30.0)
-    b = build(fn, (q, k, v, sink), {}, interpret=True, training=True)
+    q, k, v, _ = _on_device(make(20, 30))
+    sink = torch.full((H,), 30.0, device=DEVICE)
+    b = build(fn, (q, k, v, sink), {}, training=True)
     _, (lse,) = b.kernel.forward_with_lse([q, k, v, sink])
     assert (lse - 30.0).abs().max() < 1e-3
 
@@ -169,8 +179,8 @@ def test_build_key_includes_training():
 
 
 def test_forward_with_lse_needs_a_training_build():
-    args = _qkv(20, 20)
-    b = build(vanilla, args, {}, interpret=True)
+    args = _on_device(_qkv(20, 20))
+    b = build(vanilla, args, {})
     assert b.source.train is None
     with pytest.raises(RuntimeError, match="training"):
         b.kernel.forward_with_lse(list(args))
