@@ -97,3 +97,40 @@ def test_no_bounds_meet_every_row():
 def test_an_unknown_bound_kind_raises():
     with pytest.raises(ValueError, match="mid"):
         row_range([("mid", ((1, 0),))], 0, 3, integers(rows=4))
+
+
+@pytest.mark.parametrize("name", ["causal_offset", "prefix_lm"])
+def test_the_triton_expressions_compute_the_same_ranges(name: str, device: str):
+    """The ranges as Triton source, run in a kernel (one program per key tile), equal the
+    Python integers for every tile."""
+    import linecache
+
+    from flashlight_hf.compiler.rewrite.query_bounds import triton_expressions
+
+    q, k, v = torch.randn(1, 2, SQ, 16), torch.randn(1, 2, SK, 16), torch.randn(1, 2, SK, 16)
+    kp = plan(build_ir(capture.trace_static(PROGRAMS[name], (q, k, v), {})))
+    r = row_range(kp.key_bounds, "key_lo", "key_hi", triton_expressions(str, rows="n_rows"))
+    src = "\n".join([
+        "import triton", "import triton.language as tl", "", "",
+        "@triton.jit",
+        "def row_ranges(lo_ptr, hi_ptr, out_ptr, n_rows):",
+        "    t = tl.program_id(0)",
+        "    key_lo = tl.load(lo_ptr + t)",
+        "    key_hi = tl.load(hi_ptr + t)",
+        f"    tl.store(out_ptr + 4 * t + 0, {r.visit_lo})",
+        f"    tl.store(out_ptr + 4 * t + 1, {r.visit_hi})",
+        f"    tl.store(out_ptr + 4 * t + 2, {r.interior_lo})",
+        f"    tl.store(out_ptr + 4 * t + 3, {r.interior_hi})", ""])
+    filename = f"<query-bounds {name}>"
+    linecache.cache[filename] = (len(src), None, src.splitlines(True), filename)
+    scope: dict = {}
+    exec(compile(src, filename, "exec"), scope)
+    tiles = [(lo, min(lo + 15, SK - 1)) for lo in range(0, SK, 16)] + [(3, 40), (0, SK - 1), (20, 20)]
+    tiles += [(a, b) for a in range(P - 3, P + 2) for b in (a, P + 5)]  # at PrefixLM's constant edge
+    lo = torch.tensor([a for a, _ in tiles], dtype=torch.int32, device=device)
+    hi = torch.tensor([b for _, b in tiles], dtype=torch.int32, device=device)
+    out = torch.full((len(tiles), 4), -7, dtype=torch.int32, device=device)
+    scope["row_ranges"][(len(tiles),)](lo, hi, out, SQ)
+    ar = integers(rows=SQ)
+    want = [[*vars(row_range(kp.key_bounds, a, b, ar)).values()] for a, b in tiles]
+    assert out.cpu().tolist() == want

@@ -19,8 +19,8 @@ For a key tile ``[key_lo, key_hi]``:
   (``i <= key_hi − c``), every key iff it holds at ``key_lo``.
 
 The formulas are written once over an arithmetic (:class:`Arithmetic`) so the same code gives
-Python integers (the reference the tests check against a dense mask) and, later, the Triton
-expressions codegen emits.
+Python integers (:func:`integers`: the reference the tests check against a dense mask) and
+Triton expressions (:func:`triton_expressions`: what the backward's dK/dV kernel will emit).
 """
 
 from __future__ import annotations
@@ -101,3 +101,13 @@ def integers(value: Callable[[Any], int] = int, *, rows: int) -> Arithmetic[int]
     :class:`~flashlight_hf.compiler.ir.RuntimeOffset`) into its value for one call."""
     return Arithmetic(const=value, sub=lambda a, b: a - b, minimum=min, maximum=max,
                       select=lambda a, b, yes, no: yes if a >= b else no, below=-1, above=rows)
+
+
+def triton_expressions(const: Callable[[Any], str], *, rows: str) -> Arithmetic[str]:
+    """Triton source text: each value an expression over scalar integers (``key_lo``,
+    ``key_hi``, sizes). ``const`` writes a bound constant (codegen knows how to spell a size
+    expression or a run-time offset); ``rows`` is the expression of the row count."""
+    return Arithmetic(const=lambda c: f"({const(c)})", sub=lambda a, b: f"({a} - {b})",
+                      minimum=lambda a, b: f"tl.minimum({a}, {b})", maximum=lambda a, b: f"tl.maximum({a}, {b})",
+                      select=lambda a, b, yes, no: f"tl.where({a} >= {b}, {yes}, {no})",
+                      below="-1", above=f"({rows})")
