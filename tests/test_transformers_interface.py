@@ -186,3 +186,16 @@ def test_plain_checkout_mounts_eval_zoo_and_patches(tmp_path):
     files = out.split()
     assert files == [str(checkout / "flashlight_hf" / "__init__.py"), str(checkout / "model_zoo" / "__init__.py"),
                      str(checkout / "patches" / "__init__.py"), str(checkout / "eval" / "__init__.py")], out
+
+
+def test_the_import_systems_private_flag_the_hook_reads_still_exists(tmp_path, monkeypatch):
+    """hook.py tells a module half-way through its import by ``__spec__._initializing`` (set by
+    importlib while the module's code runs; not a public API). Fails loudly if Python drops it."""
+    (tmp_path / "fl_init_probe.py").write_text("SEEN = getattr(__spec__, '_initializing', None)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        module = importlib.import_module("fl_init_probe")
+        assert module.SEEN is True, "importlib no longer marks a module being imported: update hook._loaded"
+        assert not getattr(module.__spec__, "_initializing", False)  # cleared once the import is done
+    finally:
+        sys.modules.pop("fl_init_probe", None)

@@ -11,7 +11,9 @@ before its own attention tables exist, so its own callback waits for it. Such a 
 found before anyone waited for it; :func:`watch` (``"transformers."``, set by ``import
 flashlight_hf``) has the finder follow every Transformers module so that it can still be waited for.
 
-Standard library only: :mod:`flashlight_hf`'s ``__init__`` imports this module.
+Standard library only: :mod:`flashlight_hf`'s ``__init__`` imports this module. The one
+private detail it reads is ``module.__spec__._initializing`` (importlib's mark of a module whose
+code is still running); ``tests/test_transformers_interface.py`` fails loudly if Python drops it.
 """
 
 from __future__ import annotations
