@@ -21,7 +21,8 @@ import torch
 from flashlight_hf.compiler.codegen import pointwise, reduce, scores
 from flashlight_hf.compiler.codegen.naming import Names
 from flashlight_hf.compiler.codegen.source import LN2, pow2
-from flashlight_hf.compiler.ir import Acc, Const, IExpr, Index, Load, Node, Pointwise, Reduce, RunningMax, Unsupported, Var
+from flashlight_hf.compiler.ir import (Acc, Const, IExpr, Index, Load, Node, Pointwise, Reduce, RunningMax,
+                                       Unsupported, Var, walk_outside_accs)
 from flashlight_hf.compiler.rewrite import KernelPlan
 
 _ATOM = re.compile(r"[A-Za-z_]\w*(\[[^\]]*\])?|-?\d+(\.\d*)?(e-?\d+)?")
@@ -286,13 +287,4 @@ def const_text(x: Const) -> str:
 
 def has_running_max(x: Node) -> bool:
     """Whether ``x`` reads a running max (so it lives inside the key loop); stops at accumulators."""
-    stack, seen = [x], set()
-    while stack:
-        y = stack.pop()
-        if id(y) in seen or isinstance(y, Acc):
-            continue
-        seen.add(id(y))
-        if isinstance(y, RunningMax):
-            return True
-        stack.extend(y.children())
-    return False
+    return any(isinstance(y, RunningMax) for y in walk_outside_accs(x))

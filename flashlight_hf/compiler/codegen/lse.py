@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from flashlight_hf.compiler.codegen.source import LN2
-from flashlight_hf.compiler.ir import Acc, Node, Pointwise, Unsupported, mul_factors, strip_casts
+from flashlight_hf.compiler.ir import (Acc, Node, Pointwise, Unsupported, mul_factors, strip_casts,
+                                       walk_outside_accs)
 
 if TYPE_CHECKING:
     from flashlight_hf.compiler.codegen.emitter import Emitter
@@ -41,18 +42,7 @@ class SoftmaxStream:
 
 def _accs_under(x: Node) -> set[int]:
     """The ids of the accumulators ``x`` reads (not looking inside them)."""
-    found: set[int] = set()
-    stack, seen = [x], set()
-    while stack:
-        y = stack.pop()
-        if id(y) in seen:
-            continue
-        seen.add(id(y))
-        if isinstance(y, Acc):
-            found.add(id(y))
-            continue
-        stack.extend(y.children())
-    return found
+    return {id(y) for y in walk_outside_accs(x) if isinstance(y, Acc)}
 
 
 def softmax_streams(em: "Emitter") -> list[SoftmaxStream]:
@@ -63,7 +53,7 @@ def softmax_streams(em: "Emitter") -> list[SoftmaxStream]:
     other accumulator. Without one, the tied per-row sum itself."""
     kp = em.kp
     streams = []
-    post = [x for x in walk_epilogue(kp.out_node) if isinstance(x, Pointwise)]
+    post = [x for x in walk_outside_accs(kp.out_node) if isinstance(x, Pointwise)]
     for k, m in enumerate(kp.accs):
         if m.kind != "max":
             continue
@@ -89,19 +79,6 @@ def softmax_streams(em: "Emitter") -> list[SoftmaxStream]:
             raise Unsupported("training", f"softmax stream acc{k}'s denominator is not one value per row")
         streams.append(SoftmaxStream(k, den))
     return streams
-
-
-def walk_epilogue(out: Node):
-    """The nodes of the epilogue: ``walk`` that does not enter the accumulators' loop bodies."""
-    stack, seen = [out], set()
-    while stack:
-        y = stack.pop()
-        if id(y) in seen:
-            continue
-        seen.add(id(y))
-        yield y
-        if not isinstance(y, Acc):
-            stack.extend(y.children())
 
 
 def lse_stores(em: "Emitter", streams: list[SoftmaxStream]) -> None:

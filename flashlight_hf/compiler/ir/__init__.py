@@ -25,7 +25,8 @@ from flashlight_hf.compiler.ir.from_fx import (DISPATCH, LT, POINTWISE_BINARY, P
                                                Labeller, OpCall, build_ir, canonicalize, substitute)
 from flashlight_hf.compiler.ir.nodes import (Acc, Axis, Const, Factor, IExpr, Index, Load, Node, Pointwise,
                                              Reduce, RunningMax, RuntimeOffset, Size, Unsupported, Var, as_size,
-                                             axis_extent, is_one, map_indices, size_eq, size_prod, walk)
+                                             axis_extent, is_one, map_indices, size_eq, size_prod, walk,
+                                             walk_outside_accs)
 from flashlight_hf.compiler.ir.printer import format_node_tree
 from flashlight_hf.compiler.ir.program import Program
 
@@ -34,5 +35,5 @@ __all__ = [
     "Node", "OpCall", "POINTWISE_BINARY", "POINTWISE_UNARY", "Pointwise", "Program", "Reduce", "RunningMax",
     "RuntimeOffset", "Size", "Unsupported", "Var", "as_size", "axis_extent", "build_ir", "canonicalize",
     "contains", "format_node_tree", "is_one", "map_indices", "mul_factors", "size_eq", "size_prod",
-    "strip_casts", "substitute", "walk",
+    "strip_casts", "substitute", "walk", "walk_outside_accs",
 ]

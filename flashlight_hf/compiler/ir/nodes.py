@@ -290,6 +290,21 @@ def walk(root: Node) -> Iterator[Node]:
                 stack.append((c, False))
 
 
+def walk_outside_accs(root: Node) -> Iterator[Node]:
+    """Every distinct node under ``root`` that lies outside the key loop: an accumulator is
+    yielded but not entered (its body is loop state). The epilogue, as codegen sees it."""
+    seen: set[int] = set()
+    stack = [root]
+    while stack:
+        x = stack.pop()
+        if id(x) in seen:
+            continue
+        seen.add(id(x))
+        yield x
+        if not isinstance(x, Acc):
+            stack.extend(x.children())
+
+
 def map_indices(root: Node, on_expr: Callable[[IExpr], IExpr],
                 on_reduce: Callable[[Var], Var | None]) -> Node:
     """Rebuild ``root`` with every index expression mapped by ``on_expr`` and every reduction
