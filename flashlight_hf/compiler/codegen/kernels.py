@@ -43,22 +43,33 @@ def _emitter(kp: KernelPlan, opt: Options) -> Emitter:
     return Emitter(kp, opt.interpret, opt.allow_tf32, opt.input_names)
 
 
-def single_kernel(kp: KernelPlan, opt: Options) -> KernelSource:
+def _whole_key_axis(kp: KernelPlan, opt: Options) -> Emitter:
+    """The body of a single-launch kernel: every key of a row tile, then the output stored."""
     em = _emitter(kp, opt)
     _coordinates(em, split=False, partials=False)
     _acc_init(em)
     _key_loops(em, opt, split=False)
     _epilogue_store(em)
-    return assemble(em, KERNEL_SINGLE, "single", partials=False, with_out=True)
+    return em
+
+
+def _key_share(kp: KernelPlan, opt: Options) -> Emitter:
+    """The body of a split-KV kernel: one share of the keys, its accumulators stored as partials."""
+    em = _emitter(kp, opt)
+    _coordinates(em, split=True, partials=True)
+    _acc_init(em)
+    _key_loops(em, opt, split=True)
+    _partial_stores(em)
+    return em
+
+
+def single_kernel(kp: KernelPlan, opt: Options) -> KernelSource:
+    return assemble(_whole_key_axis(kp, opt), KERNEL_SINGLE, "single", partials=False, with_out=True)
 
 
 def training_kernel(kp: KernelPlan, opt: Options) -> KernelSource:
     """The single launch plus, per softmax stream, a store of the row's log-sum-exp."""
-    em = _emitter(kp, opt)
-    _coordinates(em, split=False, partials=False)
-    _acc_init(em)
-    _key_loops(em, opt, split=False)
-    _epilogue_store(em)
+    em = _whole_key_axis(kp, opt)
     streams = softmax_streams(em)
     lse_stores(em, streams)
     src = assemble(em, KERNEL_TRAIN, "train", partials=False, with_out=True, lse=len(streams))
@@ -67,12 +78,7 @@ def training_kernel(kp: KernelPlan, opt: Options) -> KernelSource:
 
 
 def split_kernel(kp: KernelPlan, opt: Options) -> KernelSource:
-    em = _emitter(kp, opt)
-    _coordinates(em, split=True, partials=True)
-    _acc_init(em)
-    _key_loops(em, opt, split=True)
-    _partial_stores(em)
-    return assemble(em, KERNEL_SPLIT, "split", partials=True, with_out=False)
+    return assemble(_key_share(kp, opt), KERNEL_SPLIT, "split", partials=True, with_out=False)
 
 
 def combine_kernel(kp: KernelPlan, opt: Options) -> KernelSource:
@@ -85,11 +91,7 @@ def combine_kernel(kp: KernelPlan, opt: Options) -> KernelSource:
 
 
 def split_fused_kernel(kp: KernelPlan, opt: Options) -> KernelSource:
-    em = _emitter(kp, opt)
-    _coordinates(em, split=True, partials=True)
-    _acc_init(em)
-    _key_loops(em, opt, split=True)
-    _partial_stores(em)
+    em = _key_share(kp, opt)
     em.emit("")
     em.emit("# the program that stores its row tile's last share merges them all (no combine launch):")
     em.emit("# every thread's stores are issued before the ticket, released with it at GPU scope")
