@@ -17,6 +17,7 @@ from flashlight_hf.compiler import capture
 from flashlight_hf.compiler.ir import (Acc, Const, IExpr, Index, Load, Node, Pointwise, Program, Reduce, RunningMax,
                                        Unsupported, Var, build_ir, strip_casts, walk)
 from flashlight_hf.compiler.rewrite import PASSES, KernelPlan, plan
+from tests.test_stage_ir import sinks
 
 F32 = torch.float32
 SQ, SK = sympy.Symbol("Sq", positive=True, integer=True), sympy.Symbol("Sk", positive=True, integer=True)
@@ -155,13 +156,6 @@ def differential(q, k, v, lam):
     a1 = torch.softmax(q[..., :d] @ k[..., :d].mT * d ** -0.5, -1)
     a2 = torch.softmax(q[..., d:] @ k[..., d:].mT * d ** -0.5, -1)
     return a1 @ v - lam[None, :, None, None] * (a2 @ v)
-
-
-def sinks(q, k, v, sink):
-    s = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5
-    col = sink.reshape(1, -1, 1, 1).expand(s.shape[0], -1, s.shape[2], 1)
-    p = torch.softmax(torch.cat([s, col], dim=-1), dim=-1)[..., :-1]
-    return p @ v
 
 
 def _plan(fn, *args) -> KernelPlan:

@@ -75,27 +75,6 @@ def test_a_modeling_file_imported_first_still_gets_its_table_entry():
             "assert m.FALCON_ATTENTION_CLASSES['flashlight'] is m.FALCON_ATTENTION_CLASSES['eager']\n" + REGISTERED)
 
 
-def test_enable_twice_is_harmless_and_disable_removes_it():
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface
-
-    from flashlight_hf.transformers import interface
-
-    try:
-        flashlight_hf.enable()
-        flashlight_hf.enable()
-        assert AttentionInterface._global_mapping["flashlight"] is interface.flashlight_attention_forward
-        assert AttentionMaskInterface._global_mapping["flashlight"] is interface.flashlight_mask
-        assert not hook.pending().get("transformers.modeling_utils"), "a loaded module's callback must run at once"
-        flashlight_hf.disable()
-        assert "flashlight" not in AttentionInterface._global_mapping
-        assert "flashlight" not in AttentionMaskInterface._global_mapping
-        flashlight_hf.disable()
-    finally:
-        flashlight_hf.enable()
-    assert AttentionInterface._global_mapping["flashlight"] is interface.flashlight_attention_forward
-
-
 def test_when_imported_waits_for_the_module(tmp_path, monkeypatch):
     (tmp_path / "fl_hook_probe.py").write_text("VALUE = 41\n")
     monkeypatch.syspath_prepend(str(tmp_path))

@@ -20,7 +20,7 @@ import torch
 
 import flashlight_hf
 import flashlight_hf.transformers.interface as fl_hf
-from flashlight_hf.transformers import layers, registry
+from flashlight_hf.transformers import hook, layers, registry
 from flashlight_hf.compiler.runtime import add_launch_hook
 from flashlight_hf.model_zoo import FAMILIES, ZooConfig, tiny_configs
 from flashlight_hf.testing import rel_error
@@ -247,6 +247,7 @@ def test_enable_disable_are_exported_and_idempotent():
         flashlight_hf.enable()
         assert AttentionInterface._global_mapping["flashlight"] is fl_hf.flashlight_attention_forward
         assert AttentionMaskInterface._global_mapping["flashlight"] is fl_hf.flashlight_mask
+        assert not hook.pending().get("transformers.modeling_utils"), "a loaded module's callback must run at once"
         overridden = DiffLlamaAttention.forward
         assert getattr(overridden, "__wrapped__", None) is not None, "the DiffLlama layer override is not installed"
         flashlight_hf.disable()
@@ -257,6 +258,7 @@ def test_enable_disable_are_exported_and_idempotent():
     finally:
         flashlight_hf.enable()
     assert DiffLlamaAttention.forward.__wrapped__ is overridden.__wrapped__  # wrapped once, not twice
+    assert AttentionInterface._global_mapping["flashlight"] is fl_hf.flashlight_attention_forward
 
 
 def test_registry_finds_every_eager_function():
