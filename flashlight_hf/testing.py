@@ -87,23 +87,34 @@ def to_float64(*tensors: torch.Tensor) -> list[torch.Tensor]:
 
 
 def key_tile_body(source: str, *, boundary: bool) -> str:
-    """The statements the generated key-tile helper (``_attn_fwd_inner``) runs for one value of
-    its ``BOUNDARY`` flag, as source text: what an interior (``boundary=False``) or a boundary
-    tile evaluates. For tests that check what a tile range loads or masks."""
+    """The statements the generated key-tile helper runs for one value of its boundary flag, as
+    source text: what an interior (``boundary=False``) or a boundary tile evaluates. For tests
+    that check what a tile range loads or masks."""
     import ast
 
+    from flashlight_hf.compiler.codegen.keyloop import FLAG, INNER
+
     tree = ast.parse(source)
-    helper = next((f for f in tree.body if isinstance(f, ast.FunctionDef) and f.name == "_attn_fwd_inner"), None)
+    helper = next((f for f in tree.body if isinstance(f, ast.FunctionDef) and f.name == INNER), None)
     if helper is None:
-        raise ValueError("no _attn_fwd_inner helper in this source")
+        raise ValueError(f"no {INNER} helper in this source")
+
+    def flag_value(test: ast.expr) -> bool | None:
+        """What ``if <test>:`` selects on: True for ``if FLAG``, False for ``if not FLAG``."""
+        if isinstance(test, ast.Name) and test.id == FLAG:
+            return True
+        if isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not) and flag_value(test.operand) is True:
+            return False
+        return None
 
     def chosen(stmts: list[ast.stmt]) -> list[ast.stmt]:
         out: list[ast.stmt] = []
         for s in stmts:
-            if isinstance(s, ast.If) and isinstance(s.test, ast.Name) and s.test.id == "BOUNDARY":
-                out += chosen(s.body if boundary else s.orelse)
-            else:
+            on = flag_value(s.test) if isinstance(s, ast.If) else None
+            if on is None:
                 out.append(s)
+            else:
+                out += chosen(s.body if boundary == on else s.orelse)
         return out
 
     return "\n".join(ast.unparse(s) for s in chosen(helper.body))

@@ -37,3 +37,14 @@ def test_tolerance_orders_dtypes():
     assert tolerance(torch.float32) < tolerance(torch.float16) < tolerance(torch.bfloat16)
     with pytest.raises(ValueError, match="no tolerance"):
         tolerance(torch.int32)
+
+
+def test_key_tile_body_selects_each_flag_value():
+    from flashlight_hf.testing import key_tile_body
+
+    src = ("@triton.jit\ndef _attn_fwd_inner(a, BOUNDARY: tl.constexpr):\n    x = 1\n    if BOUNDARY:\n        y = 2\n"
+           "    else:\n        y = 3\n    if not BOUNDARY:\n        z = 4\n    return a\n")
+    assert key_tile_body(src, boundary=True) == "x = 1\ny = 2\nreturn a"
+    assert key_tile_body(src, boundary=False) == "x = 1\ny = 3\nz = 4\nreturn a"
+    with pytest.raises(ValueError, match="_attn_fwd_inner"):
+        key_tile_body("def other():\n    pass\n", boundary=True)
