@@ -2,7 +2,7 @@
 output, every softmax stream's per-row log-sum-exp, fp32 ``[grid..., rows]``.
 
 Each program is built with ``driver.build(..., training=True)`` and run through
-``kernel.forward_with_lse`` into poisoned buffers (every element must be written); the output is
+``kernel.forward_for_backward`` into poisoned buffers (every element must be written); the output is
 checked against the float64 eager program and each LSE against ``torch.logsumexp`` of that
 stream's scores, written out by hand here in float64 (masks, sinks and softcaps included)."""
 
@@ -18,6 +18,7 @@ from flashlight_hf.compiler import capture
 from flashlight_hf.compiler.codegen import generate
 from flashlight_hf.compiler.driver import build
 from flashlight_hf.compiler.ir import build_ir
+from flashlight_hf.compiler.runtime.training import lse_of
 from flashlight_hf.compiler.rewrite import plan
 from flashlight_hf.testing import assert_close, poisoned_empty, rel_error, tolerance
 from tests.test_generator import causal_kv_offset, differential, repeat_kv, sigmoid_attention, sinks, softcap, vanilla
@@ -101,11 +102,12 @@ def _run(name: str, sq: int, sk: int):
     b = build(fn, args, {}, training=True)
     assert b.kernel is not None, b.fallback
     assert b.source.train is not None, b.source.train_error
-    out, lse = b.kernel.forward_with_lse(list(args))  # the shapes, then again into poisoned buffers
+    out, saved = b.kernel.forward_for_backward(list(args))  # the shapes, then again into poisoned buffers
     out_p = poisoned_empty(*out.shape, dtype=out.dtype, device=DEVICE)
-    lse_p = [poisoned_empty(*t.shape, dtype=torch.float32, device=DEVICE) for t in lse]
-    out2, lse2 = b.kernel.forward_with_lse(list(args), out=out_p, lse=lse_p)
-    assert out2 is out_p and all(x is y for x, y in zip(lse2, lse_p))
+    saved_p = [poisoned_empty(*t.shape, dtype=torch.float32, device=DEVICE) for t in saved]
+    out2, saved2 = b.kernel.forward_for_backward(list(args), out=out_p, saved=saved_p)
+    assert out2 is out_p and all(x is y for x, y in zip(saved2, saved_p))
+    lse2 = lse_of(saved2, len(b.source.train.lse_accs))
     args64 = [(a.double() if a.is_floating_point() else a).cpu() for a in args]
     out2, lse2 = out2.cpu(), [t.cpu() for t in lse2]
     assert_close(out2, fn(*args64), torch.float32, what=f"{name} output")

@@ -14,12 +14,15 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from flashlight_hf.compiler.codegen.backward import BackwardInfo, BackwardSource, backward_info
 from flashlight_hf.compiler.codegen.kernels import (Options, combine_kernel, single_kernel, split_fused_kernel,
                                                     split_kernel, training_kernel)
 from flashlight_hf.compiler.codegen.source import KernelSource
+from flashlight_hf.compiler.ir import Unsupported
 from flashlight_hf.compiler.rewrite import KernelPlan
+from flashlight_hf.compiler.rewrite.backward import derive
 
-__all__ = ["KernelSource", "generate"]
+__all__ = ["BackwardInfo", "BackwardSource", "KernelSource", "generate"]
 
 
 def generate(kp: KernelPlan, *, interpret: bool, allow_tf32: bool = False, warp_specialize: bool = False,
@@ -43,4 +46,21 @@ def generate(kp: KernelPlan, *, interpret: bool, allow_tf32: bool = False, warp_
             main.train = training_kernel(kp, opt)
         except Exception as exc:  # noqa: BLE001 - the ordinary forward stands; say why there is no training kernel
             main.train_error = f"{type(exc).__name__}: {exc}"
+            main.backward_error = f"no training-mode forward: {main.train_error}"
+        else:
+            main.backward, main.backward_error = _backward(kp, opt, main.train)
     return main
+
+
+def _backward(kp: KernelPlan, opt: Options, train: KernelSource) -> tuple:
+    """(BackwardInfo, None), or (None, why): the generated backward of ``kp``."""
+    try:
+        bp = derive(kp)
+        missing = [k for k in bp.streams if k not in train.lse_accs]
+        if missing:
+            raise Unsupported("backward", f"the scores read running max acc{missing[0]}, which stores no statistics")
+        return backward_info(bp, opt, identity=not train.train_accs), None
+    except Unsupported as exc:
+        return None, f"node {exc.node!r}: {exc.reason}"
+    except Exception as exc:  # noqa: BLE001 - the recompute backward stands; say why
+        return None, f"internal error: {type(exc).__name__}: {exc}"

@@ -37,11 +37,11 @@ def _integer(c: Any) -> int | None:
     return None
 
 
-def _offset(em: "Emitter", c: Any) -> str:
+def offset_text(em: "Emitter", c: Any) -> str:
     """A bound's constant that is not an integer: a size expression, or one with run-time terms."""
     if isinstance(c, RuntimeOffset):
         k = _integer(c.const)
-        parts = [] if k is not None else [_offset(em, c.const)]
+        parts = [] if k is not None else [offset_text(em, c.const)]
         parts += [em.value(node) if coef == 1 else f"{coef} * {em.value(node)}" for node, coef in c.terms]
         return "(" + _plus(parts, k or 0) + ")"
     return em.size(c)
@@ -58,7 +58,7 @@ def _bound(em: "Emitter", kind: str, alts: tuple, row: str, plus_one: bool) -> s
         if k is not None:
             terms.append(_plus([lead], k + fold_one))
         else:
-            terms.append(_plus([lead, _offset(em, c)], int(fold_one)))
+            terms.append(_plus([lead, offset_text(em, c)], int(fold_one)))
     fn = "tl.maximum" if kind == "hi" else "tl.minimum"
     out = terms[0]
     for t in terms[1:]:

@@ -21,7 +21,7 @@ import torch
 from flashlight_hf.compiler.codegen import pointwise, reduce, scores
 from flashlight_hf.compiler.codegen.naming import Names
 from flashlight_hf.compiler.codegen.source import LN2, pow2
-from flashlight_hf.compiler.ir import (Acc, Const, IExpr, Index, Load, Node, Pointwise, Reduce, RunningMax,
+from flashlight_hf.compiler.ir import (Acc, Adjoint, Const, IExpr, Index, Load, Node, Pointwise, Reduce, RunningMax,
                                        Unsupported, Var, walk_outside_accs)
 from flashlight_hf.compiler.rewrite import KernelPlan
 
@@ -71,6 +71,14 @@ class Emitter:
         self.interior = False
         self.pads = {v.name: pow2(v.extent) for v in kp.tile_vars}
         self.bounded = {self.skey(w): kept for w, kept in kp.bounded_masks}
+        # the backward kernels: the variable their loop walks (the keys in the forward and the dQ
+        # kernel, the rows in the dK/dV kernel), the names of the Adjoint values they computed,
+        # whether a running max is loop state (the forward) or a stored per-row statistic, and
+        # per max accumulator the name of the log2 of its stored denominator (exp(s - lse))
+        self.loop = kp.loop_var
+        self.adjoints: dict[str, str] = {}
+        self.running_max_in_loop = True
+        self.normaliser: dict[int, str] = {}
 
     # -- text ------------------------------------------------------------------------------------
     def size(self, s: Any) -> str:
@@ -144,8 +152,8 @@ class Emitter:
     def bounds_mask(self, vars_: tuple[Var, ...]) -> str | None:
         parts = []
         for v in vars_:
-            if v is self.j and self.interior:
-                continue  # interior key tiles are in range
+            if v is self.loop and self.interior:
+                continue  # interior tiles are in range
             if v in self.rank and v is not self.i and v is not self.j and self.pads.get(v.name) == v.extent:
                 continue  # a head-dim tile with no padding
             parts.append(self.broadcast(self.mask_name(v), (v,), vars_))
@@ -193,10 +201,15 @@ class Emitter:
             return self.names[key]
         if self.phase == "loop" and key in self.loop_names:
             return self.loop_names[key]
+        if isinstance(x, Adjoint):
+            if x.what not in self.adjoints:
+                raise Unsupported("codegen", f"the backward value {x.what} is read before it is computed")
+            return self.adjoints[x.what]
         if isinstance(x, Acc):
             name = self.acc_names[id(x)]
             return f"({name} * {LN2!r})" if x.kind == "max" else name  # max accumulators hold log2 units
-        in_loop = self.kp.loop_var in x.vars or isinstance(x, RunningMax) or has_running_max(x)
+        in_loop = self.loop in x.vars or (self.running_max_in_loop and (isinstance(x, RunningMax) or
+                                                                         has_running_max(x)))
         if in_loop and self.phase != "loop":
             raise Unsupported("codegen", f"a key-loop value ({self.hint(x)} over "
                               f"{sorted(v.name for v in x.vars)}) is needed outside the loop")

@@ -46,7 +46,7 @@ def _emitter(kp: KernelPlan, opt: Options) -> Emitter:
 def _whole_key_axis(kp: KernelPlan, opt: Options) -> Emitter:
     """The body of a single-launch kernel: every key of a row tile, then the output stored."""
     em = _emitter(kp, opt)
-    _coordinates(em, split=False, partials=False)
+    coordinates(em, split=False, partials=False)
     _acc_init(em)
     _key_loops(em, opt, split=False)
     _epilogue_store(em)
@@ -56,7 +56,7 @@ def _whole_key_axis(kp: KernelPlan, opt: Options) -> Emitter:
 def _key_share(kp: KernelPlan, opt: Options) -> Emitter:
     """The body of a split-KV kernel: one share of the keys, its accumulators stored as partials."""
     em = _emitter(kp, opt)
-    _coordinates(em, split=True, partials=True)
+    coordinates(em, split=True, partials=True)
     _acc_init(em)
     _key_loops(em, opt, split=True)
     _partial_stores(em)
@@ -74,6 +74,7 @@ def training_kernel(kp: KernelPlan, opt: Options) -> KernelSource:
     lse_stores(em, streams)
     src = assemble(em, KERNEL_TRAIN, "train", partials=False, with_out=True, lse=len(streams))
     src.lse_accs = [st.max_acc for st in streams]
+    src.train_accs = list(em.train_accs)
     return src
 
 
@@ -83,7 +84,7 @@ def split_kernel(kp: KernelPlan, opt: Options) -> KernelSource:
 
 def combine_kernel(kp: KernelPlan, opt: Options) -> KernelSource:
     em = _emitter(kp, opt)
-    _coordinates(em, split=False, partials=True)
+    coordinates(em, split=False, partials=True)
     _acc_init(em)
     _combine(em)
     _epilogue_store(em)
@@ -108,7 +109,7 @@ def split_fused_kernel(kp: KernelPlan, opt: Options) -> KernelSource:
     return assemble(em, KERNEL_SPLIT_FUSED, "fused", partials=True, with_out=True)
 
 
-def _coordinates(em: Emitter, *, split: bool, partials: bool) -> None:
+def coordinates(em: Emitter, *, split: bool, partials: bool) -> None:
     """The program's row tile and grid point, the row offsets and the head-dim tiles."""
     kp, i = em.kp, em.i
     em.emit("# program coordinates: one program per (row tile, grid point)")

@@ -211,19 +211,29 @@ def _free_names(body: list[str]) -> list[str]:
     return seen
 
 
-class InnerHelper:
-    """The key-tile helper of one kernel: its source, and the call each key range makes."""
+def merged_body(boundary: tuple[list[str], str | None, list[str]],
+                interior: tuple[list[str], str | None, list[str]]) -> list[str]:
+    """One helper body from a tile's two emissions, each (statements before a tile-skip guard,
+    the guard's ``if`` line or None, statements under it): shared statements once, the others
+    under the flag."""
+    pre_a, guard_a, post_a = boundary
+    pre_b, guard_b, post_b = interior
+    if guard_a == guard_b:
+        return _merge(pre_a, pre_b) + ([guard_a] if guard_a else []) + _merge(post_a, post_b)
+    # the ranges disagree on the tile skip: the two bodies side by side
+    whole_a = pre_a + ([guard_a] if guard_a else []) + post_a
+    whole_b = pre_b + ([guard_b] if guard_b else []) + post_b
+    return [f"    if {FLAG}:"] + ["    " + s for s in whole_a] + ["    else:"] + ["    " + s for s in whole_b]
 
-    def __init__(self, em: "Emitter"):
-        pre_a, guard_a, post_a = _tile_statements(em, interior=False)
-        pre_b, guard_b, post_b = _tile_statements(em, interior=True)
-        if guard_a == guard_b:
-            body = _merge(pre_a, pre_b) + ([guard_a] if guard_a else []) + _merge(post_a, post_b)
-        else:  # the ranges disagree on the tile skip: the two bodies side by side
-            whole_a = pre_a + ([guard_a] if guard_a else []) + post_a
-            whole_b = pre_b + ([guard_b] if guard_b else []) + post_b
-            body = [f"    if {FLAG}:"] + ["    " + s for s in whole_a] + ["    else:"] + ["    " + s for s in whole_b]
-        self.accs = [f"acc{k}" for k in range(len(em.kp.accs))]
+
+class TileHelper:
+    """A ``@triton.jit`` helper holding one tile of a loop: its source, and the call each range
+    of the loop makes. ``carried``: the loop-carried values it takes and returns; every other
+    name its body reads becomes a parameter (constexprs last, then the flag)."""
+
+    def __init__(self, name: str, carried: list[str], body: list[str], doc: list[str]):
+        self.name = name
+        self.accs = list(carried)
         free = _free_names(body)
         consts = [n for n in _CONSTEXPRS if n in free]
         others = [n for n in free if n not in self.accs and n not in consts and n not in _GLOBALS]
@@ -231,16 +241,25 @@ class InnerHelper:
         params = self.args[:len(self.args) - len(consts)] + [f"{n}: tl.constexpr" for n in consts] + \
             [f"{FLAG}: tl.constexpr"]
         ret = ", ".join(self.accs)
-        self.lines = ["@triton.jit", f"def {INNER}("] + [f"    {p}," for p in params] + ["):"] + [
-            "    # one key tile [start_n, start_n + BLOCK_N) of every accumulator. BOUNDARY: the tile may",
-            "    # hold keys past the end or keys an analysed mask drops (bounds checked, masks applied);",
-            "    # False for interior tiles, where neither is evaluated",
-        ] + body + ([f"    return {ret}"] if ret else [])
+        self.lines = ["@triton.jit", f"def {name}("] + [f"    {p}," for p in params] + ["):"] + \
+            ["    # " + d for d in doc] + body + ([f"    return {ret}"] if ret else [])
 
     def call(self, boundary: bool, indent: str) -> list[str]:
-        """The statement a key range's loop runs per tile."""
+        """The statement a loop range runs per tile."""
         lhs = f"{', '.join(self.accs)} = " if self.accs else ""
         args = ", ".join(self.args + [f"{FLAG}={boundary}"])
-        head = f"{lhs}{INNER}("
+        head = f"{lhs}{self.name}("
         wrapped = textwrap.wrap(args, width=100 - len(indent) - 4, break_long_words=False, break_on_hyphens=False)
         return [indent + head] + [indent + "    " + w for w in wrapped[:-1]] + [indent + "    " + wrapped[-1] + ")"]
+
+
+class InnerHelper(TileHelper):
+    """The forward's key-tile helper: one key tile of every accumulator."""
+
+    def __init__(self, em: "Emitter"):
+        body = merged_body(_tile_statements(em, interior=False), _tile_statements(em, interior=True))
+        super().__init__(INNER, [f"acc{k}" for k in range(len(em.kp.accs))], body, [
+            "one key tile [start_n, start_n + BLOCK_N) of every accumulator. BOUNDARY: the tile may",
+            "hold keys past the end or keys an analysed mask drops (bounds checked, masks applied);",
+            "False for interior tiles, where neither is evaluated",
+        ])

@@ -81,33 +81,86 @@ def softmax_streams(em: "Emitter") -> list[SoftmaxStream]:
     return streams
 
 
+def identity_epilogue(em: "Emitter", streams: list[SoftmaxStream]) -> bool:
+    """Whether the output is one softmax stream's numerator over its own row sum (through casts):
+    then the normalised numerator is the output itself and the training forward stores nothing
+    more than the statistics."""
+    out = strip_casts(em.kp.out_node)
+    if not (isinstance(out, Pointwise) and out.op == "div" and len(streams) == 1):
+        return False
+    num, den = (strip_casts(a) for a in out.args)
+    if not (isinstance(num, Acc) and isinstance(den, Acc)) or den.kind != "sum" or num.kind != "sum":
+        return False
+    m = em.kp.accs[streams[0].max_acc]
+    return num.tied is m and den.tied is m and streams[0].denominator is den and \
+        len([a for a in em.kp.accs if a.kind == "sum"]) == 2
+
+
 def lse_stores(em: "Emitter", streams: list[SoftmaxStream]) -> None:
-    """After the epilogue: ``LSE = m·ln 2 + log(D)`` per stream, stored at
-    ``lse{n}_ptr + Σ_g off_g·stride + offs_m·stride`` (masked to the rows in range)."""
-    if not streams:
-        return
+    """After the epilogue, per stream its running max ``m`` (log2 units, −inf for a row that kept
+    nothing) and ``log2(D)`` at ``mx{n}_ptr`` / ``ld{n}_ptr + Σ_g off_g·stride + offs_m·stride``;
+    unless the epilogue is the identity (:func:`identity_epilogue`), also every sum accumulator
+    normalised by its stream's denominator (``nacc{k}_ptr``: the backward's preprocess
+    differentiates the epilogue at those values). Two numbers, not ``m·ln 2 + ln D``: a row whose
+    scores all sit at the clamped float minimum has ``s·log2 e − m = 0`` exactly only against
+    ``m`` itself."""
     em.phase = "post"
-    em.emit("")
-    em.emit("# training mode: per softmax stream the row's log-sum-exp (natural log, fp32) for the backward:")
-    em.emit("# p = exp(s - lse) with s the score as the program writes it; -inf for a fully masked row")
+    em.train_accs = []
+    if streams:
+        em.emit("")
+        em.emit("# training mode: per softmax stream the row's running max (log2 units) and log2 of its")
+        em.emit("# denominator, for the backward: p = exp2(s * log2(e) - m - log2(D))")
     for n, st in enumerate(streams):
         den = em.f32(st.denominator, (em.i,))
-        em.emit(f"lse{n} = acc{st.max_acc} * {LN2!r} + tl.log({den})  # max (log2 units -> natural) + log(denominator)")
         terms = [f"{em.nm.offs[g]} * {lse_stride(em, n, em.nm.letter[g])}" for g in em.kp.grid_vars]
         terms.append(f"offs_m * {lse_stride(em, n, 'm')}")
-        em.emit(f"tl.store(lse{n}_ptr + {' + '.join(terms)}, lse{n}, mask=mask_m)")
+        where = " + ".join(terms)
+        em.emit(f"tl.store(mx{n}_ptr + {where}, acc{st.max_acc}, mask=mask_m)")
+        em.emit(f"tl.store(ld{n}_ptr + {where}, tl.log2({den}), mask=mask_m)")
+    if identity_epilogue(em, streams):
+        return
+    denominators = {st.max_acc: st.denominator for st in streams}
+    for k, a in enumerate(em.kp.accs):
+        if a.kind != "sum":
+            continue
+        lay = em.layout(a)
+        if not lay or lay[0] is not em.i or len(lay) > 2:
+            raise Unsupported("training", f"acc{k} is not per row (or per row and value column)")
+        value = f"acc{k}"
+        if a.tied is not None:
+            kt = em.kp.accs.index(a.tied)
+            if kt not in denominators:
+                raise Unsupported("training", f"acc{k} is tied to a running max with no denominator")
+            den = em.f32(denominators[kt], (em.i,))
+            value = f"acc{k} / {den}" if len(lay) == 1 else f"acc{k} / {den}[:, None]"
+        terms = [f"{em.nm.offs[g]} * stride_na{k}_{em.nm.letter[g]}" for g in em.kp.grid_vars]
+        if len(lay) == 1:
+            terms.append(f"offs_m * stride_na{k}_m")
+            mask = "mask_m"
+        else:
+            terms += [f"offs_m[:, None] * stride_na{k}_m", f"{em.nm.offs[lay[1]]}[None, :] * stride_na{k}_d"]
+            mask = em.bounds_mask(lay)
+        em.emit(f"tl.store(nacc{k}_ptr + {' + '.join(terms)}, {value}, mask={mask})  # acc{k}, normalised")
+        em.train_accs.append((k, len(lay), int(lay[1].extent) if len(lay) == 2 else None))
 
 
 def lse_stride(em: "Emitter", n: int, letter: str) -> str:
-    """The name of LSE tensor ``n``'s stride along the axis of role ``letter`` (grid letters, ``m``)."""
-    return f"stride_lse{n}_{letter}"
+    """The name of stream ``n``'s statistics' stride along the axis of role ``letter`` (grid letters, ``m``)."""
+    return f"stride_st{n}_{letter}"
 
 
 def lse_parameters(em: "Emitter", count: int) -> list[str]:
-    """The LSE tensors' parameters: per tensor its pointer, then a stride per grid variable and rows."""
+    """The training outputs' parameters: per stream the pointers of its running max and log2
+    denominator and their (shared) strides per grid variable and rows; then per normalised
+    accumulator its pointer and strides (grid variables, rows, value column)."""
     params = []
     for n in range(count):
-        params.append(f"lse{n}_ptr")
+        params += [f"mx{n}_ptr", f"ld{n}_ptr"]
         params += [lse_stride(em, n, em.nm.letter[g]) for g in em.kp.grid_vars]
         params.append(lse_stride(em, n, "m"))
+    for k, rank, _ in getattr(em, "train_accs", []):
+        params.append(f"nacc{k}_ptr")
+        params += [f"stride_na{k}_{em.nm.letter[g]}" for g in em.kp.grid_vars] + [f"stride_na{k}_m"]
+        if rank == 2:
+            params.append(f"stride_na{k}_d")
     return params

@@ -24,8 +24,12 @@ from flashlight_hf.compiler.rewrite import KernelPlan
 FIXED = {"tl", "triton", "float", "range", "pid", "split", "n_row_tiles", "tile_m", "rest", "grid_lin",
          "row_lo", "row_hi", "key_lo", "key_hi", "interior_lo", "interior_hi", "chunk", "split_lo",
          "ticket_ptr", "ticket", "s", "out", "o", "out_ptr", "count_ptr", "n_grid", "start_n",
-         BLOCK_M, BLOCK_N, NUM_SPLITS, "BOUNDARY"}
+         BLOCK_M, BLOCK_N, NUM_SPLITS, "BOUNDARY",
+         # the backward kernels'
+         "n_key_tiles", "tile_n", "start_m", "col_lo", "col_hi", "row_first", "row_last", "q_start", "q_end",
+         "end_tile", "i_first", "i_last", "interior_start", "interior_end"}
 _GENERATED = re.compile(r"^(acc|m_new_acc|m_safe_acc|alpha|m_tile|m_part|beta|part|z)\d+$"
+                        r"|^(dk|dv|dq|dp|dacc|dx|p|pm|mx|ld|ld_acc|row_mx|nacc|g)\d+$"
                         r"|^(offs|mask)_(m|n|d\d*|dv\d*)$|^off_(b|h|g\d+)$|^stride_|_ptr$")
 
 

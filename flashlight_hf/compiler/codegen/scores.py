@@ -133,6 +133,8 @@ def online_exp(em: "Emitter", x: Pointwise, lay: tuple[Var, ...]) -> str | None:
     acc = arg.args[1].acc
     m = em.broadcast(f"m_safe_{em.acc_names[id(acc)]}", em.layout(arg.args[1]), lay)
     e = f"{pre} - {m}" if post == "1.0" else f"{pre} * {post} - {m}"
+    if id(acc) in em.normaliser:  # the backward: p = exp2(s2 - m - log2 D), in that order (a clamped
+        e += f" - {em.broadcast(em.normaliser[id(acc)], em.layout(arg.args[1]), lay)}"  # row: s2 - m = 0)
     return f"tl.exp2({e})"
 
 

@@ -44,6 +44,13 @@ class KernelSource:
     # a training kernel's log-sum-exp tensors, in launch order: the index in the plan's
     # accumulators of the max accumulator each belongs to (non-softmax streams have none)
     lse_accs: list = field(default_factory=list)
+    # a training kernel's normalised sum accumulators (index in the plan's accumulators, rank),
+    # in launch order after the statistics; empty when the epilogue is the identity
+    train_accs: list = field(default_factory=list)
+    # the generated backward (on request, with the training kernel): what the runtime needs to
+    # run it (a BackwardInfo), or why there is none
+    backward: Any = None
+    backward_error: str | None = None
 
 
 def pow2(n: int) -> int:

@@ -23,7 +23,7 @@ looked through, products split into factors), :mod:`.program` (:class:`Program`)
 from flashlight_hf.compiler.ir.algebra import contains, mul_factors, strip_casts
 from flashlight_hf.compiler.ir.from_fx import (DISPATCH, LT, POINTWISE_BINARY, POINTWISE_UNARY, LabelState,
                                                Labeller, OpCall, build_ir, canonicalize, substitute)
-from flashlight_hf.compiler.ir.nodes import (Acc, Axis, Const, Factor, IExpr, Index, Load, Node, Pointwise,
+from flashlight_hf.compiler.ir.nodes import (Acc, Adjoint, Axis, Const, Factor, IExpr, Index, Load, Node, Pointwise,
                                              Reduce, RunningMax, RuntimeOffset, Size, Unsupported, Var, as_size,
                                              axis_extent, is_one, map_indices, size_eq, size_prod, walk,
                                              walk_outside_accs)
@@ -31,7 +31,7 @@ from flashlight_hf.compiler.ir.printer import format_node_tree
 from flashlight_hf.compiler.ir.program import Program
 
 __all__ = [
-    "Acc", "Axis", "Const", "DISPATCH", "Factor", "IExpr", "Index", "LT", "LabelState", "Labeller", "Load",
+    "Acc", "Adjoint", "Axis", "Const", "DISPATCH", "Factor", "IExpr", "Index", "LT", "LabelState", "Labeller", "Load",
     "Node", "OpCall", "POINTWISE_BINARY", "POINTWISE_UNARY", "Pointwise", "Program", "Reduce", "RunningMax",
     "RuntimeOffset", "Size", "Unsupported", "Var", "as_size", "axis_extent", "build_ir", "canonicalize",
     "contains", "format_node_tree", "is_one", "map_indices", "mul_factors", "size_eq", "size_prod",

@@ -44,11 +44,25 @@ class Evaluator:
     for references."""
 
     def __init__(self, variables: Sequence[Var], inputs: Sequence[torch.Tensor], *,
-                 dtype: torch.dtype | None = None):
+                 dtype: torch.dtype | None = None, sizes: dict | None = None,
+                 given: dict[int, torch.Tensor] | None = None, device: torch.device | str | None = None):
+        """``sizes``: values of the size symbols (a symbolic program's extents and constants);
+        ``given``: tensors to use for nodes (by ``id``) instead of evaluating them — the
+        backward's preprocess gives the epilogue its accumulators this way; ``device``: where
+        index tensors are made (the inputs' device)."""
         self.variables = list(variables)
         self.inputs = list(inputs)
         self.dtype = dtype
-        self._memo: dict[int, torch.Tensor] = {}
+        self.sizes = dict(sizes or {})
+        self.device = device
+        self._memo: dict[int, torch.Tensor] = dict(given or {})
+
+    def _int(self, e: object) -> int:
+        if isinstance(e, sympy.Expr) and not e.is_number:
+            if not self.sizes:
+                raise Unsupported("evaluate", f"symbolic size {e} has no value here")
+            return int(e.subs(self.sizes))
+        return int(e)
 
     def __call__(self, node: Node) -> torch.Tensor:
         got = self._memo.get(id(node))
@@ -61,17 +75,16 @@ class Evaluator:
         if v not in self.variables:
             raise KeyError(f"variable {v} has no axis in this evaluation (give it one in `variables`)")
         shape = [1] * len(self.variables)
-        shape[self.variables.index(v)] = int(v.extent)
-        return torch.arange(int(v.extent)).reshape(shape)
+        shape[self.variables.index(v)] = self._int(v.extent)
+        return torch.arange(self._int(v.extent), device=self.device).reshape(shape)
 
     def index(self, e: IExpr) -> torch.Tensor:
         if e.op == "var":
             return self._axis(e.args[0])
         if e.op in ("const", "sym"):
-            if isinstance(e.args[0], sympy.Expr) and not e.args[0].is_number:
-                raise Unsupported("evaluate", f"symbolic size {e.args[0]} has no value here")
-            return torch.tensor(int(e.args[0]))
-        parts = [self.index(a) if isinstance(a, IExpr) else torch.tensor(int(a)) for a in e.args]
+            return torch.tensor(self._int(e.args[0]), device=self.device)
+        parts = [self.index(a) if isinstance(a, IExpr) else torch.tensor(self._int(a), device=self.device)
+                 for a in e.args]
         out = parts[0]
         for p in parts[1:]:
             out = {"add": torch.add, "mul": torch.mul, "floordiv": torch.floor_divide,
@@ -87,9 +100,11 @@ class Evaluator:
             value = x.value
             if isinstance(value, sympy.Expr):
                 if not value.is_number:
-                    raise Unsupported("evaluate", f"symbolic constant {value} has no value here")
+                    if not self.sizes:
+                        raise Unsupported("evaluate", f"symbolic constant {value} has no value here")
+                    value = value.subs(self.sizes)
                 value = float(value) if x.dtype.is_floating_point else int(value)
-            return torch.tensor(value, dtype=self._float(x.dtype))
+            return torch.tensor(value, dtype=self._float(x.dtype), device=self.device)
         if isinstance(x, Index):
             return self.index(x.expr).to(self._float(x.dtype))
         if isinstance(x, Load):
@@ -103,7 +118,7 @@ class Evaluator:
         if isinstance(x, Reduce):
             arg = self(x.arg)
             dim = self.variables.index(x.var)
-            arg = arg.expand(*[int(v.extent) if k == dim else arg.shape[k] for k, v in enumerate(self.variables)])
+            arg = arg.expand(*[self._int(v.extent) if k == dim else arg.shape[k] for k, v in enumerate(self.variables)])
             if x.op == "sum":
                 return arg.sum(dim, keepdim=True)
             if x.op == "max":

@@ -247,6 +247,21 @@ class RunningMax(Node):
         return self.acc.vars
 
 
+@dataclass(frozen=True, eq=False, repr=False)
+class Adjoint(Node):
+    """A value a backward kernel computes itself and names (``what``): the adjoint of a forward
+    quantity (``dP`` of a contraction, an accumulated ``dQ``) or a per-row statistic the kernel
+    loads. The derivative pass builds expressions over it; codegen binds it to a temporary.
+    ``over``: the variables it varies along."""
+
+    what: str
+    over: frozenset = frozenset()
+
+    @property
+    def vars(self) -> frozenset[Var]:
+        return self.over
+
+
 @dataclass(frozen=True)
 class RuntimeOffset:
     """A key bound's constant part that includes run-time values: ``const + Σ coef·node``

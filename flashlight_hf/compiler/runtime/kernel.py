@@ -24,7 +24,8 @@ from flashlight_hf.compiler.runtime.shapes import ShapeError, shape_mismatch
 from flashlight_hf.compiler.runtime.sizes import SizeFunction, sum_extent
 from flashlight_hf.compiler.runtime.split_kv import SplitKV
 from flashlight_hf.compiler.runtime.switches import LaunchSwitches, launch_switches
-from flashlight_hf.compiler.runtime.training import TrainingForward
+from flashlight_hf.compiler.runtime.backward import GeneratedBackward
+from flashlight_hf.compiler.runtime.training import TrainingForward, lse_of
 from flashlight_hf.compiler.runtime.tune import LaunchConfig, Tuner
 
 _MAX_PLANS = 256  # a dynamic cache's decode loop makes one new set of shapes per step
@@ -58,7 +59,8 @@ class CompiledKernel:
         self._n_out, self._n_rt = len(out_extents), len(src.runtime_sizes)
         self._tuner = Tuner(src.tile_pads)
         self._split = None
-        self._train: TrainingForward | None = None  # loaded on the first forward_with_lse
+        self._train: TrainingForward | None = None  # loaded on the first training forward
+        self._backward: GeneratedBackward | None = None  # loaded on the first backward
         if src.split is not None or src.split_fused is not None:
             self._split = SplitKV(self.program, src, self._load)
 
@@ -152,13 +154,13 @@ class CompiledKernel:
             plan.no_direct = plan.direct is None
         return out
 
-    def forward_with_lse(self, tensors: Sequence[torch.Tensor], *, out: torch.Tensor | None = None,
-                         lse: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """The training-mode forward: the output and, per softmax stream (``source.train.lse_accs``
-        names each one's max accumulator), its fp32 per-row log-sum-exp ``[grid..., rows]``, such
-        that the stream's probabilities are ``exp(s − lse)``; an empty list for a program without
-        softmax streams. One launch, the ordinary forward's tile choice for the bucket; no
-        split-KV. Needs a build with ``training=True``. ``out`` / ``lse``: buffers to write."""
+    def forward_for_backward(self, tensors: Sequence[torch.Tensor], *, out: torch.Tensor | None = None,
+                             saved: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The training-mode forward: the output and what the generated backward reads (per softmax
+        stream of ``source.train.lse_accs`` its running max in log2 units and log2 denominator,
+        fp32 ``[grid..., rows]``; then the normalised accumulators of ``source.train.train_accs``).
+        One launch, the ordinary forward's tile choice for the bucket; no split-KV. Needs a build
+        with ``training=True``. ``out`` / ``saved``: buffers to write."""
         train = self.source.train
         if train is None:
             why = self.source.train_error or "the kernel was generated without training=True"
@@ -174,7 +176,42 @@ class CompiledKernel:
             raise ValueError(f"flashlight: out= is {tuple(out.shape)} {out.dtype}; this call writes "
                              f"{tuple(plan.out_shape)} {self.program.out_dtype}")
         cfg = self._tuner.lookup(plan.rows, plan.keys, plan.n_grid, switches)
-        return out, self._train(inputs, out, cfg, lse)
+        return out, self._train(inputs, out, cfg, saved)
+
+    def forward_with_lse(self, tensors: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The output and, per softmax stream, its per-row log-sum-exp (natural log, fp32
+        ``[grid..., rows]``): the stream's probabilities are ``exp(s − lse)``."""
+        out, saved = self.forward_for_backward(tensors)
+        return out, lse_of(saved, len(self.source.train.lse_accs))
+
+    def has_backward(self) -> bool:
+        """Whether the gradient can run as generated kernels (else: the recompute backward)."""
+        return self.source.backward is not None
+
+    def backward(self, tensors: Sequence[torch.Tensor], out: torch.Tensor, saved: Sequence[torch.Tensor],
+                 grad_out: torch.Tensor, wanted: Sequence[bool]) -> list[torch.Tensor | None]:
+        """Per program tensor (``tensors``) its gradient where ``wanted`` says, through the
+        generated backward; ``out`` / ``saved`` are :meth:`forward_for_backward`'s."""
+        if self._backward is None:
+            from flashlight_hf import settings
+            self._backward = GeneratedBackward(self.program, self.source, self._load, settings.current().interpret)
+        bindings = self.program.bindings
+        bound_wanted = [isinstance(b, int) and bool(wanted[b]) for b in bindings]
+        got = self._backward(self.bound_inputs(tensors), out, saved, grad_out, bound_wanted)
+        grads: list[torch.Tensor | None] = [None] * len(tensors)
+        for b, g in zip(bindings, got):
+            if isinstance(b, int) and g is not None:
+                grads[b] = g if grads[b] is None else grads[b] + g
+        return grads
+
+    def backward_missing(self, wanted: Sequence[bool]) -> tuple[str, str] | None:
+        """(node, reason) when a wanted gradient is not generated (the recompute backward runs)."""
+        if self.source.backward is None:
+            return ("backward", self.source.backward_error or "no generated backward")
+        for k, b in enumerate(self.program.bindings):
+            if isinstance(b, int) and b < len(wanted) and wanted[b] and k in self.source.backward.no_grad:
+                return self.source.backward.no_grad[k]
+        return None
 
     def launch_single(self, cfg: LaunchConfig, args: list, rows: int, n_grid: int) -> None:
         """One launch of the single-launch kernel (the whole key loop per program)."""

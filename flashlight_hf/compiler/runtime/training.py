@@ -14,6 +14,7 @@ from typing import Any, Callable
 import torch
 
 from flashlight_hf.compiler.codegen import KernelSource
+from flashlight_hf.compiler.codegen.source import LN2
 from flashlight_hf.compiler.ir import Program
 from flashlight_hf.compiler.runtime.launch import Launcher
 from flashlight_hf.compiler.runtime.plan import constexprs, row_tiles, tensor_args
@@ -31,32 +32,44 @@ class TrainingForward:
         self._n_shape = len(source.grid_extents) + 1
         self._sizes = SizeFunction(program, [*source.grid_extents, source.row_extent, *source.runtime_sizes])
 
-    def lse_shape(self, inputs: list[torch.Tensor]) -> torch.Size:
-        """The shape of every LSE tensor for these inputs: ``[grid..., rows]``."""
+    def stats_shape(self, inputs: list[torch.Tensor]) -> torch.Size:
+        """The shape of every per-row statistic for these inputs: ``[grid..., rows]``."""
         return torch.Size(self._sizes(inputs)[:self._n_shape])
 
     def __call__(self, inputs: list[torch.Tensor], out: torch.Tensor, cfg: LaunchConfig,
-                 lse: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
-        """Launch on the (bound) ``inputs``, writing ``out`` and the fp32 LSE tensors (returned,
-        one per softmax stream): new contiguous ones, or the caller's ``lse`` (any strides)."""
+                 into: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+        """Launch on the (bound) ``inputs``, writing ``out``; returns what the backward reads: per
+        softmax stream its running max (log2 units) and log2 denominator, fp32 ``[grid..., rows]``,
+        then each normalised accumulator ``[grid..., rows(, width)]`` (``source.train_accs``)."""
         sizes = self._sizes(inputs)
         shape, runtime = sizes[:self._n_shape], sizes[self._n_shape:]
-        if lse is None:
-            lses = [torch.empty(shape, dtype=torch.float32, device=out.device) for _ in self.source.lse_accs]
-        else:
-            lses = list(lse)
-            if len(lses) != len(self.source.lse_accs) or any(
-                    t.shape != torch.Size(shape) or t.dtype != torch.float32 or t.device != out.device for t in lses):
-                raise ValueError(f"flashlight: lse= must be {len(self.source.lse_accs)} float32 tensors of shape "
-                                 f"{tuple(shape)} on {out.device}")
+        saved = [torch.empty(shape, dtype=torch.float32, device=out.device)
+                 for _ in range(2 * len(self.source.lse_accs))]
+        for k, rank, width in self.source.train_accs:
+            width = [width] if rank == 2 else []
+            saved.append(torch.empty([*shape, *width], dtype=torch.float32, device=out.device))
+        if into is not None:
+            if len(into) != len(saved) or any(a.shape != b.shape or a.dtype != b.dtype or a.device != b.device
+                                              for a, b in zip(into, saved)):
+                raise ValueError(f"flashlight: the training buffers must be {[tuple(t.shape) for t in saved]} "
+                                 f"float32 on {out.device}")
+            saved = list(into)
         if out.numel() == 0:
-            return lses
+            return saved
         n_grid = 1
         for g in shape[:-1]:
             n_grid *= g
         args = tensor_args(inputs, self.source.input_args) + [out, *out.stride()]
-        for t in lses:
+        n = len(self.source.lse_accs)
+        for s in range(n):
+            args += [saved[2 * s], saved[2 * s + 1], *saved[2 * s].stride()]
+        for t in saved[2 * n:]:
             args += [t, *t.stride()]
         args += list(runtime)
         self.launcher(row_tiles(shape[-1], cfg, n_grid), args, constexprs(cfg), cfg.num_warps, cfg.num_stages)
-        return lses
+        return saved
+
+
+def lse_of(saved: list[torch.Tensor], streams: int) -> list[torch.Tensor]:
+    """Per softmax stream the natural log-sum-exp ``(m + log2 D)·ln 2`` from the saved statistics."""
+    return [(saved[2 * n] + saved[2 * n + 1]) * LN2 for n in range(streams)]

@@ -1,0 +1,457 @@
+"""The generated backward's kernels, from a :class:`~flashlight_hf.compiler.rewrite.backward.BackwardPlan`.
+
+``dkdv_kernel``: one program per (key tile, grid point), looping over the query tiles its keys
+meet (the masks' bounds turned around, :mod:`~flashlight_hf.compiler.rewrite.query_bounds`):
+per tile it recomputes the scores side ``P`` of every contraction from the stored per-row
+statistics (``p = exp2(s·log2 e − m − log2 D)``), ``dP = dA·Wᵀ``, the dot products' adjoints
+``dX`` from the derivative pass, and accumulates ``dW += Pᵀ·dA`` and ``dK += dXᵀ·Q``.
+``dq_kernel``: one program per (row tile, grid point), looping over the forward's key range,
+accumulating ``dQ += dX·K``. No atomics: each program owns the rows or keys it stores.
+
+Both kernels are written like the forward: loads that do not change along the loop before it,
+one tile of the loop as a ``@triton.jit`` helper that the boundary and interior ranges call
+(interior tiles evaluate neither bounds nor the analysed masks), one statement per IR node.
+After the loop each gradient goes through its side's elementwise chain (a cast, a scale) and
+is stored into an expanded buffer over the load's variables (the runtime folds it into the
+input's gradient).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from flashlight_hf.compiler.abi import BLOCK_M, BLOCK_N, KERNEL_BWD_DKDV, KERNEL_BWD_DQ
+from flashlight_hf.compiler.codegen.bounds import emit_key_range, offset_text
+from flashlight_hf.compiler.codegen.emitter import Emitter
+from flashlight_hf.compiler.codegen.kernels import Options, coordinates
+from flashlight_hf.compiler.codegen.keyloop import TileHelper, merged_body
+from flashlight_hf.compiler.codegen.source import TL_DTYPE
+from flashlight_hf.compiler.ir import (Acc, Adjoint, Const, Load, Node, Pointwise, RunningMax, Unsupported, Var,
+                                       walk)
+from flashlight_hf.compiler.rewrite.backward import BackwardPlan, GradStore
+from flashlight_hf.compiler.rewrite.query_bounds import row_range, triton_expressions
+
+DKDV_INNER = "_attn_bwd_dkdv_inner"
+DQ_INNER = "_attn_bwd_dq_inner"
+
+
+@dataclass
+class BackwardSource:
+    """One backward kernel's source and its launch contract. Parameters, in order: each input
+    in ``input_args`` (pointer, one stride per axis); per stream in ``streams`` the pointers of
+    its stored running max and log2-denominator ``[grid..., rows]`` (fp32, one set of strides
+    for both: per grid variable, rows); per contraction the pointer and strides of its ``dA``
+    ``[grid..., rows(, width)]``; per store in ``stores`` (indices into the plan's stores) the
+    pointer and strides of its buffer ``[grid..., rows or keys, head dims...]``; the run-time
+    sizes; BLOCK_M, BLOCK_N."""
+
+    name: str
+    side: str                 # "key": dK/dV (a program per key tile); "row": dQ
+    source: str
+    input_args: list[int]
+    runtime_sizes: list[Any]
+    grid_extents: list[Any]
+    row_extent: Any
+    loop_extent: Any
+    streams: list[int]
+    dacc_ranks: list[int]     # per contraction: 1 ([grid, rows]) or 2 ([grid, rows, width])
+    stores: list[int]
+    store_ranks: list[int] = field(default_factory=list)
+
+
+def _emitter(bp: BackwardPlan, opt: Options, loop: Var) -> Emitter:
+    em = Emitter(bp.kp, opt.interpret, opt.allow_tf32, opt.input_names)
+    em.loop = loop
+    em.running_max_in_loop = False  # a running max is the stored statistic of a row
+    for k in bp.streams:
+        em.normaliser[id(bp.kp.accs[k])] = f"ld_acc{k}"
+    _bound_adjoint_masks(em, bp)
+    return em
+
+
+def _bound_adjoint_masks(em: Emitter, bp: BackwardPlan) -> None:
+    """The adjoint of an analysed mask ``where(keep, s, −inf)`` is ``where(keep, g, 0)``:
+    interior tiles, where the mask keeps everything, read it as ``g``."""
+    conds = {}
+    for w, kept in bp.kp.bounded_masks:
+        if isinstance(w, Pointwise) and w.op == "where":
+            pos = 1 if em.skey(w.args[1]) == em.skey(kept) else 2
+            conds[em.skey(w.args[0])] = pos
+    if not conds:
+        return
+    for d in bp.dots:
+        for x in walk(d.d_dot):
+            if isinstance(x, Pointwise) and x.op == "where" and em.skey(x.args[0]) in conds:
+                pos = conds[em.skey(x.args[0])]
+                zero = x.args[3 - pos]
+                if isinstance(zero, Const) and zero.value == 0:
+                    em.bounded[em.skey(x)] = x.args[pos]
+
+
+def _has(x: Node, kinds: tuple) -> bool:
+    return any(isinstance(y, kinds) for y in walk(x))
+
+
+def _hoist(em: Emitter, roots: list[Node]) -> None:
+    """Emit every value the tile reads that does not change along the loop, before it."""
+    for root in roots:
+        for x in walk(root):
+            if em.loop in x.vars or isinstance(x, (Const, RunningMax, Acc, Adjoint)):
+                continue
+            if _has(x, (Adjoint, RunningMax, Acc)):
+                continue
+            em.node(x)
+
+
+def _roots(bp: BackwardPlan) -> list[Node]:
+    out: list[Node] = []
+    for c in bp.contractions:
+        out += [c.scores] + ([c.values] if c.values is not None else [])
+    for d in bp.dots:
+        out += [d.d_dot, d.row_side, d.key_side]
+    return out
+
+
+def _grid_terms(em: Emitter, stride: str) -> list[str]:
+    return [f"{em.nm.offs[g]} * {stride}_{em.nm.letter[g]}" for g in em.kp.grid_vars]
+
+
+def _mma_dtype(em: Emitter, dtype: torch.dtype) -> tuple[str, str]:
+    """(operand dtype, precision argument) of a ``tl.dot`` whose tensor side has ``dtype``."""
+    if dtype in (torch.float16, torch.bfloat16) and not (em.interpret and dtype == torch.bfloat16):
+        return TL_DTYPE[dtype], ""
+    prec = ', input_precision="tf32"' if em.allow_tf32 and not em.interpret else ', input_precision="ieee"'
+    return "tl.float32", prec
+
+
+def _dot(em: Emitter, a: str, b: str, dtype: torch.dtype, carried: str | None = None) -> str:
+    dt, prec = _mma_dtype(em, dtype)
+    acc = f", {carried}" if carried else ""
+    return f"tl.dot({a}.to({dt}), {b}.to({dt}){acc}{prec})"
+
+
+def _stats(em: Emitter, bp: BackwardPlan, masked: bool) -> None:
+    """Each softmax stream's stored running max (log2 units) and log2 denominator for the rows."""
+    for n, k in enumerate(bp.streams):
+        terms = " + ".join(_grid_terms(em, f"stride_st{n}") + [f"offs_m * stride_st{n}_m"])
+        mask = ", mask=mask_m, other=0.0" if masked else ""
+        em.emit(f"row_mx{n} = tl.load(mx{n}_ptr + {terms}{mask})  # running max of acc{k}, log2 units")
+        em.emit(f"m_safe_acc{k} = tl.where(row_mx{n} == float(\"-inf\"), 0.0, row_mx{n})")
+        em.emit(f"ld_acc{k} = tl.load(ld{n}_ptr + {terms}{mask})  # log2 of the row's softmax denominator")
+
+
+def _dacc(em: Emitter, bp: BackwardPlan) -> None:
+    """Each contraction's dA for the rows (the preprocess's output)."""
+    for n, c in enumerate(bp.contractions):
+        lay = em.layout(c.d_acc)
+        terms = _grid_terms(em, f"stride_da{n}")
+        if len(lay) == 1:
+            terms.append(f"offs_m * stride_da{n}_m")
+        else:
+            e = lay[1]
+            terms += [f"offs_m[:, None] * stride_da{n}_m", f"{em.nm.offs[e]}[None, :] * stride_da{n}_d"]
+        mask = em.bounds_mask(lay)
+        extra = f", mask={mask}, other=0.0" if mask else ""
+        name = f"dacc{n}"
+        em.emit(f"{name} = tl.load(dacc{n}_ptr + {' + '.join(terms)}{extra})  # dA of acc{c.acc}")
+        em.adjoints[c.d_acc.what] = name
+
+
+
+def _tile(em: Emitter, bp: BackwardPlan, side: str, interior: bool) -> tuple[list[str], None, list[str]]:
+    """One tile of the backward loop (a query tile in dK/dV, a key tile in dQ)."""
+    i, j = em.i, em.j
+    saved = em.lines, em.indent, dict(em.adjoints)
+    em.lines, em.indent, em.interior, em.phase, em.loop_names = [], 1, interior, "loop", {}
+    try:
+        if side == "key":
+            em.emit(f"offs_m = start_m + tl.arange(0, {BLOCK_M})")
+            if not interior:
+                em.emit(f"mask_m = offs_m < {em.size(i.extent)}")
+            _stats(em, bp, masked=not interior)
+            _dacc(em, bp)
+        else:
+            em.emit(f"offs_n = start_n + tl.arange(0, {BLOCK_N})")
+            if not interior:
+                em.emit(f"mask_n = offs_n < {em.size(j.extent)}")
+        full = (i, j)
+        inside = None if interior else "mask_m[:, None] & mask_n[None, :]"
+        for n, c in enumerate(bp.contractions):
+            p = em.f32(c.scores, full)
+            if c.values is None:
+                dp = f"dp{n}"
+                em.emit(f"{dp} = {em.adjoints[c.d_acc.what]}[:, None] + tl.zeros([{BLOCK_M}, {BLOCK_N}], tl.float32)"
+                        f"  # dP of acc{c.acc}: its row's dA")
+            else:
+                w = em.value(c.values, em.sort(em.layout(c.values)))
+                dp = f"dp{n}"
+                em.emit(f"{dp} = {_dot(em, em.adjoints[c.d_acc.what], f'tl.trans({w})', c.values.dtype)}"
+                        f"  # dP of acc{c.acc} = dA · Wᵀ")
+                if side == "key":
+                    pm = p if inside is None else f"tl.where({inside}, {p}, 0.0)"
+                    em.emit(f"dv{n} = {_dot(em, f'tl.trans({pm})', em.adjoints[c.d_acc.what], c.values.dtype, f'dv{n}')}"
+                            f"  # dW of acc{c.acc} += Pᵀ · dA")
+            em.adjoints[c.d_scores.what] = dp
+        for t, d in enumerate(bp.dots):
+            dx = em.f32(d.d_dot, full)
+            name = f"dx{t}"
+            if inside is None:
+                em.emit(f"{name} = {dx}  # the adjoint of {em.hint(d.node)} (derivative pass)")
+            else:
+                em.emit(f"{name} = tl.where({inside}, {dx}, 0.0)  # the adjoint of the dot product, rows and keys "
+                        "in range")
+            if side == "key":
+                a = em.value(d.row_side, em.sort(em.layout(d.row_side)))
+                em.emit(f"dk{t} = {_dot(em, f'tl.trans({name})', a, d.row_side.dtype, f'dk{t}')}  # += dXᵀ · Q")
+            else:
+                b = em.value(d.key_side, em.sort(em.layout(d.key_side)))
+                em.emit(f"dq{t} = {_dot(em, name, b, d.key_side.dtype, f'dq{t}')}  # += dX · K")
+        lines = em.lines
+    finally:
+        em.lines, em.indent, em.adjoints = saved
+        em.interior, em.phase, em.loop_names = False, "post", {}
+    return lines, None, []
+
+
+def _carried(bp: BackwardPlan, side: str) -> list[tuple[str, Node]]:
+    """(name, Adjoint) of the loop-carried accumulators of one side's kernel."""
+    if side == "row":
+        return [(f"dq{t}", d.d_row) for t, d in enumerate(bp.dots)]
+    out = [(f"dk{t}", d.d_key) for t, d in enumerate(bp.dots)]
+    out += [(f"dv{n}", bp.value_adjoints[n]) for n in sorted(bp.value_adjoints)]
+    return out
+
+
+def _init_carried(em: Emitter, bp: BackwardPlan, side: str) -> list[str]:
+    em.emit("")
+    em.emit("# loop-carried gradients, fp32")
+    names = []
+    for name, adj in _carried(bp, side):
+        lay = em.layout(adj)
+        shape = ", ".join(BLOCK_M if v is em.i else BLOCK_N if v is em.j else str(em.pads[v.name]) for v in lay)
+        em.emit(f"{name} = tl.zeros([{shape}], tl.float32)")
+        names.append(name)
+    return names
+
+
+def _stores(em: Emitter, bp: BackwardPlan, side: str) -> tuple[list[int], list[int]]:
+    """Each load's gradient through its elementwise chain, stored into its buffer."""
+    em.phase = "post"
+    for name, adj in _carried(bp, side):
+        em.adjoints[adj.what] = name
+    em.emit("")
+    em.emit("# each input load's gradient (through its elementwise chain) into its buffer")
+    which, ranks = [], []
+    for st in bp.buffers(side):
+        lay = _store_layout(em, st)
+        val = em.f32(st.expr, lay)
+        terms = _grid_terms(em, f"stride_g{st.buffer}")
+        for k, v in enumerate(lay):
+            idx = em.broadcast(em.nm.offs[v], (v,), lay)
+            terms.append(f"{idx} * stride_g{st.buffer}_{k}")
+        mask = em.bounds_mask(lay)
+        what = em.nm.base.get(st.load.input, f"in{st.load.input}")
+        em.emit(f"tl.store(g{st.buffer}_ptr + {' + '.join(terms)}, {val}.to(g{st.buffer}_ptr.dtype.element_ty)"
+                f"{f', mask={mask}' if mask else ''})  # d {what}")
+        which.append(st.buffer)
+        ranks.append(len(lay))
+    return which, ranks
+
+
+def _store_layout(em: Emitter, st: GradStore) -> tuple[Var, ...]:
+    lay = em.layout(st.load)
+    want = em.i if st.side == "row" else em.j
+    if not lay or lay[0] is not want or len(lay) > 2:
+        raise Unsupported("backward", f"a load of input {st.load.input} that is not per "
+                          f"{'row' if st.side == 'row' else 'key'} and head dim")
+    return lay
+
+
+def _parameters(em: Emitter, bp: BackwardPlan, stores: list[int], ranks: list[int]) -> list[str]:
+    prog, nm = em.kp.program, em.nm
+    params = []
+    for k in sorted(em.inputs):
+        params.append(nm.ptr(k))
+        params += [nm.stride(k, d) for d in range(len(prog.input_shapes[k]))]
+    letters = [em.nm.letter[g] for g in em.kp.grid_vars]
+    for n in range(len(bp.streams)):
+        params += [f"mx{n}_ptr", f"ld{n}_ptr"] + [f"stride_st{n}_{x}" for x in letters] + [f"stride_st{n}_m"]
+    for n, c in enumerate(bp.contractions):
+        params += [f"dacc{n}_ptr"] + [f"stride_da{n}_{x}" for x in letters] + [f"stride_da{n}_m"]
+        if len(em.layout(c.d_acc)) == 2:
+            params.append(f"stride_da{n}_d")
+    for b, r in zip(stores, ranks):
+        params += [f"g{b}_ptr"] + [f"stride_g{b}_{x}" for x in letters] + [f"stride_g{b}_{k}" for k in range(r)]
+    params += [f"z{k}" for k in range(len(em.sizes))]
+    params += [f"{BLOCK_M}: tl.constexpr", f"{BLOCK_N}: tl.constexpr"]
+    return params
+
+
+def _assemble(em: Emitter, bp: BackwardPlan, name: str, side: str, helper: TileHelper, stores: list[int],
+              ranks: list[int], what: str) -> BackwardSource:
+    params = _parameters(em, bp, stores, ranks)
+    text = ["import triton", "import triton.language as tl", "", ""] + helper.lines + ["", ""]
+    text += [f"# {name}: {what}", "@triton.jit", f"def {name}("] + [f"    {p}," for p in params] + ["):"]
+    kp = bp.kp
+    return BackwardSource(
+        name=name, side=side, source="\n".join(text + em.lines) + "\n", input_args=sorted(em.inputs),
+        runtime_sizes=list(em.sizes), grid_extents=[g.extent for g in kp.grid_vars], row_extent=kp.row_var.extent,
+        loop_extent=kp.loop_var.extent, streams=list(bp.streams),
+        dacc_ranks=[len(em.layout(c.d_acc)) for c in bp.contractions], stores=stores, store_ranks=ranks)
+
+
+def dkdv_kernel(bp: BackwardPlan, opt: Options) -> BackwardSource:
+    """One program per (key tile, grid point): the gradients of the key-side loads."""
+    kp = bp.kp
+    em = _emitter(bp, opt, kp.row_var)
+    i, j = em.i, em.j
+    em.emit("# program coordinates: one program per (key tile, grid point)")
+    em.emit("pid = tl.program_id(0)")
+    em.emit(f"n_key_tiles = tl.cdiv({em.size(j.extent)}, {BLOCK_N})")
+    em.emit("tile_n = pid % n_key_tiles")
+    if kp.grid_vars:
+        em.emit("rest = pid // n_key_tiles")
+    for n, g in enumerate(reversed(kp.grid_vars)):
+        em.emit(f"{em.nm.offs[g]} = rest % {em.size(g.extent)}")
+        if n < len(kp.grid_vars) - 1:
+            em.emit(f"rest = rest // {em.size(g.extent)}")
+    em.emit(f"offs_n = tile_n * {BLOCK_N} + tl.arange(0, {BLOCK_N})")
+    em.emit(f"mask_n = offs_n < {em.size(j.extent)}")
+    for v in kp.tile_vars:
+        em.emit(f"{em.nm.offs[v]} = tl.arange(0, {em.pads[v.name]})")
+        if em.pads[v.name] != v.extent:
+            em.emit(f"{em.mask_name(v)} = {em.nm.offs[v]} < {v.extent}")
+    em.emit("")
+    em.emit("# key-side values, loaded once")
+    _hoist(em, _roots(bp))
+    _query_range(em)
+    carried = _init_carried(em, bp, "key")
+    body = merged_body(_tile(em, bp, "key", interior=False), _tile(em, bp, "key", interior=True))
+    helper = TileHelper(DKDV_INNER, carried, body, [
+        "one query tile [start_m, start_m + BLOCK_M) against this program's key tile. BOUNDARY: the",
+        "tile may hold rows past the end or pairs an analysed mask drops; False for interior tiles"])
+    for start, end, boundary, what in (("q_start", "interior_start", True, "boundary query tiles before the interior"),
+                                       ("interior_start", "interior_end", False, "interior query tiles: no masks"),
+                                       ("interior_end", "q_end", True, "boundary query tiles after the interior")):
+        em.emit("")
+        em.emit(f"# {what}")
+        em.emit(f"for start_m in range({start}, {end}, {BLOCK_M}):")
+        em.lines += helper.call(boundary, "    " * (em.indent + 1))
+    stores, ranks = _stores(em, bp, "key")
+    return _assemble(em, bp, KERNEL_BWD_DKDV, "key", helper, stores, ranks,
+                     "one program per (key tile of BLOCK_N keys, grid point); loops over the query tiles "
+                     "that meet it and stores the key-side gradients")
+
+
+def _query_range(em: Emitter) -> None:
+    """The query tiles this key tile meets and the interior ones (every pair kept, rows in range)."""
+    kp = em.kp
+    rows = em.size(em.i.extent)
+
+    def const(c: Any) -> str:
+        return str(c) if isinstance(c, int) else offset_text(em, c)
+
+    rr = row_range(kp.key_bounds, "col_lo", "col_hi", triton_expressions(const, rows=rows))
+    em.emit("")
+    em.emit("# query tiles this key tile meets (the masks' key bounds turned around), and the interior")
+    em.emit("# ones where every row is in range and every analysed mask keeps every pair")
+    em.emit(f"col_lo = tile_n * {BLOCK_N}")
+    em.emit(f"col_hi = tl.minimum(col_lo + {BLOCK_N}, {em.size(em.j.extent)}) - 1")
+    em.emit(f"row_first = tl.maximum({rr.visit_lo}, 0)")
+    em.emit(f"row_last = tl.minimum({rr.visit_hi}, {rows} - 1)")
+    em.emit(f"q_start = (row_first // {BLOCK_M}) * {BLOCK_M}")
+    em.emit("q_end = tl.maximum(row_last + 1, q_start)")
+    em.emit(f"end_tile = tl.cdiv(q_end, {BLOCK_M}) * {BLOCK_M}")
+    em.emit(f"i_first = tl.maximum({rr.interior_lo}, 0)")
+    em.emit(f"i_last = tl.minimum({rr.interior_hi}, {rows} - 1)")
+    em.emit(f"interior_start = tl.minimum(tl.maximum(tl.cdiv(i_first, {BLOCK_M}) * {BLOCK_M}, q_start), end_tile)")
+    em.emit(f"interior_end = tl.minimum(tl.maximum(((i_last + 1) // {BLOCK_M}) * {BLOCK_M}, interior_start), "
+            "end_tile)")
+
+
+def dq_kernel(bp: BackwardPlan, opt: Options) -> BackwardSource:
+    """One program per (row tile, grid point): the gradients of the row-side loads."""
+    kp = bp.kp
+    em = _emitter(bp, opt, kp.loop_var)
+    coordinates(em, split=False, partials=False)
+    em.emit("")
+    em.emit("# row-side values, loaded once: the rows' statistics and dA, the query side")
+    _stats(em, bp, masked=True)
+    _dacc(em, bp)
+    _hoist(em, _roots(bp))
+    em.emit("")
+    emit_key_range(em, split=False)
+    carried = _init_carried(em, bp, "row")
+    body = merged_body(_tile(em, bp, "row", interior=False), _tile(em, bp, "row", interior=True))
+    helper = TileHelper(DQ_INNER, carried, body, [
+        "one key tile [start_n, start_n + BLOCK_N) against this program's row tile. BOUNDARY: the",
+        "tile may hold keys past the end or pairs an analysed mask drops; False for interior tiles"])
+    for start, end, boundary, what in (("key_lo", "interior_lo", True, "boundary key tiles before the interior"),
+                                       ("interior_lo", "interior_hi", False, "interior key tiles: no masks"),
+                                       ("interior_hi", "key_hi", True, "boundary key tiles after the interior")):
+        em.emit("")
+        em.emit(f"# {what}")
+        em.emit(f"for start_n in range({start}, {end}, {BLOCK_N}):")
+        em.lines += helper.call(boundary, "    " * (em.indent + 1))
+    stores, ranks = _stores(em, bp, "row")
+    return _assemble(em, bp, KERNEL_BWD_DQ, "row", helper, stores, ranks,
+                     "one program per (row tile of BLOCK_M rows, grid point); loops over the key tiles "
+                     "the forward visits and stores the row-side gradients")
+
+
+@dataclass
+class StoreInfo:
+    """One gradient buffer: the load it belongs to and the variables of its axes, in order
+    (grid variables, then rows or keys, then head dims)."""
+
+    buffer: int
+    side: str
+    load: Load
+    variables: list[Var]
+
+
+@dataclass
+class BackwardInfo:
+    """Everything the runtime needs to run the generated backward of one program."""
+
+    kernels: list[BackwardSource]
+    epilogue: Node                    # the plan's output expression over the accumulators
+    accs: list[Acc]                   # the plan's accumulators (the epilogue's leaves)
+    contraction_accs: list[int]       # per contraction (dA parameter order), its accumulator
+    identity: bool                    # out = numerator / row sum: dA from the output itself
+    stores: list[StoreInfo]
+    no_grad: dict[int, tuple[str, str]]
+    grid_vars: list[Var]
+    row_var: Var
+    loop_var: Var
+    tile_vars: list[Var]
+
+
+def backward_info(bp: BackwardPlan, opt: Options, identity: bool) -> BackwardInfo:
+    """The backward's kernels and their contract with the runtime."""
+    kernels = backward_kernels(bp, opt)
+    kp = bp.kp
+    stores = []
+    for st in bp.stores:
+        side_var = kp.row_var if st.side == "row" else kp.loop_var
+        heads = [v for v in kp.tile_vars if v in st.load.vars]
+        stores.append(StoreInfo(st.buffer, st.side, st.load, [*kp.grid_vars, side_var, *heads]))
+    return BackwardInfo(kernels, kp.out_node, list(kp.accs), [c.acc for c in bp.contractions], identity, stores,
+                        dict(bp.no_grad), list(kp.grid_vars), kp.row_var, kp.loop_var, list(kp.tile_vars))
+
+
+def backward_kernels(bp: BackwardPlan, opt: Options) -> list[BackwardSource]:
+    """The kernels the gradient runs as: dK/dV where there are key-side gradients, dQ where there
+    are row-side ones."""
+    out = []
+    if bp.buffers("key"):
+        out.append(dkdv_kernel(bp, opt))
+    if bp.buffers("row"):
+        out.append(dq_kernel(bp, opt))
+    return out
+
+
+__all__ = ["BackwardInfo", "BackwardSource", "StoreInfo", "backward_info", "backward_kernels", "dkdv_kernel", "dq_kernel"]

@@ -1,0 +1,227 @@
+"""The backward's plan: what the generated dK/dV and dQ kernels compute, derived from the forward's.
+
+Why here: the backward is a rewrite of the forward plan (BACKWARD.md), the way the online
+softmax is. After :func:`~flashlight_hf.compiler.rewrite.plan` every key reduction of the
+program is an accumulator ``A(i[, e]) = Σ_j P(i, j) · W(j[, e])``: a *scores side* ``P`` over
+rows and keys (``exp(s − M)`` for a softmax stream, ``sigmoid(s)`` for sigmoid attention) and a
+*values side* ``W`` over keys and value columns (``V``; none for a row sum). The output is the
+epilogue ``E`` of the accumulators. Given ``dA = ∂E/∂A · dOut`` (the preprocess, row-local):
+
+* ``dP(i, j) = Σ_e dA(i, e) · W(j, e)`` (``dA(i)`` for a row sum), ``dW(j, e) = Σ_i P(i, j) · dA(i, e)``;
+* the scores' adjoint, from the derivative pass over the program's own expressions
+  (:func:`~flashlight_hf.compiler.ir.derivative.vjp` of ``Σ_A P·dP``), reaches every dot
+  product ``x_t = Σ_d Q_t(i, d) · K_t(j, d)`` as an expression ``dX_t(i, j)``;
+* ``dQ_t(i, d) = Σ_j dX_t · K_t`` (the dQ kernel's loop over key tiles) and
+  ``dK_t(j, d) = Σ_i dX_tᵀ · Q_t`` (the dK/dV kernel's loop over query tiles), then through the
+  elementwise expressions of each side down to the loads of the inputs (``q.float()``,
+  a pre-scaled query).
+
+A softmax stream's running max ``M`` is read as its stored log-sum-exp, a constant: the output
+does not change with ``M`` (numerators and denominators scale together), so no gradient flows
+through it. Anything outside this shape raises :class:`Unsupported` naming it, and the caller
+keeps the exact recompute backward; a captured tensor whose gradient is not generated is
+listed in :attr:`BackwardPlan.no_grad` (the runtime recomputes when one of them needs a grad).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from flashlight_hf.compiler.ir import (Acc, Adjoint, Const, Index, Load, Node, Pointwise, Reduce, RunningMax,
+                                       Unsupported, Var, mul_factors, strip_casts, walk, walk_outside_accs)
+from flashlight_hf.compiler.ir.derivative import add, mul, vjp
+from flashlight_hf.compiler.rewrite.kernel_plan import KernelPlan
+
+
+@dataclass
+class Contraction:
+    """Sum accumulator ``acc`` (its index in the plan's accumulators) as ``Σ_j P · W``."""
+
+    acc: int
+    scores: Node          # P: rows × keys (grid variables aside)
+    values: Node | None   # W: keys × value columns; None for a row sum
+    d_acc: Adjoint        # dA, what the preprocess computes: rows (× value columns)
+    d_scores: Adjoint     # dP, computed per tile
+
+
+@dataclass
+class Dot:
+    """A dot product of the scores, ``Σ_d row_side(i, d) · key_side(j, d)``, and its adjoint."""
+
+    node: Reduce
+    row_side: Node
+    key_side: Node
+    d_dot: Node           # dX(i, j): an expression over tile values and the Adjoints
+    d_row: Adjoint        # Σ_j dX · key_side, accumulated by the dQ kernel: rows × d
+    d_key: Adjoint        # Σ_i dXᵀ · row_side, accumulated by the dK/dV kernel: keys × d
+
+
+@dataclass
+class GradStore:
+    """One load's gradient, stored by a kernel after its loop into an expanded buffer over the
+    load's variables ``[grid..., rows or keys, head dims...]`` (``buffer``: its number); the
+    runtime adds each buffer into the input's gradient at the load's indices."""
+
+    load: Load
+    side: str             # "row" (the dQ kernel) or "key" (the dK/dV kernel)
+    expr: Node            # the load's adjoint over the accumulated Adjoints (elementwise chain)
+    buffer: int
+
+
+@dataclass
+class BackwardPlan:
+    kp: KernelPlan
+    contractions: list[Contraction]
+    dots: list[Dot]
+    value_adjoints: dict[int, Adjoint]   # contraction index -> dW, accumulated by the dK/dV kernel
+    stores: list[GradStore]
+    # per float program input whose gradient the kernels do not produce: the node and why
+    no_grad: dict[int, tuple[str, str]] = field(default_factory=dict)
+    # the max accumulators whose running max the scores read (their stored statistics)
+    streams: list[int] = field(default_factory=list)
+
+    def buffers(self, side: str) -> list[GradStore]:
+        return [s for s in self.stores if s.side == side]
+
+
+def _local(x: Node, kp: KernelPlan) -> set[Var]:
+    """The kernel-local variables of ``x`` (rows, keys, head dims)."""
+    return {v for v in x.vars if v is kp.row_var or v is kp.loop_var or v in kp.tile_vars}
+
+
+def _split(body: Node, kp: KernelPlan) -> tuple[Node, Node | None]:
+    """A sum accumulator's body as (scores side, values side), as the forward's contraction splits it."""
+    i, j = kp.row_var, kp.loop_var
+    num, den = mul_factors(body)
+    if den:
+        raise Unsupported("backward", "a division inside a key contraction")
+    left = [f for f in num if _local(f, kp) <= {i, j}]
+    right = [f for f in num if f not in left]
+    if any(i in _local(f, kp) for f in right):
+        raise Unsupported("backward", "a key contraction that does not split into scores × values")
+    p: Node = left[0] if left else Const(torch.float32, 1.0)
+    for f in left[1:]:
+        p = Pointwise(torch.float32, "mul", (p, f))
+    if not right:
+        return p, None
+    w = right[0]
+    for f in right[1:]:
+        w = Pointwise(w.dtype, "mul", (w, f))
+    return p, w
+
+
+def _sides(dot: Reduce, kp: KernelPlan) -> tuple[Node, Node]:
+    """(row side, key side) of a score dot product, or Unsupported."""
+    arg = strip_casts(dot.arg)
+    if dot.op != "sum" or not (isinstance(arg, Pointwise) and arg.op == "mul") or dot.var not in kp.tile_vars:
+        raise Unsupported("backward", "a reduction in the scores that is not a dot product over a head dim")
+    a, b = arg.args
+    i, j = kp.row_var, kp.loop_var
+    la, lb = _local(a, kp), _local(b, kp)
+    if la == {i, dot.var} and lb == {j, dot.var}:
+        return a, b
+    if lb == {i, dot.var} and la == {j, dot.var}:
+        return b, a
+    raise Unsupported("backward", "a dot product in the scores that is not rows × keys")
+
+
+def _float_loads(x: Node) -> list[Load]:
+    return [y for y in walk(x) if isinstance(y, Load) and y.dtype.is_floating_point]
+
+
+def _chain(side: Node, seed: Adjoint, what: str) -> list[tuple[Load, Node]]:
+    """The adjoint of every float load under an elementwise side expression, given the side's."""
+    for y in walk(side):
+        if not isinstance(y, (Load, Const, Index, Pointwise)):
+            raise Unsupported("backward", f"the {what} side holds a {type(y).__name__}: no elementwise chain")
+        if isinstance(y, Load) and any(not hasattr(e, "op") or isinstance(e, Node) for e in y.index):
+            raise Unsupported("backward", f"a gathered load on the {what} side")
+    loads = _float_loads(side)
+    grads = vjp(side, seed, loads)
+    return [(ld, g) for ld, g in zip(loads, grads) if g is not None]
+
+
+def derive(kp: KernelPlan) -> BackwardPlan:
+    """The backward plan of ``kp``; raises Unsupported naming what it cannot differentiate."""
+    i, j = kp.row_var, kp.loop_var
+    grid = frozenset(kp.grid_vars)
+    accs = kp.accs
+    maxes = [k for k, a in enumerate(accs) if a.kind == "max"]
+    for k in maxes:
+        if not any(b.kind == "sum" and b.tied is accs[k] for b in accs):
+            raise Unsupported("backward", f"a running max (acc{k}) that no sum is normalised by: its "
+                              "gradient does not cancel")
+    contractions: list[Contraction] = []
+    for k, a in enumerate(accs):
+        if a.kind != "sum":
+            continue
+        lay = _local(a, kp)
+        p, w = _split(a.body, kp)
+        if lay == {i}:
+            if w is not None:
+                raise Unsupported("backward", f"acc{k}: a per-row sum with a values side")
+        elif len(lay) != 2 or i not in lay or w is None:
+            raise Unsupported("backward", f"acc{k}: an accumulator over {sorted(v.name for v in lay)}")
+        d_acc = Adjoint(torch.float32, f"dacc{k}", grid | lay)
+        d_scores = Adjoint(torch.float32, f"dp{k}", grid | {i, j})
+        contractions.append(Contraction(k, p, w, d_acc, d_scores))
+    if not contractions:
+        raise Unsupported("backward", "no key contraction to differentiate")
+    # the scores' adjoint: one reverse pass over Σ P·dP, stopping at the dot products
+    root: Node | None = None
+    for c in contractions:
+        root = add(root, mul(c.scores, c.d_scores))
+    under = [x for c in contractions for x in walk(c.scores)]
+    dots = _unique([x for x in under if isinstance(x, Reduce)])
+    loads = _unique([x for x in under if isinstance(x, Load) and x.dtype.is_floating_point and
+                     not any(x in walk(d) for d in dots)])
+    grads = vjp(root, Const(torch.float32, 1.0), dots + loads)
+    no_grad: dict[int, tuple[str, str]] = {}
+    for ld, g in zip(loads, grads[len(dots):]):
+        if g is not None:
+            no_grad.setdefault(ld.input, (f"load of input {ld.input}", "a tensor read by the scores outside a dot "
+                                          "product (a learnable bias): its gradient kernel is not generated yet"))
+    out_dots: list[Dot] = []
+    stores: list[GradStore] = []
+    for t, (d, g) in enumerate(zip(dots, grads[:len(dots)])):
+        if g is None:
+            continue
+        a_side, b_side = _sides(d, kp)
+        d_row = Adjoint(torch.float32, f"dq{t}", grid | {i, d.var})
+        d_key = Adjoint(torch.float32, f"dk{t}", grid | {j, d.var})
+        out_dots.append(Dot(d, a_side, b_side, g, d_row, d_key))
+        for ld, e in _chain(a_side, d_row, "query"):
+            stores.append(GradStore(ld, "row", e, len(stores)))
+        for ld, e in _chain(b_side, d_key, "key"):
+            stores.append(GradStore(ld, "key", e, len(stores)))
+    value_adjoints: dict[int, Adjoint] = {}
+    for n, c in enumerate(contractions):
+        if c.values is None:
+            continue
+        lay = _local(c.values, kp)
+        value_adjoints[n] = dw = Adjoint(torch.float32, f"dv{n}", grid | lay)
+        for ld, e in _chain(c.values, dw, "value"):
+            stores.append(GradStore(ld, "key", e, len(stores)))
+    streams = sorted({k for c in contractions for x in walk(c.scores) if isinstance(x, RunningMax)
+                      for k in [accs.index(x.acc)]})
+    for x in walk_outside_accs(kp.out_node):
+        if isinstance(x, RunningMax):
+            raise Unsupported("backward", "the epilogue reads a running max inside the loop")
+    return BackwardPlan(kp, contractions, out_dots, value_adjoints, stores, no_grad, streams)
+
+
+def _unique(xs: list[Node]) -> list[Node]:
+    seen: set[int] = set()
+    out = []
+    for x in xs:
+        if id(x) not in seen:
+            seen.add(id(x))
+            out.append(x)
+    return out
+
+
+def epilogue_accs(kp: KernelPlan) -> list[Acc]:
+    """The accumulators the epilogue reads (the preprocess differentiates with respect to them)."""
+    return [x for x in walk_outside_accs(kp.out_node) if isinstance(x, Acc)]

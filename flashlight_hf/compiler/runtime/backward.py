@@ -1,0 +1,245 @@
+"""The generated backward at run time: the preprocess, the dK/dV and dQ launches, the gradients.
+
+Why here: codegen hands over the backward's kernels with their contract
+(:class:`~flashlight_hf.compiler.codegen.BackwardInfo`); this module runs them for one call:
+
+1. **Preprocess** — ``dA = ∂E/∂A · dOut`` for every accumulator the epilogue ``E`` reads. When
+   the epilogue is one softmax stream's ``numerator / row sum`` that is ``dA_num = dOut`` and
+   ``dA_sum = −Σ_e dOut·out`` (FlashAttention's Δ). Otherwise the epilogue is evaluated with
+   torch on the normalised accumulators the training forward stored (row-local, O(rows × width))
+   and differentiated by autograd, which also gives the gradients of tensors only the epilogue
+   reads (an output gate, DiffLlama's λ).
+2. **dK/dV** (a program per key tile) and **dQ** (a program per row tile), writing each load's
+   gradient into a buffer over the load's variables.
+3. **Fold** — each buffer into its input's gradient at the load's indices (a view where the load
+   reads the input as it is laid out, ``index_put_(accumulate=True)`` otherwise: GQA's shared
+   key heads). Fixed order, no atomics: the same bits on every run.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import sympy
+import torch
+
+from flashlight_hf.compiler.codegen import KernelSource
+from flashlight_hf.compiler.codegen.backward import BackwardInfo, BackwardSource, StoreInfo
+from flashlight_hf.compiler.codegen.source import LN2
+from flashlight_hf.compiler.ir import Acc, IExpr, Program, Var
+from flashlight_hf.compiler.ir.evaluate import Evaluator
+from flashlight_hf.compiler.runtime.launch import Launcher
+from flashlight_hf.compiler.runtime.plan import tensor_args
+from flashlight_hf.compiler.runtime.sizes import SizeFunction
+from flashlight_hf.compiler.runtime.tune import LaunchConfig
+
+# tiles of the backward launches: (BLOCK_M, BLOCK_N, warps, stages) per kernel side; the
+# interpreter runs small tiles so the tests cross tile edges
+_GPU = {"key": LaunchConfig(64, 64, 4, 2), "row": LaunchConfig(64, 64, 4, 2)}
+_INTERPRET = LaunchConfig(16, 16, 1, 1)
+
+
+def _symbols(program: Program, inputs: Sequence[torch.Tensor]) -> dict:
+    out: dict = {}
+    for k, shape in enumerate(program.input_shapes):
+        for a, s in enumerate(shape):
+            if isinstance(s, sympy.Symbol) and s not in out:
+                out[s] = int(inputs[k].shape[a])
+    return out
+
+
+class GeneratedBackward:
+    """One program's backward kernels, loaded on first use."""
+
+    def __init__(self, program: Program, source: KernelSource, load: Callable[[Any], Any], interpret: bool):
+        info: BackwardInfo = source.backward
+        self.program, self.info, self.train = program, info, source.train
+        self.launchers = [(bs, Launcher(load(bs))) for bs in info.kernels]
+        self.interpret = interpret
+        self._vars = [*info.grid_vars, info.row_var, info.loop_var, *info.tile_vars]
+        self._extents = SizeFunction(program, [v.extent for v in self._vars])
+        self._runtime = [SizeFunction(program, bs.runtime_sizes) for bs in info.kernels]
+
+    def _syms(self, inputs: Sequence[torch.Tensor]) -> dict:
+        return _symbols(self.program, inputs)
+
+    # -- which gradients ---------------------------------------------------------------------------
+    def missing(self, wanted: Sequence[bool]) -> tuple[str, str] | None:
+        """(node, reason) for the first kernel input that wants a gradient the kernels do not give."""
+        for k, want in enumerate(wanted):
+            if want and k in self.info.no_grad:
+                return self.info.no_grad[k]
+        return None
+
+    # -- one call ------------------------------------------------------------------------------------
+    def __call__(self, inputs: list[torch.Tensor], out: torch.Tensor, saved: Sequence[torch.Tensor],
+                 grad_out: torch.Tensor, wanted: Sequence[bool]) -> list[torch.Tensor | None]:
+        info = self.info
+        ext = dict(zip(self._vars, self._extents(inputs)))
+        n_streams = len(self.train.lse_accs)
+        stats = {acc: (saved[2 * n], saved[2 * n + 1]) for n, acc in enumerate(self.train.lse_accs)}
+        naccs = dict(zip([k for k, _, _ in self.train.train_accs], saved[2 * n_streams:]))
+        grads: list[torch.Tensor | None] = [None] * len(inputs)
+        daccs, epilogue_grads = self._preprocess(inputs, out, grad_out, stats, naccs, ext, wanted)
+        for k, g in epilogue_grads.items():
+            grads[k] = g if grads[k] is None else grads[k] + g
+        buffers: dict[int, torch.Tensor] = {}
+        for st in info.stores:
+            shape = [ext[v] for v in st.variables]
+            buffers[st.buffer] = torch.empty(shape, dtype=torch.float32, device=out.device)
+        n_grid = 1
+        for g in info.grid_vars:
+            n_grid *= ext[g]
+        for (bs, launcher), runtime in zip(self.launchers, self._runtime):
+            cfg = _INTERPRET if self.interpret else _GPU[bs.side]
+            args = tensor_args(inputs, bs.input_args)
+            for acc in bs.streams:
+                mx, ld = stats[acc]
+                args += [mx, ld, *mx.stride()]
+            for d in daccs:
+                args += [d, *d.stride()]
+            for b in bs.stores:
+                args += [buffers[b], *buffers[b].stride()]
+            args += list(runtime(inputs))
+            along = ext[info.loop_var] if bs.side == "key" else ext[info.row_var]
+            block = cfg.block_n if bs.side == "key" else cfg.block_m
+            n_prog = -(-along // block) * n_grid
+            launcher(n_prog, args, (("BLOCK_M", cfg.block_m), ("BLOCK_N", cfg.block_n)), cfg.num_warps,
+                     cfg.num_stages)
+        for st in info.stores:
+            k = st.load.input
+            if not wanted[k]:
+                continue
+            g = _fold(st, buffers[st.buffer], inputs[k], ext, self._syms(inputs))
+            grads[k] = g if grads[k] is None else grads[k] + g
+        return [g.to(inputs[k].dtype) if g is not None and wanted[k] else None for k, g in enumerate(grads)]
+
+    # -- the preprocess --------------------------------------------------------------------------------
+    def _layout_vars(self) -> list[Var]:
+        """The preprocess's variables: grid, rows, head dims."""
+        info = self.info
+        return [*info.grid_vars, info.row_var, *info.tile_vars]
+
+    def _out_view(self, t: torch.Tensor, ext: dict) -> torch.Tensor:
+        """The output (or its gradient) with one axis per variable of :meth:`_layout_vars`
+        (size 1 where it does not vary)."""
+        axes = self.program.out_axes
+        shape, order = [], []
+        for ax in axes:
+            for v, e in ax:
+                shape.append(ext.get(v, e) if v is not None else int(e))
+                order.append(v)
+        t = t.reshape(shape)
+        lay = self._layout_vars()
+        perm = [order.index(v) for v in lay if v in order]
+        t = t.permute(perm)
+        full = []
+        it = iter(range(t.dim()))
+        for v in lay:
+            full.append(t.shape[next(it)] if v in order else 1)
+        return t.reshape(full)
+
+    def _acc_dims(self, acc: Acc) -> list[int]:
+        """Which of the preprocess's axes an accumulator has (grid, rows, and its value column)."""
+        lay = self._layout_vars()
+        return [n for n, v in enumerate(lay) if v in acc.vars]
+
+    def _preprocess(self, inputs: list[torch.Tensor], out: torch.Tensor, grad_out: torch.Tensor, stats: dict,
+                    naccs: dict, ext: dict, wanted: Sequence[bool]) -> tuple[list[torch.Tensor], dict]:
+        info = self.info
+        lay = self._layout_vars()
+        g_view = self._out_view(grad_out, ext)
+        squeeze = [n for n, v in enumerate(lay) if v in info.tile_vars]
+        if info.identity:
+            o_view = self._out_view(out, ext)
+            delta = (g_view.float() * o_view.float()).sum(dim=squeeze)
+            daccs = []
+            for k in info.contraction_accs:
+                acc = info.accs[k]
+                daccs.append(delta.neg() if len(self._acc_dims(acc)) == len(info.grid_vars) + 1 else
+                             _squeeze_to(g_view, self._acc_dims(acc)))
+            return daccs, {}
+        # the epilogue differentiated by autograd at the stored normalised accumulators
+        given: dict[int, torch.Tensor] = {}
+        leaves: list[torch.Tensor] = []
+        for k, a in enumerate(info.accs):
+            if a.kind == "max":
+                mx, ld = stats[k]
+                given[id(a)] = _expand_to(((mx + ld) * LN2), self._acc_dims(a), len(lay))
+            else:
+                t = naccs[k].detach().requires_grad_(True)
+                leaves.append(t)
+                given[id(a)] = _expand_to(t, self._acc_dims(a), len(lay))
+        inputs_req = [t.detach().requires_grad_(want and t.is_floating_point()) for t, want in zip(inputs, wanted)]
+        with torch.enable_grad():
+            ev = Evaluator(lay, inputs_req, dtype=torch.float32, sizes=self._syms(inputs), given=given,
+                           device=out.device)
+            value = ev(info.epilogue)
+            seeds = g_view.float().expand(value.shape) if value.shape != g_view.shape else g_view.float()
+            epi = [t for t in inputs_req if t.requires_grad]
+            got = torch.autograd.grad(value, leaves + epi, seeds, allow_unused=True)
+        acc_grads = dict(zip([k for k, a in enumerate(info.accs) if a.kind != "max"], got[:len(leaves)]))
+        daccs = []
+        for k in info.contraction_accs:
+            g = acc_grads.get(k)
+            daccs.append(torch.zeros_like(naccs[k]) if g is None else g.contiguous())
+        epilogue_grads = {}
+        it = iter(got[len(leaves):])
+        for k, t in enumerate(inputs_req):
+            if t.requires_grad:
+                g = next(it)
+                if g is not None:
+                    epilogue_grads[k] = g.float()
+        return daccs, epilogue_grads
+
+
+def _squeeze_to(t: torch.Tensor, dims: list[int]) -> torch.Tensor:
+    """``t`` with only the axes ``dims`` (the others have size 1 and are dropped)."""
+    drop = [n for n in range(t.dim()) if n not in dims]
+    for n in reversed(drop):
+        t = t.squeeze(n) if t.shape[n] == 1 else t.sum(n)
+    return t
+
+
+def _expand_to(t: torch.Tensor, dims: list[int], rank: int) -> torch.Tensor:
+    """A ``[grid..., rows(, width)]`` tensor as one with an axis per preprocess variable."""
+    shape = [1] * rank
+    for n, d in enumerate(dims):
+        shape[d] = t.shape[n]
+    return t.reshape(shape)
+
+
+def _fold(st: StoreInfo, buffer: torch.Tensor, like: torch.Tensor, ext: dict, syms: dict) -> torch.Tensor:
+    """A load's gradient buffer as a gradient of the input it reads: a permuted view where the
+    load reads every axis by one variable, else scattered (accumulating) at its indices."""
+    index = st.load.index
+    plain = [e.args[0] if isinstance(e, IExpr) and e.op == "var" else None for e in index]
+    if all(v is not None for v in plain) and sorted(map(id, plain)) == sorted(map(id, st.variables)) and \
+            all(ext[v] == like.shape[a] for a, v in enumerate(plain)):
+        return buffer.permute([st.variables.index(v) for v in plain])
+    idx = torch.broadcast_tensors(*[_index_values(e, st.variables, ext, syms, buffer.device) for e in index])
+    grad = torch.zeros(like.shape, dtype=torch.float32, device=buffer.device)
+    grad.index_put_(tuple(i.expand(buffer.shape) for i in idx), buffer, accumulate=True)
+    return grad
+
+
+def _index_values(e: Any, variables: list[Var], ext: dict, syms: dict, device: torch.device) -> torch.Tensor:
+    """An index expression's values over the buffer's variables."""
+    if not isinstance(e, IExpr):
+        raise RuntimeError("flashlight: a gathered load has no generated gradient")
+    if e.op == "var":
+        v = e.args[0]
+        shape = [1] * len(variables)
+        shape[variables.index(v)] = ext[v]
+        return torch.arange(ext[v], device=device).reshape(shape)
+    if e.op in ("const", "sym"):
+        c = e.args[0]
+        return torch.tensor(int(c.subs(syms)) if isinstance(c, sympy.Expr) else int(c), device=device)
+    parts = [_index_values(a, variables, ext, syms, device) for a in e.args]
+    out = parts[0]
+    for p in parts[1:]:
+        out = {"add": torch.add, "mul": torch.mul, "floordiv": torch.floor_divide, "mod": torch.remainder}[e.op](out, p)
+    return out
+
+
+__all__ = ["BackwardSource", "GeneratedBackward"]
