@@ -125,7 +125,7 @@ class CompiledAttention:
                 "Call the compiled function once eagerly with inputs of the same shapes and dtypes "
                 "before compiling or exporting the code that uses it.")
         before = self._guard_vals
-        b = build(self.fn, args, kwargs)
+        b = build(self.fn, args, kwargs, training=True)
         if self._guards is not None:
             after = self._guards.values()
             if after != before:  # tracing itself changed what the function reads: key the table by that
@@ -191,6 +191,15 @@ class CompiledAttention:
         tensors = [a for a in args if isinstance(a, torch.Tensor)] if fast is not None else \
             cap.split_args(args, kwargs)[0]
         direct = fast is not None and _plain_eager_call(tensors)
+        if not direct and _wants_grad(tensors) and not b.kernel.has_backward():
+            self._warn_recompute(b)
+        if not direct and _wants_grad(tensors) and b.kernel.has_backward():
+            # training: the forward that keeps the per-row statistics the generated backward reads
+            run = functools.partial(_train_forward, b.op_key, tensors)
+            if b.launched:
+                return run()
+            out = self._first_launch(b, run)
+            return self._eager(b, args, kwargs) if out is _FAILED else out
         if b.launched:
             # nothing to differentiate, trace or export: launch directly (the custom op's
             # dispatch costs tens of microseconds per call, a decode step's layers add them up)
@@ -199,6 +208,14 @@ class CompiledAttention:
             functools.partial(torch.ops.flashlight.fused, b.op_key, tensors)
         out = self._first_launch(b, run)
         return self._eager(b, args, kwargs) if out is _FAILED else out
+
+    def _warn_recompute(self, b: Build) -> None:
+        """Once per build: its gradient is the exact recompute backward, and why."""
+        why = b.source.backward_error or "no generated backward"
+        if ("backward", why) not in self._warned:
+            self._warned.add(("backward", why))
+            warnings.warn(f"flashlight: the backward of {getattr(self.fn, '__name__', 'the program')} re-runs it "
+                          f"eagerly under autograd (exact, N×N memory): {why}", stacklevel=3)
 
     def into(self, out: torch.Tensor, *args: Any) -> torch.Tensor:
         """``out.copy_(self(*args))`` without the copy where the kernel can write ``out`` itself
@@ -214,6 +231,15 @@ class CompiledAttention:
 
 
 _FAILED = object()
+
+
+def _wants_grad(tensors: list[torch.Tensor]) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def _train_forward(key: str, tensors: list[torch.Tensor]) -> torch.Tensor:
+    out, _ = torch.ops.flashlight.fused_train(key, tensors)
+    return out
 
 
 def _plain_eager_call(tensors: list[torch.Tensor]) -> bool:

@@ -28,6 +28,7 @@ from flashlight_hf.compiler.codegen.backward import BackwardInfo, BackwardSource
 from flashlight_hf.compiler.codegen.source import LN2
 from flashlight_hf.compiler.ir import Acc, IExpr, Program, Var
 from flashlight_hf.compiler.ir.evaluate import Evaluator
+from flashlight_hf.compiler.runtime.hooks import launch_hooks
 from flashlight_hf.compiler.runtime.launch import Launcher
 from flashlight_hf.compiler.runtime.plan import tensor_args
 from flashlight_hf.compiler.runtime.sizes import SizeFunction
@@ -72,21 +73,34 @@ class GeneratedBackward:
         return None
 
     # -- one call ------------------------------------------------------------------------------------
-    def __call__(self, inputs: list[torch.Tensor], out: torch.Tensor, saved: Sequence[torch.Tensor],
-                 grad_out: torch.Tensor, wanted: Sequence[bool]) -> list[torch.Tensor | None]:
-        info = self.info
-        ext = dict(zip(self._vars, self._extents(inputs)))
+    def _saved(self, saved: Sequence[torch.Tensor]) -> tuple[dict, dict]:
+        """(per max accumulator its (max, log2 denominator), per sum accumulator its normalised value)."""
         n_streams = len(self.train.lse_accs)
         stats = {acc: (saved[2 * n], saved[2 * n + 1]) for n, acc in enumerate(self.train.lse_accs)}
         naccs = dict(zip([k for k, _, _ in self.train.train_accs], saved[2 * n_streams:]))
-        grads: list[torch.Tensor | None] = [None] * len(inputs)
-        daccs, epilogue_grads = self._preprocess(inputs, out, grad_out, stats, naccs, ext, wanted)
-        for k, g in epilogue_grads.items():
-            grads[k] = g if grads[k] is None else grads[k] + g
+        return stats, naccs
+
+    def preprocess(self, inputs: list[torch.Tensor], out: torch.Tensor, saved: Sequence[torch.Tensor],
+                   grad_out: torch.Tensor, wanted: Sequence[bool]) -> tuple[list[torch.Tensor], dict]:
+        """(dA per contraction, {input: gradient} of the loads only the epilogue reads). Plain
+        torch (and autograd, for a general epilogue): it runs where autograd records, outside
+        the kernels' custom op, and under torch.compile Inductor fuses it."""
+        ext = dict(zip(self._vars, self._extents(inputs)))
+        stats, naccs = self._saved(saved)
+        return self._preprocess(inputs, out, grad_out, stats, naccs, ext, wanted)
+
+    def kernels(self, inputs: list[torch.Tensor], saved: Sequence[torch.Tensor], daccs: Sequence[torch.Tensor],
+                wanted: Sequence[bool]) -> list[torch.Tensor | None]:
+        """The dK/dV and dQ launches and the fold of their buffers: per input its gradient
+        (None where not wanted or not reached)."""
+        info = self.info
+        ext = dict(zip(self._vars, self._extents(inputs)))
+        stats, _ = self._saved(saved)
+        device = inputs[0].device
         buffers: dict[int, torch.Tensor] = {}
         for st in info.stores:
             shape = [ext[v] for v in st.variables]
-            buffers[st.buffer] = torch.empty(shape, dtype=torch.float32, device=out.device)
+            buffers[st.buffer] = torch.empty(shape, dtype=torch.float32, device=device)
         n_grid = 1
         for g in info.grid_vars:
             n_grid *= ext[g]
@@ -104,15 +118,18 @@ class GeneratedBackward:
             along = ext[info.loop_var] if bs.side == "key" else ext[info.row_var]
             block = cfg.block_n if bs.side == "key" else cfg.block_m
             n_prog = -(-along // block) * n_grid
+            for hook in launch_hooks():
+                hook(bs.name)
             launcher(n_prog, args, (("BLOCK_M", cfg.block_m), ("BLOCK_N", cfg.block_n)), cfg.num_warps,
                      cfg.num_stages)
+        grads: list[torch.Tensor | None] = [None] * len(inputs)
         for st in info.stores:
             k = st.load.input
             if not wanted[k]:
                 continue
             g = _fold(st, buffers[st.buffer], inputs[k], ext, self._syms(inputs))
             grads[k] = g if grads[k] is None else grads[k] + g
-        return [g.to(inputs[k].dtype) if g is not None and wanted[k] else None for k, g in enumerate(grads)]
+        return grads
 
     # -- the preprocess --------------------------------------------------------------------------------
     def _layout_vars(self) -> list[Var]:
@@ -159,7 +176,14 @@ class GeneratedBackward:
                 daccs.append(delta.neg() if len(self._acc_dims(acc)) == len(info.grid_vars) + 1 else
                              _squeeze_to(g_view, self._acc_dims(acc)))
             return daccs, {}
-        # the epilogue differentiated by autograd at the stored normalised accumulators
+        # the epilogue differentiated by autograd at the stored normalised accumulators (the
+        # caller may be a backward pass, where grad mode is off)
+        with torch.enable_grad():
+            return self._differentiate_epilogue(inputs, g_view, stats, naccs, wanted, lay, out.device)
+
+    def _differentiate_epilogue(self, inputs: list[torch.Tensor], g_view: torch.Tensor, stats: dict, naccs: dict,
+                                wanted: Sequence[bool], lay: list[Var], device: torch.device) -> tuple:
+        info = self.info
         given: dict[int, torch.Tensor] = {}
         leaves: list[torch.Tensor] = []
         for k, a in enumerate(info.accs):
@@ -171,13 +195,13 @@ class GeneratedBackward:
                 leaves.append(t)
                 given[id(a)] = _expand_to(t, self._acc_dims(a), len(lay))
         inputs_req = [t.detach().requires_grad_(want and t.is_floating_point()) for t, want in zip(inputs, wanted)]
-        with torch.enable_grad():
-            ev = Evaluator(lay, inputs_req, dtype=torch.float32, sizes=self._syms(inputs), given=given,
-                           device=out.device)
-            value = ev(info.epilogue)
-            seeds = g_view.float().expand(value.shape) if value.shape != g_view.shape else g_view.float()
-            epi = [t for t in inputs_req if t.requires_grad]
-            got = torch.autograd.grad(value, leaves + epi, seeds, allow_unused=True)
+        ev = Evaluator(lay, inputs_req, dtype=torch.float32, sizes=self._syms(inputs), given=given, device=device)
+        value = ev(info.epilogue)
+        seeds = g_view.float().expand(value.shape) if value.shape != g_view.shape else g_view.float()
+        epi = [t for t in inputs_req if t.requires_grad]
+        if not value.requires_grad:
+            return [torch.zeros_like(naccs[k]) for k in info.contraction_accs], {}
+        got = torch.autograd.grad(value, leaves + epi, seeds, allow_unused=True)
         acc_grads = dict(zip([k for k, a in enumerate(info.accs) if a.kind != "max"], got[:len(leaves)]))
         daccs = []
         for k in info.contraction_accs:

@@ -66,6 +66,25 @@ def fused(key: str, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
         return entry.eager(*inputs).clone()
 
 
+def _fake_size(e: Any, positions: dict) -> Any:
+    """A size expression of the traced program for the fake tensors' (possibly symbolic) sizes."""
+    if isinstance(e, int):
+        return e
+    if isinstance(e, sympy.Symbol):
+        return positions[e]
+    return int(e.subs({s: int(v) for s, v in positions.items()}))
+
+
+def _positions(kernel: CompiledKernel, bound: list[torch.Tensor]) -> dict:
+    """Each size symbol of the traced program: the size of the first input axis that has it."""
+    positions: dict[Any, Any] = {}
+    for k, shape in enumerate(kernel.program.input_shapes):
+        for a, s in enumerate(shape):
+            if isinstance(s, sympy.Symbol) and s not in positions:
+                positions[s] = bound[k].shape[a]
+    return positions
+
+
 @fused.register_fake
 def _fused_fake(key: str, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
     entry = _entry(key)
@@ -75,21 +94,8 @@ def _fused_fake(key: str, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
     concrete = all(isinstance(s, int) for t in bound for s in t.shape)
     if concrete and shape_mismatch(program, bound) is not None:
         return entry.eager(*inputs).clone()  # what the op runs for these shapes (see fused)
-    # output extents: a size symbol of an input axis maps to that (possibly symbolic) size
-    positions: dict[Any, Any] = {}
-    for k, shape in enumerate(program.input_shapes):
-        for a, s in enumerate(shape):
-            if isinstance(s, sympy.Symbol) and s not in positions:
-                positions[s] = bound[k].shape[a]
-    shape = []
-    for ax in program.out_axes:
-        e = sum_extent(ax)
-        if isinstance(e, int):
-            shape.append(e)
-        elif isinstance(e, sympy.Symbol):
-            shape.append(positions[e])
-        else:
-            shape.append(int(e.subs({s: int(v) for s, v in positions.items()})))
+    positions = _positions(kernel, bound)
+    shape = [_fake_size(sum_extent(ax), positions) for ax in program.out_axes]
     return inputs[0].new_empty(shape, dtype=program.out_dtype)
 
 
@@ -99,16 +105,112 @@ def _setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
     ctx.save_for_backward(*tensors)
 
 
-def _backward(ctx: Any, grad_out: torch.Tensor) -> tuple:
-    tensors = ctx.saved_tensors
-    eager = _entry(ctx.key).eager
+def _recompute(key: str, tensors: Sequence[torch.Tensor], grad_out: torch.Tensor) -> list:
+    """The exact backward of the program as written: its eager code re-run under autograd."""
+    eager = _entry(key).eager
     with torch.enable_grad():
         leaves = [t.detach().requires_grad_(t.is_floating_point()) for t in tensors]
         out = eager(*leaves)
         wanted = [t for t in leaves if t.requires_grad]
         grads = torch.autograd.grad(out, wanted, grad_out, allow_unused=True)
     it = iter(grads)
-    return None, [next(it) if t.requires_grad else None for t in leaves]
+    return [next(it) if t.requires_grad else None for t in leaves]
+
+
+def _backward(ctx: Any, grad_out: torch.Tensor) -> tuple:
+    return None, _recompute(ctx.key, ctx.saved_tensors, grad_out)
 
 
 torch.library.register_autograd("flashlight::fused", _backward, setup_context=_setup_context)
+
+
+# -- training: the forward that keeps what the generated backward reads --------------------------
+@torch.library.custom_op("flashlight::fused_train", mutates_args=())
+def fused_train(key: str, inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The training-mode forward: the output and the per-row statistics (and normalised
+    accumulators) the generated backward reads; none where the program ran eagerly."""
+    entry = _entry(key)
+    try:
+        out, saved = entry.kernel.forward_for_backward(list(inputs))
+    except ShapeError as exc:
+        if key not in _warned:
+            _warned.add(key)
+            warnings.warn(f"{exc}; running the program eagerly for these shapes", stacklevel=2)
+        return entry.eager(*inputs).clone(), []
+    return out, saved
+
+
+@fused_train.register_fake
+def _fused_train_fake(key: str, inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    entry = _entry(key)
+    kernel = entry.kernel
+    out = _fused_fake(key, inputs)
+    bound = kernel.bound_inputs(list(inputs))
+    concrete = all(isinstance(s, int) for t in bound for s in t.shape)
+    if concrete and shape_mismatch(kernel.program, bound) is not None:
+        return out, []
+    train = kernel.source.train
+    positions = _positions(kernel, bound)
+    shape = [_fake_size(e, positions) for e in [*train.grid_extents, train.row_extent]]
+    saved = [out.new_empty(shape, dtype=torch.float32) for _ in range(2 * len(train.lse_accs))]
+    for _, rank, width in train.train_accs:
+        saved.append(out.new_empty([*shape, *([width] if rank == 2 else [])], dtype=torch.float32))
+    return out, saved
+
+
+@torch.library.custom_op("flashlight::fused_bwd", mutates_args=())
+def fused_bwd(key: str, inputs: Sequence[torch.Tensor], saved: Sequence[torch.Tensor], daccs: Sequence[torch.Tensor],
+              wanted: Sequence[bool]) -> list[torch.Tensor]:
+    """The generated backward's kernels: per input its gradient through the scores and values,
+    fp32 (an empty tensor where not ``wanted`` or not reached)."""
+    grads = _entry(key).kernel.backward_kernels(list(inputs), list(saved), list(daccs), list(wanted))
+    return [g.contiguous() if g is not None else t.new_empty(0) for g, t in zip(grads, inputs)]
+
+
+@fused_bwd.register_fake
+def _fused_bwd_fake(key: str, inputs: Sequence[torch.Tensor], saved: Sequence[torch.Tensor],
+                    daccs: Sequence[torch.Tensor], wanted: Sequence[bool]) -> list[torch.Tensor]:
+    kernel = _entry(key).kernel
+    reached = kernel.reached()
+    return [t.new_empty(t.shape, dtype=torch.float32) if w and k in reached else t.new_empty(0)
+            for k, (t, w) in enumerate(zip(inputs, wanted))]
+
+
+def _train_setup(ctx: Any, inputs: tuple, output: tuple) -> None:
+    key, tensors = inputs
+    out, saved = output
+    ctx.key, ctx.n_inputs, ctx.n_saved = key, len(tensors), len(saved)
+    ctx.wanted = [bool(t.requires_grad) for t in tensors]
+    ctx.save_for_backward(*tensors, out, *saved)
+
+
+_recompute_warned: set[tuple] = set()
+
+
+def _train_backward(ctx: Any, grad_out: torch.Tensor, _grad_saved: Any) -> tuple:
+    stored = ctx.saved_tensors
+    tensors, out, saved = stored[:ctx.n_inputs], stored[ctx.n_inputs], stored[ctx.n_inputs + 1:]
+    kernel = _entry(ctx.key).kernel
+    why = kernel.backward_missing(ctx.wanted) if saved else ("inputs", "the forward ran eagerly for these shapes")
+    if why is not None:
+        if why not in _recompute_warned:
+            _recompute_warned.add(why)
+            warnings.warn(f"flashlight: the backward of {kernel.source.name} recomputes the program eagerly "
+                          f"(node {why[0]!r}: {why[1]})", stacklevel=2)
+        return None, _recompute(ctx.key, tensors, grad_out)
+    if grad_out is None:
+        return None, [None] * len(tensors)
+    daccs, epi = kernel.backward_preprocess(tensors, out, saved, grad_out, ctx.wanted)
+    grads = torch.ops.flashlight.fused_bwd(ctx.key, list(tensors), list(saved), daccs, ctx.wanted)
+    out_grads = []
+    for g, e, t, w in zip(grads, epi, tensors, ctx.wanted):
+        if not w:
+            out_grads.append(None)
+            continue
+        g = g if g.numel() or not t.numel() else None
+        total = g if e is None else e if g is None else g + e
+        out_grads.append(None if total is None else total.to(t.dtype))
+    return None, out_grads
+
+
+torch.library.register_autograd("flashlight::fused_train", _train_backward, setup_context=_train_setup)

@@ -188,21 +188,52 @@ class CompiledKernel:
         """Whether the gradient can run as generated kernels (else: the recompute backward)."""
         return self.source.backward is not None
 
+    def _generated_backward(self) -> GeneratedBackward:
+        if self._backward is None:
+            from flashlight_hf import settings
+            self._backward = GeneratedBackward(self.program, self.source, self._load, settings.current().interpret)
+        return self._backward
+
+    def _bound_wanted(self, wanted: Sequence[bool]) -> list[bool]:
+        return [isinstance(b, int) and bool(wanted[b]) for b in self.program.bindings]
+
+    def _per_tensor(self, got: Sequence[torch.Tensor | None], n: int) -> list[torch.Tensor | None]:
+        """Gradients per kernel input summed into gradients per program tensor."""
+        grads: list[torch.Tensor | None] = [None] * n
+        for b, g in zip(self.program.bindings, got):
+            if isinstance(b, int) and g is not None:
+                grads[b] = g if grads[b] is None else grads[b] + g
+        return grads
+
+    def backward_preprocess(self, tensors: Sequence[torch.Tensor], out: torch.Tensor, saved: Sequence[torch.Tensor],
+                            grad_out: torch.Tensor, wanted: Sequence[bool]) -> tuple[list, list]:
+        """The backward's first step, in torch (call where autograd records): (dA per
+        contraction, per program tensor the gradient of what only the epilogue reads)."""
+        daccs, epi = self._generated_backward().preprocess(self.bound_inputs(tensors), out, saved, grad_out,
+                                                           self._bound_wanted(wanted))
+        got = [epi.get(k) for k in range(len(self.program.bindings))]
+        return daccs, self._per_tensor(got, len(tensors))
+
+    def backward_kernels(self, tensors: Sequence[torch.Tensor], saved: Sequence[torch.Tensor],
+                         daccs: Sequence[torch.Tensor], wanted: Sequence[bool]) -> list[torch.Tensor | None]:
+        """The backward's kernels: per program tensor its gradient through the scores and values."""
+        got = self._generated_backward().kernels(self.bound_inputs(tensors), saved, daccs, self._bound_wanted(wanted))
+        return self._per_tensor(got, len(tensors))
+
     def backward(self, tensors: Sequence[torch.Tensor], out: torch.Tensor, saved: Sequence[torch.Tensor],
                  grad_out: torch.Tensor, wanted: Sequence[bool]) -> list[torch.Tensor | None]:
         """Per program tensor (``tensors``) its gradient where ``wanted`` says, through the
         generated backward; ``out`` / ``saved`` are :meth:`forward_for_backward`'s."""
-        if self._backward is None:
-            from flashlight_hf import settings
-            self._backward = GeneratedBackward(self.program, self.source, self._load, settings.current().interpret)
-        bindings = self.program.bindings
-        bound_wanted = [isinstance(b, int) and bool(wanted[b]) for b in bindings]
-        got = self._backward(self.bound_inputs(tensors), out, saved, grad_out, bound_wanted)
-        grads: list[torch.Tensor | None] = [None] * len(tensors)
-        for b, g in zip(bindings, got):
-            if isinstance(b, int) and g is not None:
-                grads[b] = g if grads[b] is None else grads[b] + g
-        return grads
+        with torch.enable_grad():
+            daccs, epi = self.backward_preprocess(tensors, out, saved, grad_out, wanted)
+        got = self.backward_kernels(tensors, saved, daccs, wanted)
+        return [_add(a, b, t) if w else None for a, b, t, w in zip(got, epi, tensors, wanted)]
+
+    def reached(self) -> set[int]:
+        """The program tensors whose gradient the backward's kernels write (through a load of theirs)."""
+        info = self.source.backward
+        loads = {st.load.input for st in info.stores} if info is not None else set()
+        return {b for k, b in enumerate(self.program.bindings) if isinstance(b, int) and k in loads}
 
     def backward_missing(self, wanted: Sequence[bool]) -> tuple[str, str] | None:
         """(node, reason) when a wanted gradient is not generated (the recompute backward runs)."""
@@ -249,3 +280,11 @@ class CompiledKernel:
             return None
         which = self.source.input_args
         return lambda ins, o: single(n_tiles, [ins[k].data_ptr() for k in which] + [o.data_ptr()])
+
+
+def _add(a: torch.Tensor | None, b: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
+    """The sum of two partial gradients (either may be None), in the input's dtype."""
+    if a is None and b is None:
+        return None
+    g = a if b is None else b if a is None else a + b
+    return g.to(like.dtype)

@@ -16,6 +16,7 @@ import torch
 from flashlight_hf.compiler.codegen import KernelSource
 from flashlight_hf.compiler.codegen.source import LN2
 from flashlight_hf.compiler.ir import Program
+from flashlight_hf.compiler.runtime.hooks import launch_hooks
 from flashlight_hf.compiler.runtime.launch import Launcher
 from flashlight_hf.compiler.runtime.plan import constexprs, row_tiles, tensor_args
 from flashlight_hf.compiler.runtime.sizes import SizeFunction
@@ -66,6 +67,8 @@ class TrainingForward:
         for t in saved[2 * n:]:
             args += [t, *t.stride()]
         args += list(runtime)
+        for hook in launch_hooks():
+            hook(self.source.name)
         self.launcher(row_tiles(shape[-1], cfg, n_grid), args, constexprs(cfg), cfg.num_warps, cfg.num_stages)
         return saved
 
