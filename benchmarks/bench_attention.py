@@ -84,6 +84,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compile-mode", default=None,
                    help="torch.compile mode for flex / eager_compiled (default: torch's default)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG chart")
+    p.add_argument("--backward", action="store_true",
+                   help="time forward + backward (out.backward(seed)); gradients of q, k, v checked too; "
+                        "FLOPs counted as 3.5x the forward's")
     args = p.parse_args(argv)
     args.variants = _split_list(args.variants)
     args.impls = _split_list(args.impls)
@@ -182,12 +185,23 @@ def run_case(variant: Variant, head_dim: int, args, device: torch.device, dtype:
                for _ in range(3))
     cb, ch = min(args.check_batch, B), min(args.check_heads, H)
     t0 = time.perf_counter()
-    ref = variant.sliced(cb, ch).reference(q[:cb, :ch], k[:cb, :ch], v[:cb, :ch])
+    backward = getattr(args, "backward", False)
+    if backward:
+        q, k, v = (t.requires_grad_() for t in (q, k, v))
+        seed = torch.randn(B, H, S, D, generator=g, device=device, dtype=torch.float32).to(dtype)
+        leaves = [t[:cb, :ch].detach().double().requires_grad_() for t in (q, k, v)]
+        ref = variant.sliced(cb, ch).reference(*leaves)
+        ref_grads = torch.autograd.grad(ref, leaves, seed[:cb, :ch].to(ref.dtype))
+        ref = ref.detach()
+        check_seed = torch.zeros_like(seed)
+        check_seed[:cb, :ch] = seed[:cb, :ch]
+    else:
+        ref = variant.sliced(cb, ch).reference(q[:cb, :ch], k[:cb, :ch], v[:cb, :ch])
     _sync(device)
     log(f"{tag}: float64 reference on [{cb},{ch},{S},{D}] in {time.perf_counter() - t0:.1f}s")
     tol = tolerance(dtype, tf32=(device.type == "cuda" and dtype == torch.float32))
     density = variant.density()
-    flops = variant.flops(D, density)
+    flops = variant.flops(D, density) * (3.5 if backward else 1.0)
 
     for name in args.impls:
         row: dict[str, Any] = {
@@ -207,7 +221,17 @@ def run_case(variant: Variant, head_dim: int, args, device: torch.device, dtype:
             out = fn()  # first call: compiles where the impl compiles
             _sync(device)
             row["setup_s"] = time.perf_counter() - t0
-            err = rel_error(out[:cb, :ch], ref)
+            err = rel_error(out[:cb, :ch].detach(), ref)
+            timed = fn
+            if backward:
+                q.grad = k.grad = v.grad = None
+                out.backward(check_seed)
+                _sync(device)
+                err = max([err] + [rel_error(t.grad[:cb, :ch], r) for t, r in zip((q, k, v), ref_grads)])
+
+                def timed() -> None:
+                    q.grad = k.grad = v.grad = None
+                    fn().backward(seed)
             row["rel_err"] = err
             del out
             out = None
@@ -215,7 +239,7 @@ def run_case(variant: Variant, head_dim: int, args, device: torch.device, dtype:
                 row["status"] = "FAIL"
                 log(f"{tag} {row['label']}: FAIL rel err {err:.2e} > tol {tol:.0e} (not timed)")
                 continue
-            ms = time_fn(fn, device, args.warmup, args.rep)
+            ms = time_fn(timed, device, args.warmup, args.rep)
             row.update(status="ok", ms=ms, tflops=flops / (ms * 1e-3) / 1e12)
             log(f"{tag} {row['label']}: setup {row['setup_s']:.1f}s, rel err {err:.1e}, "
                 f"{ms:.3f} ms, {row['tflops']:.1f} TFLOP/s")
@@ -231,6 +255,8 @@ def run_case(variant: Variant, head_dim: int, args, device: torch.device, dtype:
             del fn, out
             _free(device)
     del q, k, v, ref
+    if backward:
+        del seed, leaves, ref_grads, check_seed
     _free(device)
     return rows
 
@@ -346,7 +372,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "dtype": args.dtype, "variants": args.variants, "impls": args.impls, "warmup": args.warmup,
         "rep": args.rep, "seed": args.seed, "check_batch": args.check_batch, "check_heads": args.check_heads,
         "window": args.window, "softcap": args.softcap, "num_docs": args.num_docs, "prefix": args.prefix,
-        "compile_mode": args.compile_mode, "device": str(device)}}
+        "compile_mode": args.compile_mode, "device": str(device), "backward": args.backward}}
     log(f"bench_attention: {env['device']}, torch {env['torch']}, triton {env['triton']}")
     log(f"  B{args.batch} H{args.heads} S{args.seqlen} {args.dtype} D{args.head_dim} "
         f"variants={args.variants} impls={args.impls} -> {out_dir}")
@@ -387,7 +413,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     header = header_md(meta)
     results = {"meta": meta, "rows": rows}
     (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
-    legend = ("ms: median forward time; TFLOP/s: 4·B·H·S²·D·density / time; ×flex, ×sdpa: "
+    legend = ("ms: median " + ("forward + backward time; TFLOP/s: 3.5·" if args.backward else "forward time; TFLOP/s: ")
+              + "4·B·H·S²·D·density / time; ×flex, ×sdpa: "
               "that baseline's time / this row's time in the same run (>1 = faster); rel err: "
               "‖out−ref‖/‖ref‖ vs the float64 eager program on the checked slice.")
     (out_dir / "table.md").write_text(f"{header}\n\n{table}\n\n{legend}\n")

@@ -32,11 +32,21 @@ from flashlight_hf.compiler.runtime.hooks import launch_hooks
 from flashlight_hf.compiler.runtime.launch import Launcher
 from flashlight_hf.compiler.runtime.plan import tensor_args
 from flashlight_hf.compiler.runtime.sizes import SizeFunction
-from flashlight_hf.compiler.runtime.tune import LaunchConfig
+from flashlight_hf import settings
+from flashlight_hf.compiler.runtime.tune import LaunchConfig, bucket, gpu_ms
 
-# tiles of the backward launches: (BLOCK_M, BLOCK_N, warps, stages) per kernel side; the
-# interpreter runs small tiles so the tests cross tile edges
-_GPU = {"key": LaunchConfig(64, 64, 4, 2), "row": LaunchConfig(64, 64, 4, 2)}
+# tile candidates of the backward launches, per kernel side: the dK/dV kernel keeps a key tile
+# (BLOCK_N) resident and streams query tiles (BLOCK_M), the dQ kernel the other way round. Timed
+# once per shape bucket on a GPU (FLASHLIGHT_AUTOTUNE=0: the first); the interpreter runs small
+# tiles so the tests cross tile edges
+_CANDIDATES = {
+    "key": [LaunchConfig(32, 128, 4, 3), LaunchConfig(64, 128, 8, 3), LaunchConfig(64, 64, 4, 3),
+            LaunchConfig(32, 64, 4, 3), LaunchConfig(64, 128, 4, 2), LaunchConfig(128, 128, 8, 2),
+            LaunchConfig(32, 128, 4, 5), LaunchConfig(16, 128, 4, 4)],
+    "row": [LaunchConfig(128, 32, 4, 3), LaunchConfig(128, 64, 8, 3), LaunchConfig(64, 64, 4, 3),
+            LaunchConfig(128, 64, 4, 2), LaunchConfig(64, 32, 4, 3), LaunchConfig(128, 128, 8, 2),
+            LaunchConfig(128, 32, 4, 5), LaunchConfig(128, 16, 4, 4)],
+}
 _INTERPRET = LaunchConfig(16, 16, 1, 1)
 
 
@@ -60,6 +70,30 @@ class GeneratedBackward:
         self._vars = [*info.grid_vars, info.row_var, info.loop_var, *info.tile_vars]
         self._extents = SizeFunction(program, [v.extent for v in self._vars])
         self._runtime = [SizeFunction(program, bs.runtime_sizes) for bs in info.kernels]
+        self._chosen: dict[tuple, LaunchConfig] = {}
+
+    def _config(self, side: str, ext: dict, n_grid: int, launch: Callable[[LaunchConfig], None]) -> LaunchConfig:
+        """The tiles of one side's launch: timed once per (rows, keys) power-of-two bucket."""
+        if self.interpret:
+            return _INTERPRET
+        key = (side, bucket(ext[self.info.row_var]), bucket(ext[self.info.loop_var]), n_grid)
+        got = self._chosen.get(key)
+        if got is not None:
+            return got
+        cands = _CANDIDATES[side]
+        if not settings.current().autotune:
+            self._chosen[key] = cands[0]
+            return cands[0]
+        best, best_ms = cands[0], float("inf")
+        for cfg in cands:
+            try:
+                ms = gpu_ms(lambda: launch(cfg), reps=5)
+            except Exception:  # noqa: BLE001 - a configuration Triton cannot compile or run (resources)
+                continue
+            if ms < best_ms:
+                best, best_ms = cfg, ms
+        self._chosen[key] = best
+        return best
 
     def _syms(self, inputs: Sequence[torch.Tensor]) -> dict:
         return _symbols(self.program, inputs)
@@ -105,7 +139,6 @@ class GeneratedBackward:
         for g in info.grid_vars:
             n_grid *= ext[g]
         for (bs, launcher), runtime in zip(self.launchers, self._runtime):
-            cfg = _INTERPRET if self.interpret else _GPU[bs.side]
             args = tensor_args(inputs, bs.input_args)
             for acc in bs.streams:
                 mx, ld = stats[acc]
@@ -116,12 +149,15 @@ class GeneratedBackward:
                 args += [buffers[b], *buffers[b].stride()]
             args += list(runtime(inputs))
             along = ext[info.loop_var] if bs.side == "key" else ext[info.row_var]
-            block = cfg.block_n if bs.side == "key" else cfg.block_m
-            n_prog = -(-along // block) * n_grid
+
+            def launch(cfg: LaunchConfig, bs: BackwardSource = bs, launcher: Launcher = launcher,
+                       args: list = args, along: int = along) -> None:
+                block = cfg.block_n if bs.side == "key" else cfg.block_m
+                launcher(-(-along // block) * n_grid, args, (("BLOCK_M", cfg.block_m), ("BLOCK_N", cfg.block_n)),
+                         cfg.num_warps, cfg.num_stages)
             for hook in launch_hooks():
                 hook(bs.name)
-            launcher(n_prog, args, (("BLOCK_M", cfg.block_m), ("BLOCK_N", cfg.block_n)), cfg.num_warps,
-                     cfg.num_stages)
+            launch(self._config(bs.side, ext, n_grid, launch))
         grads: list[torch.Tensor | None] = [None] * len(inputs)
         for st in info.stores:
             k = st.load.input
