@@ -65,6 +65,10 @@ class BackwardSource:
 def _emitter(bp: BackwardPlan, opt: Options, loop: Var) -> Emitter:
     em = Emitter(bp.kp, opt.interpret, opt.allow_tf32, opt.input_names)
     em.loop = loop
+    if loop is bp.kp.row_var:
+        # the dK/dV kernel holds its tiles keys-major ([BLOCK_N, BLOCK_M]): Pᵀ, dPᵀ and dXᵀ come
+        # out of the MMAs in the layout dV += Pᵀ·dA and dK += dXᵀ·Q read, with no transposes
+        em.rank[em.j], em.rank[em.i] = 0, 1
     em.running_max_in_loop = False  # a running max is the stored statistic of a row
     for k in bp.streams:
         em.normaliser[id(bp.kp.accs[k])] = f"ld_acc{k}"
@@ -177,23 +181,26 @@ def _tile(em: Emitter, bp: BackwardPlan, side: str, interior: bool) -> tuple[lis
             em.emit(f"offs_n = start_n + tl.arange(0, {BLOCK_N})")
             if not interior:
                 em.emit(f"mask_n = offs_n < {em.size(j.extent)}")
-        full = (i, j)
-        inside = None if interior else "mask_m[:, None] & mask_n[None, :]"
+        full = em.sort((i, j))  # (rows, keys) in dQ, (keys, rows) in dK/dV
+        keys_major = full[0] is j
+        shape = f"[{BLOCK_N}, {BLOCK_M}]" if keys_major else f"[{BLOCK_M}, {BLOCK_N}]"
+        inside = None if interior else \
+            f"{em.broadcast('mask_m', (i,), full)} & {em.broadcast('mask_n', (j,), full)}"
         for n, c in enumerate(bp.contractions):
             p = em.f32(c.scores, full)
+            dacc = em.adjoints[c.d_acc.what]
+            dp = f"dp{n}"
             if c.values is None:
-                dp = f"dp{n}"
-                em.emit(f"{dp} = {em.adjoints[c.d_acc.what]}[:, None] + tl.zeros([{BLOCK_M}, {BLOCK_N}], tl.float32)"
+                em.emit(f"{dp} = {em.broadcast(dacc, (i,), full)} + tl.zeros({shape}, tl.float32)"
                         f"  # dP of acc{c.acc}: its row's dA")
             else:
                 w = em.value(c.values, em.sort(em.layout(c.values)))
-                dp = f"dp{n}"
-                em.emit(f"{dp} = {_dot(em, em.adjoints[c.d_acc.what], f'tl.trans({w})', c.values.dtype)}"
-                        f"  # dP of acc{c.acc} = dA · Wᵀ")
-                if side == "key":
+                if keys_major:
+                    em.emit(f"{dp} = {_dot(em, w, f'tl.trans({dacc})', c.values.dtype)}  # dPᵀ of acc{c.acc} = W · dAᵀ")
                     pm = p if inside is None else f"tl.where({inside}, {p}, 0.0)"
-                    em.emit(f"dv{n} = {_dot(em, f'tl.trans({pm})', em.adjoints[c.d_acc.what], c.values.dtype, f'dv{n}')}"
-                            f"  # dW of acc{c.acc} += Pᵀ · dA")
+                    em.emit(f"dv{n} = {_dot(em, pm, dacc, c.values.dtype, f'dv{n}')}  # dW of acc{c.acc} += Pᵀ · dA")
+                else:
+                    em.emit(f"{dp} = {_dot(em, dacc, f'tl.trans({w})', c.values.dtype)}  # dP of acc{c.acc} = dA · Wᵀ")
             em.adjoints[c.d_scores.what] = dp
         for t, d in enumerate(bp.dots):
             dx = em.f32(d.d_dot, full)
@@ -205,7 +212,7 @@ def _tile(em: Emitter, bp: BackwardPlan, side: str, interior: bool) -> tuple[lis
                         "in range")
             if side == "key":
                 a = em.value(d.row_side, em.sort(em.layout(d.row_side)))
-                em.emit(f"dk{t} = {_dot(em, f'tl.trans({name})', a, d.row_side.dtype, f'dk{t}')}  # += dXᵀ · Q")
+                em.emit(f"dk{t} = {_dot(em, name, a, d.row_side.dtype, f'dk{t}')}  # += dXᵀ · Q")
             else:
                 b = em.value(d.key_side, em.sort(em.layout(d.key_side)))
                 em.emit(f"dq{t} = {_dot(em, name, b, d.key_side.dtype, f'dq{t}')}  # += dX · K")

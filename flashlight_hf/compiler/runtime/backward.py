@@ -132,7 +132,17 @@ class GeneratedBackward:
         stats, _ = self._saved(saved)
         device = inputs[0].device
         buffers: dict[int, torch.Tensor] = {}
+        direct: dict[int, torch.Tensor] = {}  # input -> its gradient, written by the kernel in place
+        per_input = [st.load.input for st in info.stores]
         for st in info.stores:
+            k = st.load.input
+            perm = _plain_permutation(st, inputs[k], ext)
+            if perm is not None and per_input.count(k) == 1 and wanted[k]:
+                # the load reads the input as laid out: the kernel writes the gradient itself
+                grad = torch.empty(inputs[k].shape, dtype=inputs[k].dtype, device=device)
+                direct[k] = grad
+                buffers[st.buffer] = grad.permute([perm.index(n) for n in range(len(perm))])
+                continue
             shape = [ext[v] for v in st.variables]
             buffers[st.buffer] = torch.empty(shape, dtype=torch.float32, device=device)
         n_grid = 1
@@ -161,6 +171,9 @@ class GeneratedBackward:
         grads: list[torch.Tensor | None] = [None] * len(inputs)
         for st in info.stores:
             k = st.load.input
+            if k in direct:
+                grads[k] = direct[k]
+                continue
             if not wanted[k]:
                 continue
             g = _fold(st, buffers[st.buffer], inputs[k], ext, self._syms(inputs))
@@ -269,14 +282,24 @@ def _expand_to(t: torch.Tensor, dims: list[int], rank: int) -> torch.Tensor:
     return t.reshape(shape)
 
 
+def _plain_permutation(st: StoreInfo, like: torch.Tensor, ext: dict) -> list[int] | None:
+    """Where the load reads every axis of its input by one of the buffer's variables (each
+    once): per input axis, the buffer axis of its variable. None otherwise."""
+    plain = [e.args[0] if isinstance(e, IExpr) and e.op == "var" else None for e in st.load.index]
+    if any(v is None for v in plain) or sorted(map(id, plain)) != sorted(map(id, st.variables)):
+        return None
+    if any(ext[v] != like.shape[a] for a, v in enumerate(plain)):
+        return None
+    return [st.variables.index(v) for v in plain]
+
+
 def _fold(st: StoreInfo, buffer: torch.Tensor, like: torch.Tensor, ext: dict, syms: dict) -> torch.Tensor:
     """A load's gradient buffer as a gradient of the input it reads: a permuted view where the
     load reads every axis by one variable, else scattered (accumulating) at its indices."""
     index = st.load.index
-    plain = [e.args[0] if isinstance(e, IExpr) and e.op == "var" else None for e in index]
-    if all(v is not None for v in plain) and sorted(map(id, plain)) == sorted(map(id, st.variables)) and \
-            all(ext[v] == like.shape[a] for a, v in enumerate(plain)):
-        return buffer.permute([st.variables.index(v) for v in plain])
+    perm = _plain_permutation(st, like, ext)
+    if perm is not None:
+        return buffer.permute(perm)
     idx = torch.broadcast_tensors(*[_index_values(e, st.variables, ext, syms, buffer.device) for e in index])
     grad = torch.zeros(like.shape, dtype=torch.float32, device=buffer.device)
     grad.index_put_(tuple(i.expand(buffer.shape) for i in idx), buffer, accumulate=True)

@@ -162,9 +162,9 @@ def _fused_train_fake(key: str, inputs: Sequence[torch.Tensor]) -> tuple[torch.T
 def fused_bwd(key: str, inputs: Sequence[torch.Tensor], saved: Sequence[torch.Tensor], daccs: Sequence[torch.Tensor],
               wanted: Sequence[bool]) -> list[torch.Tensor]:
     """The generated backward's kernels: per input its gradient through the scores and values,
-    fp32 (an empty tensor where not ``wanted`` or not reached)."""
+    in the input's dtype (an empty tensor where not ``wanted`` or not reached)."""
     grads = _entry(key).kernel.backward_kernels(list(inputs), list(saved), list(daccs), list(wanted))
-    return [g.contiguous() if g is not None else t.new_empty(0) for g, t in zip(grads, inputs)]
+    return [g.to(t.dtype).contiguous() if g is not None else t.new_empty(0) for g, t in zip(grads, inputs)]
 
 
 @fused_bwd.register_fake
@@ -172,7 +172,7 @@ def _fused_bwd_fake(key: str, inputs: Sequence[torch.Tensor], saved: Sequence[to
                     daccs: Sequence[torch.Tensor], wanted: Sequence[bool]) -> list[torch.Tensor]:
     kernel = _entry(key).kernel
     reached = kernel.reached()
-    return [t.new_empty(t.shape, dtype=torch.float32) if w and k in reached else t.new_empty(0)
+    return [torch.empty_like(t, memory_format=torch.contiguous_format) if w and k in reached else t.new_empty(0)
             for k, (t, w) in enumerate(zip(inputs, wanted))]
 
 

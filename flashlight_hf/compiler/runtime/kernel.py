@@ -61,6 +61,7 @@ class CompiledKernel:
         self._split = None
         self._train: TrainingForward | None = None  # loaded on the first training forward
         self._backward: GeneratedBackward | None = None  # loaded on the first backward
+        self._train_tuner: Tuner | None = None  # the training forward's tiles, tuned on its own
         if src.split is not None or src.split_fused is not None:
             self._split = SplitKV(self.program, src, self._load)
 
@@ -175,7 +176,10 @@ class CompiledKernel:
         elif out.shape != plan.out_shape or out.dtype != self.program.out_dtype:
             raise ValueError(f"flashlight: out= is {tuple(out.shape)} {out.dtype}; this call writes "
                              f"{tuple(plan.out_shape)} {self.program.out_dtype}")
-        cfg = self._tuner.lookup(plan.rows, plan.keys, plan.n_grid, switches)
+        if self._train_tuner is None:
+            self._train_tuner = Tuner(self.source.tile_pads)
+        cfg, _ = self._train_tuner.choose(plan.rows, plan.keys, plan.n_grid, 1, out.device, switches,
+                                          lambda c: self._train(inputs, out, c, saved), lambda c, s: None)
         return out, self._train(inputs, out, cfg, saved)
 
     def forward_with_lse(self, tensors: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
