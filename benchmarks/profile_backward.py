@@ -1,0 +1,58 @@
+"""Where a fused forward + backward spends its GPU time: per CUDA kernel (torch.profiler), for
+a few variants of bench_attention at one shape. Usage: python benchmarks/profile_backward.py
+[--variants full causal ...] [--head-dim 64]. Prints one table per variant (kernel, calls, µs)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+import flashlight_hf  # noqa: E402
+from benchmarks.variants import VARIANTS  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--variants", nargs="+", default=["full", "causal", "sliding_window"])
+    p.add_argument("--head-dim", type=int, default=64)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--heads", type=int, default=16)
+    p.add_argument("--seqlen", type=int, default=4096)
+    a = p.parse_args()
+    for name in a.variants:
+        var = VARIANTS[name](a.batch, a.heads, a.seqlen, "cuda", seed=0)
+        q, k, v = (torch.randn(a.batch, a.heads, a.seqlen, a.head_dim, device="cuda", dtype=torch.bfloat16,
+                               requires_grad=True) for _ in range(3))
+        seed = torch.randn_like(q)
+        fn = flashlight_hf.compile(var.program)
+        args = var.program_args()
+
+        def step() -> None:
+            q.grad = k.grad = v.grad = None
+            fn(q, k, v, *args).backward(seed)
+        for _ in range(3):
+            step()
+        torch.cuda.synchronize()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            for _ in range(5):
+                step()
+            torch.cuda.synchronize()
+        rows = {}
+        for e in prof.events():
+            if e.device_type == torch.autograd.DeviceType.CUDA:
+                r = rows.setdefault(e.name[:70], [0, 0.0])
+                r[0] += 1
+                r[1] += e.device_time / 5
+        total = sum(r[1] for r in rows.values())
+        print(f"\n{name} D{a.head_dim}: {total:.0f} µs of GPU time per step")
+        for n, (c, t) in sorted(rows.items(), key=lambda x: -x[1][1])[:12]:
+            print(f"  {t:8.1f} µs  {c // 5:3d}×  {n}")
+
+
+if __name__ == "__main__":
+    main()
