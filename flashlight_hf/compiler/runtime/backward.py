@@ -71,6 +71,7 @@ class GeneratedBackward:
         self._extents = SizeFunction(program, [v.extent for v in self._vars])
         self._runtime = [SizeFunction(program, bs.runtime_sizes) for bs in info.kernels]
         self._chosen: dict[tuple, LaunchConfig] = {}
+        self._dims: dict[int, list[int]] = {}
 
     def _config(self, side: str, ext: dict, n_grid: int, launch: Callable[[LaunchConfig], None]) -> LaunchConfig:
         """The tiles of one side's launch: timed once per (rows, keys) power-of-two bucket."""
@@ -207,8 +208,12 @@ class GeneratedBackward:
 
     def _acc_dims(self, acc: Acc) -> list[int]:
         """Which of the preprocess's axes an accumulator has (grid, rows, and its value column)."""
-        lay = self._layout_vars()
-        return [n for n, v in enumerate(lay) if v in acc.vars]
+        got = self._dims.get(id(acc))
+        if got is None:
+            lay = self._layout_vars()
+            vs = acc.vars
+            got = self._dims[id(acc)] = [n for n, v in enumerate(lay) if v in vs]
+        return got
 
     def _preprocess(self, inputs: list[torch.Tensor], out: torch.Tensor, grad_out: torch.Tensor, stats: dict,
                     naccs: dict, ext: dict, wanted: Sequence[bool]) -> tuple[list[torch.Tensor], dict]:
@@ -218,13 +223,10 @@ class GeneratedBackward:
         squeeze = [n for n, v in enumerate(lay) if v in info.tile_vars]
         if info.identity:
             o_view = self._out_view(out, ext)
-            delta = (g_view.float() * o_view.float()).sum(dim=squeeze)
-            daccs = []
-            for k in info.contraction_accs:
-                acc = info.accs[k]
-                daccs.append(delta.neg() if len(self._acc_dims(acc)) == len(info.grid_vars) + 1 else
-                             _squeeze_to(g_view, self._acc_dims(acc)))
-            return daccs, {}
+            num = next(k for k in info.contraction_accs if len(self._acc_dims(info.accs[k])) > len(info.grid_vars) + 1)
+            g_num, o_num = (_squeeze_to(t, self._acc_dims(info.accs[num])) for t in (g_view, o_view))
+            neg_delta = neg_row_dot(g_num, o_num)
+            return [g_num if k == num else neg_delta for k in info.contraction_accs], {}
         # the epilogue differentiated by autograd at the stored normalised accumulators (the
         # caller may be a backward pass, where grad mode is off)
         with torch.enable_grad():
@@ -264,6 +266,58 @@ class GeneratedBackward:
                 if g is not None:
                     epilogue_grads[k] = g.float()
         return daccs, epilogue_grads
+
+
+_ROW_DOT: Any = None
+
+
+def _row_dot_kernel() -> Any:
+    """``d[r] = −Σ_e g[r, e]·o[r, e]`` over rows indexed by up to three axes (fp32), built on
+    first use (``triton.jit`` reads ``TRITON_INTERPRET`` when it wraps the function)."""
+    global _ROW_DOT
+    if _ROW_DOT is None:
+        import triton
+        import triton.language as tl
+
+        @triton.jit
+        def neg_row_dot(g_ptr, o_ptr, d_ptr, n_rows, width, n1, n2, sg0, sg1, sg2, sge, so0, so1, so2, soe,
+                        sd0, sd1, sd2, BLOCK_R: tl.constexpr, BLOCK_E: tl.constexpr):
+            r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+            c = r % n2
+            b = (r // n2) % n1
+            a = r // (n2 * n1)
+            e = tl.arange(0, BLOCK_E)
+            keep = (r < n_rows)[:, None] & (e < width)[None, :]
+            g = tl.load(g_ptr + (a * sg0 + b * sg1 + c * sg2)[:, None] + e[None, :] * sge, mask=keep, other=0.0)
+            o = tl.load(o_ptr + (a * so0 + b * so1 + c * so2)[:, None] + e[None, :] * soe, mask=keep, other=0.0)
+            delta = tl.sum(g.to(tl.float32) * o.to(tl.float32), axis=1)
+            tl.store(d_ptr + a * sd0 + b * sd1 + c * sd2, -delta, mask=r < n_rows)
+        _ROW_DOT = neg_row_dot
+    return _ROW_DOT
+
+
+def neg_row_dot(g: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+    """FlashAttention's ``−Δ = −Σ_e dOut·out`` per row (fp32 ``g.shape[:-1]``), one pass over both
+    (any strides); torch where the rows have more than three axes or the tensors are not where
+    kernels run."""
+    rows = g.shape[:-1]
+    if len(rows) > 3 or g.device.type not in ("cuda", "cpu") or torch.compiler.is_compiling():
+        return (g.float() * o.float()).sum(-1).neg()
+    out = torch.empty(rows, dtype=torch.float32, device=g.device)
+    pad = 3 - len(rows)
+    gs = [0] * pad + list(g.stride()[:-1])
+    os_ = [0] * pad + list(o.stride()[:-1])
+    ds = [0] * pad + list(out.stride())
+    sizes = [1] * pad + list(rows)
+    n_rows, width = out.numel(), g.shape[-1]
+    if n_rows == 0:
+        return out
+    block_e = max(16, 1 << (int(width) - 1).bit_length())
+    block_r = max(1, min(64, 4096 // block_e))
+    grid = (-(-n_rows // block_r),)
+    _row_dot_kernel()[grid](g, o, out, n_rows, width, sizes[1], sizes[2], *gs, g.stride(-1), *os_, o.stride(-1),
+                            *ds, BLOCK_R=block_r, BLOCK_E=block_e)
+    return out
 
 
 def _squeeze_to(t: torch.Tensor, dims: list[int]) -> torch.Tensor:
