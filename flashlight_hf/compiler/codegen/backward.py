@@ -116,7 +116,7 @@ def _roots(bp: BackwardPlan) -> list[Node]:
         out += [c.scores] + ([c.values] if c.values is not None else [])
     for d in bp.dots:
         out += [d.d_dot, d.row_side, d.key_side]
-    return out
+    return out + [st.expr for st in bp.stores if st.kind]
 
 
 def _grid_terms(em: Emitter, stride: str) -> list[str]:
@@ -202,6 +202,9 @@ def _tile(em: Emitter, bp: BackwardPlan, side: str, interior: bool) -> tuple[lis
                 else:
                     em.emit(f"{dp} = {_dot(em, dacc, f'tl.trans({w})', c.values.dtype)}  # dP of acc{c.acc} = dA · Wᵀ")
             em.adjoints[c.d_scores.what] = dp
+        for st in bp.buffers(side):
+            if st.kind:
+                _captured_in_tile(em, st, full, inside)
         for t, d in enumerate(bp.dots):
             dx = em.f32(d.d_dot, full)
             name = f"dx{t}"
@@ -223,12 +226,35 @@ def _tile(em: Emitter, bp: BackwardPlan, side: str, interior: bool) -> tuple[lis
     return lines, None, []
 
 
-def _carried(bp: BackwardPlan, side: str) -> list[tuple[str, Node]]:
-    """(name, Adjoint) of the loop-carried accumulators of one side's kernel."""
+def _captured_in_tile(em: Emitter, st: GradStore, full: tuple, inside: str | None) -> None:
+    """A captured tensor's adjoint in this tile: stored per (row, key), or summed into its
+    loop-carried partial."""
+    g = em.f32(st.expr, full)
+    name = f"dc{st.buffer}"
+    what = em.nm.base.get(st.load.input, f"in{st.load.input}")
+    em.emit(f"{name} = {g if inside is None else f'tl.where({inside}, {g}, 0.0)'}  # d {what} per (row, key)")
+    if st.kind == "element":
+        terms = _grid_terms(em, f"stride_g{st.buffer}")
+        terms += [f"{em.broadcast('offs_m', (em.i,), full)} * stride_g{st.buffer}_0",
+                  f"{em.broadcast('offs_n', (em.j,), full)} * stride_g{st.buffer}_1"]
+        mask = "" if inside is None else f", mask={inside}"
+        em.emit(f"tl.store(g{st.buffer}_ptr + {' + '.join(terms)}, {name}{mask})  # d {what}, this tile")
+        return
+    keep = em.j if st.kind in ("key", "scalar") else em.i
+    other = em.i if keep is em.j else em.j
+    em.emit(f"db{st.buffer} = db{st.buffer} + tl.sum({name}, axis={full.index(other)})  # d {what}, "
+            f"summed over the {'rows' if other is em.i else 'keys'}")
+
+
+def _carried(bp: BackwardPlan, side: str) -> list[tuple[str, Node | None]]:
+    """(name, Adjoint) of the loop-carried accumulators of one side's kernel (a captured
+    tensor's partial sums: no Adjoint)."""
     if side == "row":
-        return [(f"dq{t}", d.d_row) for t, d in enumerate(bp.dots)]
-    out = [(f"dk{t}", d.d_key) for t, d in enumerate(bp.dots)]
-    out += [(f"dv{n}", bp.value_adjoints[n]) for n in sorted(bp.value_adjoints)]
+        out: list[tuple[str, Node | None]] = [(f"dq{t}", d.d_row) for t, d in enumerate(bp.dots)]
+    else:
+        out = [(f"dk{t}", d.d_key) for t, d in enumerate(bp.dots)]
+        out += [(f"dv{n}", bp.value_adjoints[n]) for n in sorted(bp.value_adjoints)]
+    out += [(f"db{st.buffer}", None) for st in bp.buffers(side) if st.kind in ("key", "row", "scalar")]
     return out
 
 
@@ -237,9 +263,13 @@ def _init_carried(em: Emitter, bp: BackwardPlan, side: str) -> list[str]:
     em.emit("# loop-carried gradients, fp32")
     names = []
     for name, adj in _carried(bp, side):
-        lay = em.layout(adj)
-        shape = ", ".join(BLOCK_M if v is em.i else BLOCK_N if v is em.j else str(em.pads[v.name]) for v in lay)
-        em.emit(f"{name} = tl.zeros([{shape}], tl.float32)")
+        if adj is None:
+            shape = BLOCK_M if side == "row" else BLOCK_N
+            em.emit(f"{name} = tl.zeros([{shape}], tl.float32)  # a captured tensor's partial gradient")
+        else:
+            lay = em.layout(adj)
+            shape = ", ".join(BLOCK_M if v is em.i else BLOCK_N if v is em.j else str(em.pads[v.name]) for v in lay)
+            em.emit(f"{name} = tl.zeros([{shape}], tl.float32)")
         names.append(name)
     return names
 
@@ -248,11 +278,16 @@ def _stores(em: Emitter, bp: BackwardPlan, side: str) -> tuple[list[int], list[i
     """Each load's gradient through its elementwise chain, stored into its buffer."""
     em.phase = "post"
     for name, adj in _carried(bp, side):
-        em.adjoints[adj.what] = name
+        if adj is not None:
+            em.adjoints[adj.what] = name
     em.emit("")
     em.emit("# each input load's gradient (through its elementwise chain) into its buffer")
     which, ranks = [], []
     for st in bp.buffers(side):
+        if st.kind:
+            ranks.append(_captured_store(em, st))
+            which.append(st.buffer)
+            continue
         lay = _store_layout(em, st)
         val = em.f32(st.expr, lay)
         terms = _grid_terms(em, f"stride_g{st.buffer}")
@@ -266,6 +301,24 @@ def _stores(em: Emitter, bp: BackwardPlan, side: str) -> tuple[list[int], list[i
         which.append(st.buffer)
         ranks.append(len(lay))
     return which, ranks
+
+
+def _captured_store(em: Emitter, st: GradStore) -> int:
+    """After the loop, a captured tensor's partial gradient into its buffer; returns the
+    buffer's rank past the grid axes (an element-wise buffer was written in the tiles)."""
+    if st.kind == "element":
+        return 2
+    terms = _grid_terms(em, f"stride_g{st.buffer}")
+    what = em.nm.base.get(st.load.input, f"in{st.load.input}")
+    if st.kind == "scalar":
+        terms.append(f"tile_n * stride_g{st.buffer}_0")
+        em.emit(f"tl.store(g{st.buffer}_ptr + {' + '.join(terms)}, tl.sum(db{st.buffer}, axis=0))  "
+                f"# d {what}: this key tile's partial (summed in a fixed order after)")
+        return 1
+    offs, mask = ("offs_n", "mask_n") if st.kind == "key" else ("offs_m", "mask_m")
+    terms.append(f"{offs} * stride_g{st.buffer}_0")
+    em.emit(f"tl.store(g{st.buffer}_ptr + {' + '.join(terms)}, db{st.buffer}, mask={mask})  # d {what}")
+    return 1
 
 
 def _store_layout(em: Emitter, st: GradStore) -> tuple[Var, ...]:
@@ -418,6 +471,7 @@ class StoreInfo:
     side: str
     load: Load
     variables: list[Var]
+    kind: str = ""  # see GradStore.kind; "scalar": one more axis, the key tiles (partials)
 
 
 @dataclass
@@ -443,6 +497,11 @@ def backward_info(bp: BackwardPlan, opt: Options, identity: bool) -> BackwardInf
     kp = bp.kp
     stores = []
     for st in bp.stores:
+        if st.kind:
+            local = {"element": [kp.row_var, kp.loop_var], "key": [kp.loop_var], "row": [kp.row_var],
+                     "scalar": []}[st.kind]
+            stores.append(StoreInfo(st.buffer, st.side, st.load, [*kp.grid_vars, *local], st.kind))
+            continue
         side_var = kp.row_var if st.side == "row" else kp.loop_var
         heads = [v for v in kp.tile_vars if v in st.load.vars]
         stores.append(StoreInfo(st.buffer, st.side, st.load, [*kp.grid_vars, side_var, *heads]))

@@ -68,6 +68,11 @@ class GradStore:
     side: str             # "row" (the dQ kernel) or "key" (the dK/dV kernel)
     expr: Node            # the load's adjoint over the accumulated Adjoints (elementwise chain)
     buffer: int
+    # a tensor the scores read outside the dot products (a bias, slopes, a table): "element"
+    # (its adjoint per (row, key), stored per tile), "key" / "row" (summed over the other of the
+    # two inside the kernel), "scalar" (summed over the tile: one partial per program); "" for a
+    # dot product's or the values' operand (an accumulated gradient through its chain)
+    kind: str = ""
 
 
 @dataclass
@@ -136,7 +141,7 @@ def _chain(side: Node, seed: Adjoint, what: str) -> list[tuple[Load, Node]]:
     for y in walk(side):
         if not isinstance(y, (Load, Const, Index, Pointwise)):
             raise Unsupported("backward", f"the {what} side holds a {type(y).__name__}: no elementwise chain")
-        if isinstance(y, Load) and any(not hasattr(e, "op") or isinstance(e, Node) for e in y.index):
+        if isinstance(y, Load) and any(isinstance(e, Node) for e in y.index):
             raise Unsupported("backward", f"a gathered load on the {what} side")
     loads = _float_loads(side)
     grads = vjp(side, seed, loads)
@@ -179,12 +184,18 @@ def derive(kp: KernelPlan) -> BackwardPlan:
                      not any(x in walk(d) for d in dots)])
     grads = vjp(root, Const(torch.float32, 1.0), dots + loads)
     no_grad: dict[int, tuple[str, str]] = {}
-    for ld, g in zip(loads, grads[len(dots):]):
-        if g is not None:
-            no_grad.setdefault(ld.input, (f"load of input {ld.input}", "a tensor read by the scores outside a dot "
-                                          "product (a learnable bias): its gradient kernel is not generated yet"))
     out_dots: list[Dot] = []
     stores: list[GradStore] = []
+    for ld, g in zip(loads, grads[len(dots):]):
+        if g is None:
+            continue
+        kind = _captured_kind(ld, kp)
+        if kind is None:
+            no_grad.setdefault(ld.input, (f"load of input {ld.input}", "a tensor the scores read along a head dim "
+                                          "outside a dot product: its gradient is not generated"))
+            continue
+        side = "row" if kind == "row" else "key"
+        stores.append(GradStore(ld, side, g, len(stores), kind))
     for t, (d, g) in enumerate(zip(dots, grads[:len(dots)])):
         if g is None:
             continue
@@ -210,6 +221,19 @@ def derive(kp: KernelPlan) -> BackwardPlan:
         if isinstance(x, RunningMax):
             raise Unsupported("backward", "the epilogue reads a running max inside the loop")
     return BackwardPlan(kp, contractions, out_dots, value_adjoints, stores, no_grad, streams)
+
+
+def _captured_kind(ld: Load, kp: KernelPlan) -> str | None:
+    """How a tensor the scores read gets its gradient (see :attr:`GradStore.kind`), from the
+    kernel-local variables of its load; a gathered load is stored per element."""
+    lay = _local(ld, kp)
+    if any(v in kp.tile_vars for v in lay):
+        return None
+    gathered = any(isinstance(e, Node) for e in ld.index)
+    i, j = kp.row_var, kp.loop_var
+    if gathered or lay == {i, j}:
+        return "element"
+    return {frozenset({j}): "key", frozenset({i}): "row", frozenset(): "scalar"}[frozenset(lay)]
 
 
 def _unique(xs: list[Node]) -> list[Node]:

@@ -145,7 +145,10 @@ class GeneratedBackward:
                 buffers[st.buffer] = grad.permute([perm.index(n) for n in range(len(perm))])
                 continue
             shape = [ext[v] for v in st.variables]
-            buffers[st.buffer] = torch.empty(shape, dtype=torch.float32, device=device)
+            if st.kind == "scalar":  # one partial per key tile (of the smallest tile any launch uses)
+                shape.append(-(-ext[info.loop_var] // 16))
+            make = torch.zeros if st.kind else torch.empty  # tiles a mask skips are never written
+            buffers[st.buffer] = make(shape, dtype=torch.float32, device=device)
         n_grid = 1
         for g in info.grid_vars:
             n_grid *= ext[g]
@@ -177,7 +180,7 @@ class GeneratedBackward:
                 continue
             if not wanted[k]:
                 continue
-            g = _fold(st, buffers[st.buffer], inputs[k], ext, self._syms(inputs))
+            g = _fold(st, buffers[st.buffer], inputs[k], ext, self._syms(inputs), inputs)
             grads[k] = g if grads[k] is None else grads[k] + g
         return grads
 
@@ -347,23 +350,73 @@ def _plain_permutation(st: StoreInfo, like: torch.Tensor, ext: dict) -> list[int
     return [st.variables.index(v) for v in plain]
 
 
-def _fold(st: StoreInfo, buffer: torch.Tensor, like: torch.Tensor, ext: dict, syms: dict) -> torch.Tensor:
-    """A load's gradient buffer as a gradient of the input it reads: a permuted view where the
-    load reads every axis by one variable, else scattered (accumulating) at its indices."""
-    index = st.load.index
+def _fold(st: StoreInfo, buffer: torch.Tensor, like: torch.Tensor, ext: dict, syms: dict,
+          inputs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """A load's gradient buffer as a gradient of the input it reads, in a fixed order: a
+    permuted view where the load reads every axis by one variable; sums over the axes it
+    broadcasts along (and GQA's ``h // G``) where each index is a variable, ``0`` or a variable
+    floor-divided by a constant; else an accumulating scatter at its indices (gathers), run
+    deterministically."""
+    if st.kind == "scalar":
+        buffer = buffer.sum(-1)
     perm = _plain_permutation(st, like, ext)
     if perm is not None:
         return buffer.permute(perm)
-    idx = torch.broadcast_tensors(*[_index_values(e, st.variables, ext, syms, buffer.device) for e in index])
+    folded = _structured_fold(st, buffer, like, ext)
+    if folded is not None:
+        return folded
+    idx = [_index_values(e, st.variables, ext, syms, buffer.device, inputs) for e in st.load.index]
+    idx = torch.broadcast_tensors(*idx, buffer)[:-1]
     grad = torch.zeros(like.shape, dtype=torch.float32, device=buffer.device)
-    grad.index_put_(tuple(i.expand(buffer.shape) for i in idx), buffer, accumulate=True)
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)  # a sorted scatter: the same bits every run
+    try:
+        grad.index_put_(tuple(i.long() for i in idx), buffer, accumulate=True)
+    finally:
+        torch.use_deterministic_algorithms(was)
     return grad
 
 
-def _index_values(e: Any, variables: list[Var], ext: dict, syms: dict, device: torch.device) -> torch.Tensor:
-    """An index expression's values over the buffer's variables."""
+def _structured_fold(st: StoreInfo, buffer: torch.Tensor, like: torch.Tensor, ext: dict) -> torch.Tensor | None:
+    """The fold as sums and reshapes (see :func:`_fold`), or None where the index is not of that form."""
+    shape = list(buffer.shape)
+    names: list[Any] = list(st.variables)  # what each axis of ``t`` is
+    t = buffer
+    picks: list[Any] = []  # per input axis: the axis name of ``t`` it is, or None (a broadcast 0)
+    for a, e in enumerate(st.load.index):
+        if not isinstance(e, IExpr):
+            return None
+        if e.op in ("const", "sym") and not isinstance(e.args[0], sympy.Expr) and int(e.args[0]) == 0 \
+                and like.shape[a] == 1:
+            picks.append(None)
+        elif e.op == "var" and e.args[0] in names and e.args[0] not in picks and ext[e.args[0]] == like.shape[a]:
+            picks.append(e.args[0])
+        elif e.op == "floordiv" and isinstance(e.args[0], IExpr) and e.args[0].op == "var" and \
+                isinstance(e.args[1], IExpr) and e.args[1].op == "const":
+            v, c = e.args[0].args[0], int(e.args[1].args[0])
+            if v not in names or ext[v] != like.shape[a] * c:
+                return None
+            n = names.index(v)  # split v into (v // c, v % c): the second is summed below
+            shape = shape[:n] + [like.shape[a], c] + shape[n + 1:]
+            t = t.reshape(shape)
+            names = names[:n] + [("div", v), ("mod", v)] + names[n + 1:]
+            picks.append(("div", v))
+        else:
+            return None
+    keep = [n for n in picks if n is not None]
+    drop = [k for k, n in enumerate(names) if n not in keep]
+    if drop:
+        t = t.sum(dim=drop)
+        names = [n for n in names if n in keep]
+    t = t.permute([names.index(n) for n in keep])
+    return t.reshape(like.shape)
+
+
+def _index_values(e: Any, variables: list[Var], ext: dict, syms: dict, device: torch.device,
+                  inputs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """An index expression's values over the buffer's variables (a gather's index node too)."""
     if not isinstance(e, IExpr):
-        raise RuntimeError("flashlight: a gathered load has no generated gradient")
+        return Evaluator(variables, inputs, sizes=syms, device=device)(e).long()
     if e.op == "var":
         v = e.args[0]
         shape = [1] * len(variables)
@@ -372,7 +425,7 @@ def _index_values(e: Any, variables: list[Var], ext: dict, syms: dict, device: t
     if e.op in ("const", "sym"):
         c = e.args[0]
         return torch.tensor(int(c.subs(syms)) if isinstance(c, sympy.Expr) else int(c), device=device)
-    parts = [_index_values(a, variables, ext, syms, device) for a in e.args]
+    parts = [_index_values(a, variables, ext, syms, device, inputs) for a in e.args]
     out = parts[0]
     for p in parts[1:]:
         out = {"add": torch.add, "mul": torch.mul, "floordiv": torch.floor_divide, "mod": torch.remainder}[e.op](out, p)
