@@ -1,9 +1,10 @@
 """Gradients through compiled programs: every differentiable input against float64 autograd.
 
-Today the backward of a fused program recomputes the eager program under autograd (exact, and
-N×N in memory); issue 13 replaces it with generated kernels. These tests hold either to the
-same bar: each floating input's gradient (biases, λ, sink logits included) equals float64
-autograd of the eager program, for lengths that are not tile multiples.
+The backward runs as generated kernels (issue 13) wherever it can be derived, and recomputes
+the eager program under autograd (exact, N×N in memory) where not (``RECOMPUTED``, one warning
+naming the node). Both are held to the same bar: each floating input's gradient (biases, λ,
+sink logits included) equals float64 autograd of the eager program, for lengths that are not
+tile multiples; the launch hooks say which backward ran.
 """
 
 from __future__ import annotations
@@ -12,10 +13,14 @@ import pytest
 import torch
 
 import flashlight_hf
+from flashlight_hf.compiler.abi import KERNEL_BWD_DKDV, KERNEL_BWD_DQ
+from flashlight_hf.compiler.runtime.hooks import add_launch_hook
 from flashlight_hf.testing import gradients, rel_error, tolerance
 from tests.test_generator import MORE, PROGRAMS, _inputs, _more_inputs
 
 CASES = sorted(PROGRAMS) + sorted(MORE)
+# a score term over keys alone (a key gate ``sigmoid(k @ w)``): its backward is not derived yet
+RECOMPUTED = {"key_gate"}
 
 
 def _case(name: str, device: str, sq: int, sk: int) -> tuple:
@@ -29,7 +34,14 @@ def test_gradients_of_every_input_match_float64(name: str, device: str):
     fn, inputs = _case(name, device, 37, 53)
     compiled = flashlight_hf.compile(fn)
     seed = torch.randn_like(fn(*inputs))
-    got = gradients(compiled, inputs, seed)
+    launched: list[str] = []
+    remove = add_launch_hook(launched.append)
+    try:
+        got = gradients(compiled, inputs, seed)
+    finally:
+        remove()
+    generated = KERNEL_BWD_DKDV in launched and KERNEL_BWD_DQ in launched
+    assert generated == (name not in RECOMPUTED), launched
     ref = gradients(fn, inputs, seed, dtype=torch.float64)
     assert compiled.builds() and compiled.builds()[0].kernel is not None, "the forward must be the fused kernel"
     checked = 0

@@ -237,8 +237,9 @@ def _captured_in_tile(em: Emitter, st: GradStore, full: tuple, inside: str | Non
         terms = _grid_terms(em, f"stride_g{st.buffer}")
         terms += [f"{em.broadcast('offs_m', (em.i,), full)} * stride_g{st.buffer}_0",
                   f"{em.broadcast('offs_n', (em.j,), full)} * stride_g{st.buffer}_1"]
-        mask = "" if inside is None else f", mask={inside}"
-        em.emit(f"tl.store(g{st.buffer}_ptr + {' + '.join(terms)}, {name}{mask})  # d {what}, this tile")
+        # interior tiles skip the loop's bounds, not the program's own: its tile may end past the end
+        fixed = em.broadcast("mask_n", (em.j,), full) if em.loop is em.i else em.broadcast("mask_m", (em.i,), full)
+        em.emit(f"tl.store(g{st.buffer}_ptr + {' + '.join(terms)}, {name}, mask={inside or fixed})  # d {what}, this tile")
         return
     keep = em.j if st.kind in ("key", "scalar") else em.i
     other = em.i if keep is em.j else em.j
@@ -312,7 +313,7 @@ def _captured_store(em: Emitter, st: GradStore) -> int:
     what = em.nm.base.get(st.load.input, f"in{st.load.input}")
     if st.kind == "scalar":
         terms.append(f"tile_n * stride_g{st.buffer}_0")
-        em.emit(f"tl.store(g{st.buffer}_ptr + {' + '.join(terms)}, tl.sum(db{st.buffer}, axis=0))  "
+        em.emit(f"tl.store(g{st.buffer}_ptr + {' + '.join(terms)}, tl.sum(tl.where(mask_n, db{st.buffer}, 0.0), axis=0))  "
                 f"# d {what}: this key tile's partial (summed in a fixed order after)")
         return 1
     offs, mask = ("offs_n", "mask_n") if st.kind == "key" else ("offs_m", "mask_m")
