@@ -104,8 +104,19 @@ def flashlight_attention_forward(module: torch.nn.Module, query: torch.Tensor, k
 
     fam = registry.attention_for(module)
     if dropout and module.training:
-        registry.warn_once("dropout", "flashlight: attention dropout > 0 in training is not fused; running the "
-                           "family's eager attention")
+        # attention dropout runs inside the generated training kernels where the program allows
+        try:
+            if isinstance(attention_mask, StructuredMask):
+                return layers.run_layer_structured(module, fam, query, key, value, attention_mask.spec, scaling,
+                                                   kwargs, dropout=dropout), None
+            if attention_mask is not None:
+                return layers.run_layer(module, fam, query, key, value, as_additive(attention_mask, query.dtype),
+                                        scaling, kwargs, dropout=dropout), None
+            why = "no mask was passed"
+        except NotImplementedError as exc:
+            why = str(exc)
+        registry.warn_once("dropout", f"flashlight: attention dropout > 0 in training is not fused ({why}); running "
+                           "the family's eager attention")
         eager = fam.transformers_eager or fam.eager
         return eager(module, query, key, value, as_additive(attention_mask, query.dtype), scaling=scaling,
                      dropout=dropout, **kwargs)

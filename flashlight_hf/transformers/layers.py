@@ -229,8 +229,9 @@ def _gqa_rows(fam: FamilyAttention, module: torch.nn.Module, query: torch.Tensor
 
 def run_layer_structured(module: torch.nn.Module, fam: FamilyAttention, query: torch.Tensor, key: torch.Tensor,
                          value: torch.Tensor, spec: MaskSpec, scaling: float | None,
-                         kwargs: dict[str, Any]) -> torch.Tensor:
-    """The family's attention output ``[B, Q, H, D]`` with the mask passed as structure."""
+                         kwargs: dict[str, Any], dropout: float = 0.0) -> torch.Tensor:
+    """The family's attention output ``[B, Q, H, D]`` with the mask passed as structure;
+    ``dropout`` > 0: attention dropout inside the kernels (NotImplementedError where it cannot)."""
     sig, mask_tensors = spec.structure()
     # what this layer ran last time with the same call shape: a decode loop repeats it at every
     # step. The key holds the keyword arguments' names, plain values and types (everything
@@ -255,6 +256,10 @@ def run_layer_structured(module: torch.nn.Module, fam: FamilyAttention, query: t
         memo[memo_key] = (prog, rows, tensor_names)
     params = [getattr(module, n) for n in prog.param_names]
     tensors = [kwargs[n] for n in tensor_names]
+    if dropout:
+        if rows:
+            raise NotImplementedError("flashlight: attention dropout in the one-row GQA decode layout")
+        return prog.fn.dropout(dropout)(query, key, value, *mask_tensors, *tensors, *params)
     if not rows:
         return prog.fn(query, key, value, *mask_tensors, *tensors, *params)
     b, h, _, d = query.shape
@@ -270,9 +275,11 @@ def run_layer_structured(module: torch.nn.Module, fam: FamilyAttention, query: t
 
 def run_layer(module: torch.nn.Module, fam: FamilyAttention, query: torch.Tensor, key: torch.Tensor,
               value: torch.Tensor, mask: torch.Tensor | None, scaling: float | None,
-              kwargs: dict[str, Any]) -> torch.Tensor:
-    """The family's attention output ``[B, Q, H, D]`` through its compiled program."""
+              kwargs: dict[str, Any], dropout: float = 0.0) -> torch.Tensor:
+    """The family's attention output ``[B, Q, H, D]`` through its compiled program; ``dropout``
+    > 0: attention dropout inside the kernels (NotImplementedError where it cannot)."""
     kw = classify_kwargs(fam, kwargs)
     prog = layer_program(module, fam, scaling, kw)
     params = [getattr(module, n) for n in prog.param_names]
-    return prog.fn(query, key, value, mask, *[kw.tensors[n] for n in sorted(kw.tensors)], *params)
+    fn = prog.fn.dropout(dropout) if dropout else prog.fn
+    return fn(query, key, value, mask, *[kw.tensors[n] for n in sorted(kw.tensors)], *params)

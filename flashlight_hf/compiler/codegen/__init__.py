@@ -21,6 +21,7 @@ from flashlight_hf.compiler.codegen.source import KernelSource
 from flashlight_hf.compiler.ir import Unsupported
 from flashlight_hf.compiler.rewrite import KernelPlan
 from flashlight_hf.compiler.rewrite.backward import derive
+from flashlight_hf.compiler.rewrite.dropout import with_attention_dropout
 
 __all__ = ["BackwardInfo", "BackwardSource", "KernelSource", "generate"]
 
@@ -49,7 +50,20 @@ def generate(kp: KernelPlan, *, interpret: bool, allow_tf32: bool = False, warp_
             main.backward_error = f"no training-mode forward: {main.train_error}"
         else:
             main.backward, main.backward_error = _backward(kp, opt, main.train)
+            main.train_dropout = _with_dropout(kp, opt)
     return main
+
+
+def _with_dropout(kp: KernelPlan, opt: Options) -> KernelSource | None:
+    """The training forward and backward with attention dropout in the value contractions, or
+    None (no value contraction, or no generated backward for it: dropout then runs eagerly)."""
+    try:
+        kp_d = with_attention_dropout(kp)
+        drop = training_kernel(kp_d, opt)
+    except Exception:  # noqa: BLE001 - dropout then runs the program as written
+        return None
+    drop.backward, drop.backward_error = _backward(kp_d, opt, drop)
+    return drop if drop.backward is not None else None
 
 
 def _backward(kp: KernelPlan, opt: Options, train: KernelSource) -> tuple:

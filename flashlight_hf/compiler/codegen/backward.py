@@ -60,6 +60,7 @@ class BackwardSource:
     dacc_ranks: list[int]     # per contraction: 1 ([grid, rows]) or 2 ([grid, rows, width])
     stores: list[int]
     store_ranks: list[int] = field(default_factory=list)
+    dropout: bool = False  # takes dropout_seed, dropout_p (before the sizes)
 
 
 def _emitter(bp: BackwardPlan, opt: Options, loop: Var) -> Emitter:
@@ -346,6 +347,8 @@ def _parameters(em: Emitter, bp: BackwardPlan, stores: list[int], ranks: list[in
             params.append(f"stride_da{n}_d")
     for b, r in zip(stores, ranks):
         params += [f"g{b}_ptr"] + [f"stride_g{b}_{x}" for x in letters] + [f"stride_g{b}_{k}" for k in range(r)]
+    if em.uses_dropout:
+        params += ["dropout_seed", "dropout_p"]
     params += [f"z{k}" for k in range(len(em.sizes))]
     params += [f"{BLOCK_M}: tl.constexpr", f"{BLOCK_N}: tl.constexpr"]
     return params
@@ -361,7 +364,8 @@ def _assemble(em: Emitter, bp: BackwardPlan, name: str, side: str, helper: TileH
         name=name, side=side, source="\n".join(text + em.lines) + "\n", input_args=sorted(em.inputs),
         runtime_sizes=list(em.sizes), grid_extents=[g.extent for g in kp.grid_vars], row_extent=kp.row_var.extent,
         loop_extent=kp.loop_var.extent, streams=list(bp.streams),
-        dacc_ranks=[len(em.layout(c.d_acc)) for c in bp.contractions], stores=stores, store_ranks=ranks)
+        dacc_ranks=[len(em.layout(c.d_acc)) for c in bp.contractions], stores=stores, store_ranks=ranks,
+        dropout=em.uses_dropout)
 
 
 def dkdv_kernel(bp: BackwardPlan, opt: Options) -> BackwardSource:

@@ -79,6 +79,7 @@ class Emitter:
         self.adjoints: dict[str, str] = {}
         self.running_max_in_loop = True
         self.normaliser: dict[int, str] = {}
+        self.uses_dropout = False  # a dropout scale was emitted: the kernel takes dropout_seed, dropout_p
 
     # -- text ------------------------------------------------------------------------------------
     def size(self, s: Any) -> str:

@@ -75,6 +75,7 @@ def training_kernel(kp: KernelPlan, opt: Options) -> KernelSource:
     src = assemble(em, KERNEL_TRAIN, "train", partials=False, with_out=True, lse=len(streams))
     src.lse_accs = [st.max_acc for st in streams]
     src.train_accs = list(em.train_accs)
+    src.dropout = em.uses_dropout
     return src
 
 

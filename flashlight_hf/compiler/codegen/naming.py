@@ -27,7 +27,7 @@ FIXED = {"tl", "triton", "float", "range", "pid", "split", "n_row_tiles", "tile_
          BLOCK_M, BLOCK_N, NUM_SPLITS, "BOUNDARY",
          # the backward kernels'
          "n_key_tiles", "tile_n", "start_m", "col_lo", "col_hi", "row_first", "row_last", "q_start", "q_end",
-         "end_tile", "i_first", "i_last", "interior_start", "interior_end"}
+         "end_tile", "i_first", "i_last", "interior_start", "interior_end", "dropout_seed", "dropout_p"}
 _GENERATED = re.compile(r"^(acc|m_new_acc|m_safe_acc|alpha|m_tile|m_part|beta|part|z)\d+$"
                         r"|^(dk|dv|dq|dp|dacc|dx|p|pm|mx|ld|ld_acc|row_mx|nacc|g|dc|db)\d+$"
                         r"|^(offs|mask)_(m|n|d\d*|dv\d*)$|^off_(b|h|g\d+)$|^stride_|_ptr$")

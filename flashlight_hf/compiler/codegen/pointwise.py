@@ -51,6 +51,9 @@ def pointwise(em: "Emitter", x: Pointwise, lay: tuple[Var, ...]) -> str:
     if op in ("maximum", "minimum"):
         return f"tl.{op}({args[0]}, {args[1]})"
     a = args[0]
+    if op == "dropout_scale":  # attention dropout: keep / (1 - p) from a counter-based draw (seed, offset)
+        em.uses_dropout = True
+        return f"tl.where(tl.rand(dropout_seed, {a}) >= dropout_p, 1.0 / (1.0 - dropout_p), 0.0)"
     if op in UNARY:
         return UNARY[op].format(a)
     if op == "tanh":

@@ -51,6 +51,10 @@ class KernelSource:
     # run it (a BackwardInfo), or why there is none
     backward: Any = None
     backward_error: str | None = None
+    # attention dropout in training (on request, with the training kernel): the training forward
+    # whose value contractions are dropped out (a KernelSource with its own ``backward``)
+    train_dropout: "KernelSource | None" = None
+    dropout: bool = False  # this kernel takes dropout_seed, dropout_p before its sizes
 
 
 def pow2(n: int) -> int:

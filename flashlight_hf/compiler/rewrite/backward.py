@@ -117,11 +117,18 @@ def _split(body: Node, kp: KernelPlan) -> tuple[Node, Node | None]:
     return p, w
 
 
+def describe(x: Node) -> str:
+    """A node as the backward's messages name it: its kind and the inputs it reads."""
+    reads = sorted({y.input for y in walk(x) if isinstance(y, Load)})
+    what = f"{x.op} over {x.var.name}" if isinstance(x, Reduce) else getattr(x, "op", type(x).__name__)
+    return f"{what} of input{'s' if len(reads) != 1 else ''} {', '.join(map(str, reads))}" if reads else what
+
+
 def _sides(dot: Reduce, kp: KernelPlan) -> tuple[Node, Node]:
     """(row side, key side) of a score dot product, or Unsupported."""
     arg = strip_casts(dot.arg)
     if dot.op != "sum" or not (isinstance(arg, Pointwise) and arg.op == "mul") or dot.var not in kp.tile_vars:
-        raise Unsupported("backward", "a reduction in the scores that is not a dot product over a head dim")
+        raise Unsupported(describe(dot), "a reduction in the scores that is not a dot product over a head dim")
     a, b = arg.args
     i, j = kp.row_var, kp.loop_var
     la, lb = _local(a, kp), _local(b, kp)
@@ -129,7 +136,8 @@ def _sides(dot: Reduce, kp: KernelPlan) -> tuple[Node, Node]:
         return a, b
     if lb == {i, dot.var} and la == {j, dot.var}:
         return b, a
-    raise Unsupported("backward", "a dot product in the scores that is not rows × keys")
+    raise Unsupported(describe(dot), "a dot product in the scores that is not rows × keys (a term over keys or "
+                      "rows alone, such as a key gate k @ w): its backward is not derived yet")
 
 
 def _float_loads(x: Node) -> list[Load]:

@@ -62,9 +62,9 @@ def _symbols(program: Program, inputs: Sequence[torch.Tensor]) -> dict:
 class GeneratedBackward:
     """One program's backward kernels, loaded on first use."""
 
-    def __init__(self, program: Program, source: KernelSource, load: Callable[[Any], Any], interpret: bool):
-        info: BackwardInfo = source.backward
-        self.program, self.info, self.train = program, info, source.train
+    def __init__(self, program: Program, info: BackwardInfo, train: KernelSource, load: Callable[[Any], Any],
+                 interpret: bool):
+        self.program, self.info, self.train = program, info, train
         self.launchers = [(bs, Launcher(load(bs))) for bs in info.kernels]
         self.interpret = interpret
         self._vars = [*info.grid_vars, info.row_var, info.loop_var, *info.tile_vars]
@@ -125,7 +125,7 @@ class GeneratedBackward:
         return self._preprocess(inputs, out, grad_out, stats, naccs, ext, wanted)
 
     def kernels(self, inputs: list[torch.Tensor], saved: Sequence[torch.Tensor], daccs: Sequence[torch.Tensor],
-                wanted: Sequence[bool]) -> list[torch.Tensor | None]:
+                wanted: Sequence[bool], dropout: tuple[int, float] | None = None) -> list[torch.Tensor | None]:
         """The dK/dV and dQ launches and the fold of their buffers: per input its gradient
         (None where not wanted or not reached)."""
         info = self.info
@@ -161,6 +161,8 @@ class GeneratedBackward:
                 args += [d, *d.stride()]
             for b in bs.stores:
                 args += [buffers[b], *buffers[b].stride()]
+            if bs.dropout:  # the forward's mask, regenerated from its seed
+                args += [int(dropout[0]), float(dropout[1])]
             args += list(runtime(inputs))
             along = ext[info.loop_var] if bs.side == "key" else ext[info.row_var]
 

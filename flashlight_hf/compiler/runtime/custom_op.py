@@ -125,23 +125,32 @@ torch.library.register_autograd("flashlight::fused", _backward, setup_context=_s
 
 
 # -- training: the forward that keeps what the generated backward reads --------------------------
+def _dropout(p: float, seed: int) -> tuple[int, float] | None:
+    return (seed, p) if p > 0.0 else None
+
+
 @torch.library.custom_op("flashlight::fused_train", mutates_args=())
-def fused_train(key: str, inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def fused_train(key: str, inputs: Sequence[torch.Tensor], dropout_p: float = 0.0,
+                seed: int = 0) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """The training-mode forward: the output and the per-row statistics (and normalised
-    accumulators) the generated backward reads; none where the program ran eagerly."""
+    accumulators) the generated backward reads; none where the program ran eagerly.
+    ``dropout_p`` > 0: attention dropout in the kernel, its mask drawn from ``seed``."""
     entry = _entry(key)
     try:
-        out, saved = entry.kernel.forward_for_backward(list(inputs))
+        out, saved = entry.kernel.forward_for_backward(list(inputs), dropout=_dropout(dropout_p, seed))
     except ShapeError as exc:
         if key not in _warned:
             _warned.add(key)
             warnings.warn(f"{exc}; running the program eagerly for these shapes", stacklevel=2)
+        if dropout_p > 0.0:
+            raise  # the program as written has no dropout: not a substitute
         return entry.eager(*inputs).clone(), []
     return out, saved
 
 
 @fused_train.register_fake
-def _fused_train_fake(key: str, inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def _fused_train_fake(key: str, inputs: Sequence[torch.Tensor], dropout_p: float = 0.0,
+                      seed: int = 0) -> tuple[torch.Tensor, list[torch.Tensor]]:
     entry = _entry(key)
     kernel = entry.kernel
     out = _fused_fake(key, inputs)
@@ -149,7 +158,7 @@ def _fused_train_fake(key: str, inputs: Sequence[torch.Tensor]) -> tuple[torch.T
     concrete = all(isinstance(s, int) for t in bound for s in t.shape)
     if concrete and shape_mismatch(kernel.program, bound) is not None:
         return out, []
-    train = kernel.source.train
+    train = kernel.source.train if dropout_p <= 0.0 else kernel.source.train_dropout
     positions = _positions(kernel, bound)
     shape = [_fake_size(e, positions) for e in [*train.grid_extents, train.row_extent]]
     saved = [out.new_empty(shape, dtype=torch.float32) for _ in range(2 * len(train.lse_accs))]
@@ -160,16 +169,18 @@ def _fused_train_fake(key: str, inputs: Sequence[torch.Tensor]) -> tuple[torch.T
 
 @torch.library.custom_op("flashlight::fused_bwd", mutates_args=())
 def fused_bwd(key: str, inputs: Sequence[torch.Tensor], saved: Sequence[torch.Tensor], daccs: Sequence[torch.Tensor],
-              wanted: Sequence[bool]) -> list[torch.Tensor]:
+              wanted: Sequence[bool], dropout_p: float = 0.0, seed: int = 0) -> list[torch.Tensor]:
     """The generated backward's kernels: per input its gradient through the scores and values,
     in the input's dtype (an empty tensor where not ``wanted`` or not reached)."""
-    grads = _entry(key).kernel.backward_kernels(list(inputs), list(saved), list(daccs), list(wanted))
+    grads = _entry(key).kernel.backward_kernels(list(inputs), list(saved), list(daccs), list(wanted),
+                                                _dropout(dropout_p, seed))
     return [g.to(t.dtype).contiguous() if g is not None else t.new_empty(0) for g, t in zip(grads, inputs)]
 
 
 @fused_bwd.register_fake
 def _fused_bwd_fake(key: str, inputs: Sequence[torch.Tensor], saved: Sequence[torch.Tensor],
-                    daccs: Sequence[torch.Tensor], wanted: Sequence[bool]) -> list[torch.Tensor]:
+                    daccs: Sequence[torch.Tensor], wanted: Sequence[bool], dropout_p: float = 0.0,
+                    seed: int = 0) -> list[torch.Tensor]:
     kernel = _entry(key).kernel
     reached = kernel.reached()
     return [torch.empty_like(t, memory_format=torch.contiguous_format) if w and k in reached else t.new_empty(0)
@@ -177,9 +188,10 @@ def _fused_bwd_fake(key: str, inputs: Sequence[torch.Tensor], saved: Sequence[to
 
 
 def _train_setup(ctx: Any, inputs: tuple, output: tuple) -> None:
-    key, tensors = inputs
+    key, tensors, dropout_p, seed = (inputs + (0.0, 0))[:4]
     out, saved = output
     ctx.key, ctx.n_inputs, ctx.n_saved = key, len(tensors), len(saved)
+    ctx.dropout_p, ctx.seed = float(dropout_p), int(seed)
     ctx.wanted = [bool(t.requires_grad) for t in tensors]
     ctx.save_for_backward(*tensors, out, *saved)
 
@@ -192,16 +204,21 @@ def _train_backward(ctx: Any, grad_out: torch.Tensor, _grad_saved: Any) -> tuple
     tensors, out, saved = stored[:ctx.n_inputs], stored[ctx.n_inputs], stored[ctx.n_inputs + 1:]
     kernel = _entry(ctx.key).kernel
     why = kernel.backward_missing(ctx.wanted) if saved else ("inputs", "the forward ran eagerly for these shapes")
+    if why is not None and ctx.dropout_p > 0.0:
+        raise RuntimeError(f"flashlight: the backward of {kernel.source.name} with attention dropout needs the "
+                           f"generated backward, and {why[0]!r} has none: {why[1]}")
     if why is not None:
         if why not in _recompute_warned:
             _recompute_warned.add(why)
             warnings.warn(f"flashlight: the backward of {kernel.source.name} recomputes the program eagerly "
                           f"(node {why[0]!r}: {why[1]})", stacklevel=2)
-        return None, _recompute(ctx.key, tensors, grad_out)
+        return None, _recompute(ctx.key, tensors, grad_out), None, None
     if grad_out is None:
-        return None, [None] * len(tensors)
-    daccs, epi = kernel.backward_preprocess(tensors, out, saved, grad_out, ctx.wanted)
-    grads = torch.ops.flashlight.fused_bwd(ctx.key, list(tensors), list(saved), daccs, ctx.wanted)
+        return None, [None] * len(tensors), None, None
+    drop = _dropout(ctx.dropout_p, ctx.seed)
+    daccs, epi = kernel.backward_preprocess(tensors, out, saved, grad_out, ctx.wanted, drop)
+    grads = torch.ops.flashlight.fused_bwd(ctx.key, list(tensors), list(saved), daccs, ctx.wanted, ctx.dropout_p,
+                                           ctx.seed)
     out_grads = []
     for g, e, t, w in zip(grads, epi, tensors, ctx.wanted):
         if not w:
@@ -210,7 +227,7 @@ def _train_backward(ctx: Any, grad_out: torch.Tensor, _grad_saved: Any) -> tuple
         g = g if g.numel() or not t.numel() else None
         total = g if e is None else e if g is None else g + e
         out_grads.append(None if total is None else total.to(t.dtype))
-    return None, out_grads
+    return None, out_grads, None, None
 
 
 torch.library.register_autograd("flashlight::fused_train", _train_backward, setup_context=_train_setup)

@@ -59,8 +59,8 @@ class CompiledKernel:
         self._n_out, self._n_rt = len(out_extents), len(src.runtime_sizes)
         self._tuner = Tuner(src.tile_pads)
         self._split = None
-        self._train: TrainingForward | None = None  # loaded on the first training forward
-        self._backward: GeneratedBackward | None = None  # loaded on the first backward
+        self._train: dict[bool, TrainingForward] = {}  # loaded on first use, without and with dropout
+        self._backward: dict[bool, GeneratedBackward] = {}
         self._train_tuner: Tuner | None = None  # the training forward's tiles, tuned on its own
         self._train_plans: dict = {}
         if src.split is not None or src.split_fused is not None:
@@ -157,21 +157,26 @@ class CompiledKernel:
         return out
 
     def forward_for_backward(self, tensors: Sequence[torch.Tensor], *, out: torch.Tensor | None = None,
-                             saved: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+                             saved: list[torch.Tensor] | None = None,
+                             dropout: tuple[int, float] | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The training-mode forward: the output and what the generated backward reads (per softmax
         stream of ``source.train.lse_accs`` its running max in log2 units and log2 denominator,
         fp32 ``[grid..., rows]``; then the normalised accumulators of ``source.train.train_accs``).
         One launch, the ordinary forward's tile choice for the bucket; no split-KV. Needs a build
-        with ``training=True``. ``out`` / ``saved``: buffers to write."""
-        train = self.source.train
+        with ``training=True``. ``out`` / ``saved``: buffers to write. ``dropout``: (seed, p) for
+        attention dropout in the value contractions (:meth:`supports_dropout`)."""
+        train = self.source.train if dropout is None else self.source.train_dropout
         if train is None:
-            why = self.source.train_error or "the kernel was generated without training=True"
+            why = self.source.train_error or ("no dropout variant" if dropout is not None else
+                                              "the kernel was generated without training=True")
             raise RuntimeError(f"flashlight: no training-mode kernel for {self.source.name}: {why}")
-        if self._train is None:
-            self._train = TrainingForward(self.program, train, self._load)
+        variant = dropout is not None
+        if variant not in self._train:
+            self._train[variant] = TrainingForward(self.program, train, self._load)
+        launch = self._train[variant]
         inputs = self.bound_inputs(tensors)
         switches = launch_switches()
-        shape_key = (tuple([(t.shape, t.stride(), t.dtype, t.device) for t in inputs]), switches)
+        shape_key = (tuple([(t.shape, t.stride(), t.dtype, t.device) for t in inputs]), switches, variant)
         plan = self._train_plans.get(shape_key)
         if plan is None:  # checks the shapes and gives the output's, once per set of shapes
             if len(self._train_plans) >= _MAX_PLANS:
@@ -186,8 +191,13 @@ class CompiledKernel:
             if self._train_tuner is None:
                 self._train_tuner = Tuner(self.source.tile_pads)
             plan.choice = self._train_tuner.choose(plan.rows, plan.keys, plan.n_grid, 1, out.device, switches,
-                                                   lambda c: self._train(inputs, out, c, saved), lambda c, s: None)
-        return out, self._train(inputs, out, plan.choice[0], saved)
+                                                   lambda c: launch(inputs, out, c, saved, dropout),
+                                                   lambda c, s: None)
+        return out, launch(inputs, out, plan.choice[0], saved, dropout)
+
+    def supports_dropout(self) -> bool:
+        """Whether attention dropout runs inside the generated training kernels."""
+        return self.source.train_dropout is not None
 
     def forward_with_lse(self, tensors: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The output and, per softmax stream, its per-row log-sum-exp (natural log, fp32
@@ -199,11 +209,13 @@ class CompiledKernel:
         """Whether the gradient can run as generated kernels (else: the recompute backward)."""
         return self.source.backward is not None
 
-    def _generated_backward(self) -> GeneratedBackward:
-        if self._backward is None:
+    def _generated_backward(self, dropout: bool = False) -> GeneratedBackward:
+        if dropout not in self._backward:
             from flashlight_hf import settings
-            self._backward = GeneratedBackward(self.program, self.source, self._load, settings.current().interpret)
-        return self._backward
+            src = self.source.train_dropout if dropout else self.source
+            self._backward[dropout] = GeneratedBackward(self.program, src.backward, src.train if not dropout else src,
+                                                        self._load, settings.current().interpret)
+        return self._backward[dropout]
 
     def _bound_wanted(self, wanted: Sequence[bool]) -> list[bool]:
         return [isinstance(b, int) and bool(wanted[b]) for b in self.program.bindings]
@@ -217,27 +229,32 @@ class CompiledKernel:
         return grads
 
     def backward_preprocess(self, tensors: Sequence[torch.Tensor], out: torch.Tensor, saved: Sequence[torch.Tensor],
-                            grad_out: torch.Tensor, wanted: Sequence[bool]) -> tuple[list, list]:
+                            grad_out: torch.Tensor, wanted: Sequence[bool],
+                            dropout: tuple[int, float] | None = None) -> tuple[list, list]:
         """The backward's first step, in torch (call where autograd records): (dA per
         contraction, per program tensor the gradient of what only the epilogue reads)."""
-        daccs, epi = self._generated_backward().preprocess(self.bound_inputs(tensors), out, saved, grad_out,
+        daccs, epi = self._generated_backward(dropout is not None).preprocess(self.bound_inputs(tensors), out, saved, grad_out,
                                                            self._bound_wanted(wanted))
         got = [epi.get(k) for k in range(len(self.program.bindings))]
         return daccs, self._per_tensor(got, len(tensors))
 
     def backward_kernels(self, tensors: Sequence[torch.Tensor], saved: Sequence[torch.Tensor],
-                         daccs: Sequence[torch.Tensor], wanted: Sequence[bool]) -> list[torch.Tensor | None]:
+                         daccs: Sequence[torch.Tensor], wanted: Sequence[bool],
+                         dropout: tuple[int, float] | None = None) -> list[torch.Tensor | None]:
         """The backward's kernels: per program tensor its gradient through the scores and values."""
-        got = self._generated_backward().kernels(self.bound_inputs(tensors), saved, daccs, self._bound_wanted(wanted))
+        got = self._generated_backward(dropout is not None).kernels(self.bound_inputs(tensors), saved, daccs,
+                                                                    self._bound_wanted(wanted), dropout)
         return self._per_tensor(got, len(tensors))
 
     def backward(self, tensors: Sequence[torch.Tensor], out: torch.Tensor, saved: Sequence[torch.Tensor],
-                 grad_out: torch.Tensor, wanted: Sequence[bool]) -> list[torch.Tensor | None]:
+                 grad_out: torch.Tensor, wanted: Sequence[bool],
+                 dropout: tuple[int, float] | None = None) -> list[torch.Tensor | None]:
         """Per program tensor (``tensors``) its gradient where ``wanted`` says, through the
-        generated backward; ``out`` / ``saved`` are :meth:`forward_for_backward`'s."""
+        generated backward; ``out`` / ``saved`` are :meth:`forward_for_backward`'s (with the same
+        ``dropout``)."""
         with torch.enable_grad():
-            daccs, epi = self.backward_preprocess(tensors, out, saved, grad_out, wanted)
-        got = self.backward_kernels(tensors, saved, daccs, wanted)
+            daccs, epi = self.backward_preprocess(tensors, out, saved, grad_out, wanted, dropout)
+        got = self.backward_kernels(tensors, saved, daccs, wanted, dropout)
         return [_add(a, b, t) if w else None for a, b, t, w in zip(got, epi, tensors, wanted)]
 
     def reached(self) -> set[int]:

@@ -38,7 +38,7 @@ class TrainingForward:
         return torch.Size(self._sizes(inputs)[:self._n_shape])
 
     def __call__(self, inputs: list[torch.Tensor], out: torch.Tensor, cfg: LaunchConfig,
-                 into: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+                 into: list[torch.Tensor] | None = None, dropout: tuple[int, float] | None = None) -> list[torch.Tensor]:
         """Launch on the (bound) ``inputs``, writing ``out``; returns what the backward reads: per
         softmax stream its running max (log2 units) and log2 denominator, fp32 ``[grid..., rows]``,
         then each normalised accumulator ``[grid..., rows(, width)]`` (``source.train_accs``)."""
@@ -66,6 +66,10 @@ class TrainingForward:
             args += [saved[2 * s], saved[2 * s + 1], *saved[2 * s].stride()]
         for t in saved[2 * n:]:
             args += [t, *t.stride()]
+        if self.source.dropout:
+            if dropout is None:
+                raise ValueError("flashlight: this training kernel drops out attention: pass dropout=(seed, p)")
+            args += [int(dropout[0]), float(dropout[1])]
         args += list(runtime)
         for hook in launch_hooks():
             hook(self.source.name)
