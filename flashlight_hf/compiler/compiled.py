@@ -268,7 +268,7 @@ def _wants_grad(tensors: list[torch.Tensor]) -> bool:
 
 
 def _train_forward(key: str, tensors: list[torch.Tensor]) -> torch.Tensor:
-    out, _ = torch.ops.flashlight.fused_train(key, tensors)
+    out, _ = torch.ops.flashlight.fused_train(key, tensors, 0.0, 0)
     return out
 
 

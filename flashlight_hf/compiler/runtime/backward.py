@@ -306,7 +306,8 @@ def neg_row_dot(g: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
     (any strides); torch where the rows have more than three axes or the tensors are not where
     kernels run."""
     rows = g.shape[:-1]
-    if len(rows) > 3 or g.device.type not in ("cuda", "cpu") or torch.compiler.is_compiling():
+    traced = torch.compiler.is_compiling() or type(g) is not torch.Tensor or type(o) is not torch.Tensor
+    if len(rows) > 3 or g.device.type not in ("cuda", "cpu") or traced:  # fake / traced tensors: torch ops
         return (g.float() * o.float()).sum(-1).neg()
     out = torch.empty(rows, dtype=torch.float32, device=g.device)
     pad = 3 - len(rows)

@@ -130,8 +130,8 @@ def _dropout(p: float, seed: int) -> tuple[int, float] | None:
 
 
 @torch.library.custom_op("flashlight::fused_train", mutates_args=())
-def fused_train(key: str, inputs: Sequence[torch.Tensor], dropout_p: float = 0.0,
-                seed: int = 0) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def fused_train(key: str, inputs: Sequence[torch.Tensor], dropout_p: float,
+                seed: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """The training-mode forward: the output and the per-row statistics (and normalised
     accumulators) the generated backward reads; none where the program ran eagerly.
     ``dropout_p`` > 0: attention dropout in the kernel, its mask drawn from ``seed``."""
@@ -149,8 +149,8 @@ def fused_train(key: str, inputs: Sequence[torch.Tensor], dropout_p: float = 0.0
 
 
 @fused_train.register_fake
-def _fused_train_fake(key: str, inputs: Sequence[torch.Tensor], dropout_p: float = 0.0,
-                      seed: int = 0) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def _fused_train_fake(key: str, inputs: Sequence[torch.Tensor], dropout_p: float,
+                      seed: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
     entry = _entry(key)
     kernel = entry.kernel
     out = _fused_fake(key, inputs)
@@ -169,7 +169,7 @@ def _fused_train_fake(key: str, inputs: Sequence[torch.Tensor], dropout_p: float
 
 @torch.library.custom_op("flashlight::fused_bwd", mutates_args=())
 def fused_bwd(key: str, inputs: Sequence[torch.Tensor], saved: Sequence[torch.Tensor], daccs: Sequence[torch.Tensor],
-              wanted: Sequence[bool], dropout_p: float = 0.0, seed: int = 0) -> list[torch.Tensor]:
+              wanted: Sequence[bool], dropout_p: float, seed: int) -> list[torch.Tensor]:
     """The generated backward's kernels: per input its gradient through the scores and values,
     in the input's dtype (an empty tensor where not ``wanted`` or not reached)."""
     grads = _entry(key).kernel.backward_kernels(list(inputs), list(saved), list(daccs), list(wanted),
@@ -179,8 +179,8 @@ def fused_bwd(key: str, inputs: Sequence[torch.Tensor], saved: Sequence[torch.Te
 
 @fused_bwd.register_fake
 def _fused_bwd_fake(key: str, inputs: Sequence[torch.Tensor], saved: Sequence[torch.Tensor],
-                    daccs: Sequence[torch.Tensor], wanted: Sequence[bool], dropout_p: float = 0.0,
-                    seed: int = 0) -> list[torch.Tensor]:
+                    daccs: Sequence[torch.Tensor], wanted: Sequence[bool], dropout_p: float,
+                    seed: int) -> list[torch.Tensor]:
     kernel = _entry(key).kernel
     reached = kernel.reached()
     return [torch.empty_like(t, memory_format=torch.contiguous_format) if w and k in reached else t.new_empty(0)
@@ -188,7 +188,7 @@ def _fused_bwd_fake(key: str, inputs: Sequence[torch.Tensor], saved: Sequence[to
 
 
 def _train_setup(ctx: Any, inputs: tuple, output: tuple) -> None:
-    key, tensors, dropout_p, seed = (inputs + (0.0, 0))[:4]
+    key, tensors, dropout_p, seed = inputs
     out, saved = output
     ctx.key, ctx.n_inputs, ctx.n_saved = key, len(tensors), len(saved)
     ctx.dropout_p, ctx.seed = float(dropout_p), int(seed)
@@ -212,9 +212,9 @@ def _train_backward(ctx: Any, grad_out: torch.Tensor, _grad_saved: Any) -> tuple
             _recompute_warned.add(why)
             warnings.warn(f"flashlight: the backward of {kernel.source.name} recomputes the program eagerly "
                           f"(node {why[0]!r}: {why[1]})", stacklevel=2)
-        return None, _recompute(ctx.key, tensors, grad_out), None, None
+        return _grads(ctx, _recompute(ctx.key, tensors, grad_out))
     if grad_out is None:
-        return None, [None] * len(tensors), None, None
+        return _grads(ctx, [None] * len(tensors))
     drop = _dropout(ctx.dropout_p, ctx.seed)
     daccs, epi = kernel.backward_preprocess(tensors, out, saved, grad_out, ctx.wanted, drop)
     grads = torch.ops.flashlight.fused_bwd(ctx.key, list(tensors), list(saved), daccs, ctx.wanted, ctx.dropout_p,
@@ -227,7 +227,13 @@ def _train_backward(ctx: Any, grad_out: torch.Tensor, _grad_saved: Any) -> tuple
         g = g if g.numel() or not t.numel() else None
         total = g if e is None else e if g is None else g + e
         out_grads.append(None if total is None else total.to(t.dtype))
-    return None, out_grads, None, None
+    return _grads(ctx, out_grads)
+
+
+def _grads(ctx: Any, tensor_grads: list) -> tuple:
+    """The backward's result in the shape of the op's arguments: None for the key (and the
+    dropout arguments), the list for the tensors."""
+    return None, tensor_grads, None, None
 
 
 torch.library.register_autograd("flashlight::fused_train", _train_backward, setup_context=_train_setup)
