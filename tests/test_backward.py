@@ -177,3 +177,30 @@ def test_underived_backward_warns_once_and_recomputes_exactly(device: str):
     ref = gradients(key_gate, [q, k, v, w], seed, dtype=torch.float64)
     for g, r in zip(got, ref):
         assert rel_error(g, r) <= tolerance(torch.float32)
+
+
+def test_explain_shows_the_backward(device: str):
+    q, k, v = _qkv(19, 23, device=device)
+    e = flashlight_hf.explain(lambda q, k, v: torch.softmax(_scores(q, k), dim=-1) @ v, q, k, v)
+    assert e.num_kernels == 1 and e.backward_kernels == 2 and e.backward_fallbacks == []
+    assert "def flashlight_bwd_dkdv(" in e.backward_sources[0] and "def flashlight_bwd_dq(" in e.backward_sources[1]
+    assert "def flashlight_fwd_train(" in e.training_source and "backward kernels: 2" in str(e)
+    e = flashlight_hf.explain(key_gate, q, k, v, torch.randn(D, device=device))
+    assert e.num_kernels == 1 and e.backward_kernels == 0
+    (node, why), = e.backward_fallbacks
+    assert "inputs 1, 3" in node and "not derived" in why
+
+
+def test_torch_compile_traces_the_backward_through_fake_implementations(device: str):
+    """AOTAutograd (``aot_eager``) traces the training forward and the backward op with their
+    fake implementations; the compiled graph's gradients equal eager's."""
+    fn, inputs = _case("per_key_bias", 21, 30, device)
+    compiled = flashlight_hf.compile(fn)
+    compiled(*inputs)  # builds the kernel outside tracing
+    leaves = [t.detach().requires_grad_() for t in inputs]
+    graph = torch.compile(lambda *a: (compiled(*a) * 2.0).sum(), backend="aot_eager", fullgraph=True)
+    graph(*leaves).backward()
+    ref = [t.detach().double().requires_grad_() for t in inputs]
+    (fn(*ref) * 2.0).sum().backward()
+    for got, want in zip(leaves, ref):
+        assert rel_error(got.grad, want.grad) <= tolerance(torch.float32)
