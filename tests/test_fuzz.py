@@ -20,7 +20,7 @@ import torch
 
 import flashlight_hf
 from flashlight_hf.compiler.runtime import add_launch_hook
-from flashlight_hf.testing import assert_close, rel_error
+from flashlight_hf.testing import assert_close, gradients, rel_error, tolerance
 
 N_PROGRAMS = 14
 N_WILD = int(os.environ.get("FUZZ_N", "16"))
@@ -120,6 +120,17 @@ def test_random_program_matches_float64(n: int, device: str):
         assert fell_back, f"{what}: a key mean used before the softmax cannot be fused"
     ref = fn(*[a.double() for a in args])
     assert_close(out, ref, torch.float32, what=what)
+    # gradients of every floating input (the bias, the per-head scale, the gate included)
+    seed_grad = torch.randn(tuple(out.shape), generator=g).to(device)
+    got = gradients(flashlight_hf.compile(fn), args, seed_grad)
+    want = gradients(fn, args, seed_grad, dtype=torch.float64)
+    scale = max(float(r.abs().max()) for r in want if r is not None)
+    for k, (a, r) in enumerate(zip(got, want)):
+        if r is None:
+            continue
+        assert a is not None, f"{what}: no gradient for input {k}"
+        err = rel_error(a, r) if float(r.abs().max()) > 1e-9 * scale else float((a.double() - r).abs().max()) / scale
+        assert err <= 10 * tolerance(torch.float32), f"{what}: gradient of input {k} off by {err:.2e}"
 
 
 def test_grammar_mostly_fuses():

@@ -24,7 +24,7 @@ import sympy
 import torch
 
 from flashlight_hf.compiler.codegen import KernelSource
-from flashlight_hf.compiler.codegen.backward import BackwardInfo, BackwardSource, StoreInfo
+from flashlight_hf.compiler.codegen.backward_info import BackwardInfo, BackwardSource, StoreInfo
 from flashlight_hf.compiler.codegen.source import LN2
 from flashlight_hf.compiler.ir import Acc, IExpr, Program, Var
 from flashlight_hf.compiler.ir.evaluate import Evaluator

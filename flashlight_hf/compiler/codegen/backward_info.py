@@ -1,0 +1,84 @@
+"""What codegen hands the runtime for the generated backward: each kernel's source and launch
+contract (:class:`BackwardSource`), each gradient buffer (:class:`StoreInfo`), and the whole
+(:class:`BackwardInfo`). Its own module so the runtime reads the contract without the emitter."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from flashlight_hf.compiler.ir import Acc, Load, Node, Var
+from flashlight_hf.compiler.rewrite.backward import BackwardPlan
+
+
+@dataclass
+class BackwardSource:
+    """One backward kernel's source and its launch contract. Parameters, in order: each input
+    in ``input_args`` (pointer, one stride per axis); per stream in ``streams`` the pointers of
+    its stored running max and log2-denominator ``[grid..., rows]`` (fp32, one set of strides
+    for both: per grid variable, rows); per contraction the pointer and strides of its ``dA``
+    ``[grid..., rows(, width)]``; per store in ``stores`` (indices into the plan's stores) the
+    pointer and strides of its buffer ``[grid..., rows or keys, head dims...]``; the run-time
+    sizes; BLOCK_M, BLOCK_N."""
+
+    name: str
+    side: str                 # "key": dK/dV (a program per key tile); "row": dQ
+    source: str
+    input_args: list[int]
+    runtime_sizes: list[Any]
+    grid_extents: list[Any]
+    row_extent: Any
+    loop_extent: Any
+    streams: list[int]
+    dacc_ranks: list[int]     # per contraction: 1 ([grid, rows]) or 2 ([grid, rows, width])
+    stores: list[int]
+    store_ranks: list[int] = field(default_factory=list)
+    dropout: bool = False  # takes dropout_seed, dropout_p (before the sizes)
+
+
+@dataclass
+class StoreInfo:
+    """One gradient buffer: the load it belongs to and the variables of its axes, in order
+    (grid variables, then rows or keys, then head dims)."""
+
+    buffer: int
+    side: str
+    load: Load
+    variables: list[Var]
+    kind: str = ""  # see GradStore.kind; "scalar": one more axis, the key tiles (partials)
+
+
+@dataclass
+class BackwardInfo:
+    """Everything the runtime needs to run the generated backward of one program."""
+
+    kernels: list[BackwardSource]
+    epilogue: Node                    # the plan's output expression over the accumulators
+    accs: list[Acc]                   # the plan's accumulators (the epilogue's leaves)
+    contraction_accs: list[int]       # per contraction (dA parameter order), its accumulator
+    identity: bool                    # out = numerator / row sum: dA from the output itself
+    stores: list[StoreInfo]
+    no_grad: dict[int, tuple[str, str]]
+    grid_vars: list[Var]
+    row_var: Var
+    loop_var: Var
+    tile_vars: list[Var]
+
+
+def describe(bp: BackwardPlan, kernels: list[BackwardSource], identity: bool) -> BackwardInfo:
+    """The contract of a plan's backward kernels with the runtime."""
+    kp = bp.kp
+    stores = []
+    for st in bp.stores:
+        if st.kind:
+            local = {"element": [kp.row_var, kp.loop_var], "key": [kp.loop_var], "row": [kp.row_var],
+                     "scalar": []}[st.kind]
+            stores.append(StoreInfo(st.buffer, st.side, st.load, [*kp.grid_vars, *local], st.kind))
+            continue
+        side_var = kp.row_var if st.side == "row" else kp.loop_var
+        heads = [v for v in kp.tile_vars if v in st.load.vars]
+        stores.append(StoreInfo(st.buffer, st.side, st.load, [*kp.grid_vars, side_var, *heads]))
+    return BackwardInfo(kernels, kp.out_node, list(kp.accs), [c.acc for c in bp.contractions], identity, stores,
+                        dict(bp.no_grad), list(kp.grid_vars), kp.row_var, kp.loop_var, list(kp.tile_vars))
+
+
