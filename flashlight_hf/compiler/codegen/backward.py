@@ -373,17 +373,25 @@ def dkdv_kernel(bp: BackwardPlan, opt: Options) -> BackwardSource:
     helper = TileHelper(DKDV_INNER, carried, body, [
         "one query tile [start_m, start_m + BLOCK_M) against this program's key tile. BOUNDARY: the",
         "tile may hold rows past the end or pairs an analysed mask drops; False for interior tiles"])
-    for start, end, boundary, what in (("q_start", "interior_start", True, "boundary query tiles before the interior"),
-                                       ("interior_start", "interior_end", False, "interior query tiles: no masks"),
-                                       ("interior_end", "q_end", True, "boundary query tiles after the interior")):
-        em.emit("")
-        em.emit(f"# {what}")
-        em.emit(f"for start_m in range({start}, {end}, {BLOCK_M}):")
-        em.lines += helper.call(boundary, "    " * (em.indent + 1))
+    _loop_ranges(em, helper, "start_m", BLOCK_M, ("q_start", "interior_start", "interior_end", "q_end"), "query")
     stores, ranks = _stores(em, bp, "key")
     return _assemble(em, bp, KERNEL_BWD_DKDV, "key", helper, stores, ranks,
                      "one program per (key tile of BLOCK_N keys, grid point); loops over the query tiles "
                      "that meet it and stores the key-side gradients")
+
+
+def _loop_ranges(em: Emitter, helper: TileHelper, start_var: str, block: str, bounds: tuple[str, str, str, str],
+                 what: str) -> None:
+    """The loop's three ranges (boundary, interior, boundary) over ``bounds`` = (first, interior
+    start, interior end, end), each calling the tile helper with its flag."""
+    first, lo, hi, last = bounds
+    for start, end, boundary, note in ((first, lo, True, f"boundary {what} tiles before the interior"),
+                                       (lo, hi, False, f"interior {what} tiles: no masks"),
+                                       (hi, last, True, f"boundary {what} tiles after the interior")):
+        em.emit("")
+        em.emit(f"# {note}")
+        em.emit(f"for {start_var} in range({start}, {end}, {block}):")
+        em.lines += helper.call(boundary, "    " * (em.indent + 1))
 
 
 def _query_range(em: Emitter) -> None:
@@ -429,13 +437,7 @@ def dq_kernel(bp: BackwardPlan, opt: Options) -> BackwardSource:
     helper = TileHelper(DQ_INNER, carried, body, [
         "one key tile [start_n, start_n + BLOCK_N) against this program's row tile. BOUNDARY: the",
         "tile may hold keys past the end or pairs an analysed mask drops; False for interior tiles"])
-    for start, end, boundary, what in (("key_lo", "interior_lo", True, "boundary key tiles before the interior"),
-                                       ("interior_lo", "interior_hi", False, "interior key tiles: no masks"),
-                                       ("interior_hi", "key_hi", True, "boundary key tiles after the interior")):
-        em.emit("")
-        em.emit(f"# {what}")
-        em.emit(f"for start_n in range({start}, {end}, {BLOCK_N}):")
-        em.lines += helper.call(boundary, "    " * (em.indent + 1))
+    _loop_ranges(em, helper, "start_n", BLOCK_N, ("key_lo", "interior_lo", "interior_hi", "key_hi"), "key")
     stores, ranks = _stores(em, bp, "row")
     return _assemble(em, bp, KERNEL_BWD_DQ, "row", helper, stores, ranks,
                      "one program per (row tile of BLOCK_M rows, grid point); loops over the key tiles "

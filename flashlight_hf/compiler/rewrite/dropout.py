@@ -33,7 +33,7 @@ def flat_offset(kp: KernelPlan) -> IExpr:
 def with_attention_dropout(kp: KernelPlan) -> KernelPlan:
     """``kp`` with every value contraction (a sum over keys with a value column) multiplied by
     the dropout scale; raises Unsupported where there is none."""
-    i, j = kp.row_var, kp.loop_var
+    i = kp.row_var
     scale = Pointwise(torch.float32, DROPOUT_OP, (Index(torch.int64, flat_offset(kp)),))
     mapping: dict[int, Acc] = {}
     accs = []
@@ -47,7 +47,6 @@ def with_attention_dropout(kp: KernelPlan) -> KernelPlan:
             accs.append(a)
     if not mapping:
         raise Unsupported("dropout", "no value contraction to drop out")
-    del j
     return replace(kp, accs=accs, out_node=_substitute(kp.out_node, mapping))
 
 
