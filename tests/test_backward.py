@@ -204,3 +204,33 @@ def test_torch_compile_traces_the_backward_through_fake_implementations(device: 
     (fn(*ref) * 2.0).sum().backward()
     for got, want in zip(leaves, ref):
         assert rel_error(got.grad, want.grad) <= tolerance(torch.float32)
+
+
+def test_first_call_inside_activation_checkpointing(device: str):
+    """A program compiled (traced) for the first time inside a checkpointed region: tracing must
+    record nothing for autograd, or the forward saves more tensors than the recompute (which
+    finds the kernel cached) and the backward raises ``CheckpointError``."""
+    import random
+
+    from torch.utils.checkpoint import checkpoint
+
+    scale = 1.0 + random.random()  # a constant no earlier test compiled: this call traces
+
+    def program_over(table):  # a T5-style table captured by the program, learnable
+        def program(q, k, v):
+            i = torch.arange(q.shape[-2], device=q.device)[:, None]
+            j = torch.arange(k.shape[-2], device=q.device)[None, :]
+            bias = table[(j - i).clamp(-7, 7) + 7].permute(2, 0, 1)
+            return torch.softmax(_scores(q, k) * scale + bias, dim=-1) @ v
+        return program
+
+    table = torch.randn(15, H, device=device, requires_grad=True)
+    leaves = [t.requires_grad_() for t in _qkv(21, 21, device=device)]
+    seed = torch.randn(B, H, 21, D, device=device)
+    compiled = flashlight_hf.compile(program_over(table))
+    (checkpoint(compiled, *leaves, use_reentrant=False) * seed).sum().backward()
+    table64 = table.detach().double().requires_grad_()
+    ref = [t.detach().double().requires_grad_() for t in leaves]
+    (program_over(table64)(*ref) * seed.double()).sum().backward()
+    for got, want in zip(leaves + [table], ref + [table64]):
+        assert rel_error(got.grad, want.grad) <= tolerance(torch.float32)

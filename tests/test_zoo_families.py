@@ -178,9 +178,8 @@ def test_backward_matches_eager(model_type, checkpointing):
     DiffLlama's λ vectors, T5's bias table included) equals eager's, through the generated
     backward kernels (no recompute warning), with gradient checkpointing too."""
     cfg = TINY[model_type]
-    # gemma2 and t5 are left out: in full xdist runs, their checkpointed recompute saved fewer
-    # tensors than its forward (CheckpointError); not reproduced alone, under investigation
-    if checkpointing and model_type not in ("llama", "diffllama"):
+    # checkpointed: one family per kind of program (plain, softcap, a learnable bias table, two streams)
+    if checkpointing and model_type not in ("llama", "diffllama", "gemma2", "t5"):
         pytest.skip("gradient checkpointing: one family per kind of program")
     eager = cfg.build_model(attn_implementation="eager", seed=4).train()
     fused = cfg.build_model(attn_implementation="flashlight", seed=4).train()

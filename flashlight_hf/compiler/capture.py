@@ -8,6 +8,12 @@ the pipeline first traces once with concrete shapes (:func:`trace_static`, cheap
 ``torch.export`` marking exactly those axes dynamic (:func:`trace_symbolic`). Head counts and
 head dims stay static: the kernel specialises on them.
 
+Both traces run under ``torch.no_grad()``: capture describes the forward program only (the
+backward is derived later from the IR), and a trace that recorded autograd nodes would save
+tensors through any active saved-tensor hooks. Activation checkpointing counts those: a first
+call that compiles (and traces) inside a checkpointed layer would save more tensors than its
+recompute, which finds the kernel cached, and the backward would raise ``CheckpointError``.
+
 Non-tensor arguments (floats, ints, flags) are baked into the trace as constants; the runtime
 keys its cache on their values.
 """
@@ -95,7 +101,8 @@ def trace_static(fn: Callable, args: Sequence[Any], kwargs: dict[str, Any]) -> C
     tensors, constants, spec = split_args(args, kwargs)
     f = tensor_function(fn, constants, spec)
     try:
-        gm = make_fx(f, tracing_mode="fake")(*tensors)
+        with torch.no_grad():  # see the module docstring: nothing recorded for autograd
+            gm = make_fx(f, tracing_mode="fake")(*tensors)
     except Exception as exc:  # the user's code could not be traced
         raise CaptureError(f"could not trace the program with make_fx: {type(exc).__name__}: {exc}") from exc
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
@@ -133,8 +140,9 @@ def trace_symbolic(fn: Callable, args: Sequence[Any], kwargs: dict[str, Any],
                 per_axis.append(dims.setdefault(name, torch.export.Dim(name)))
         shapes.append(tuple(per_axis))
     try:
-        ep = torch.export.export(_AsModule(f), tuple(tensors), dynamic_shapes=(tuple(shapes),), strict=False)
-        ep = ep.run_decompositions({})
+        with torch.no_grad():  # as in trace_static: nothing recorded for autograd
+            ep = torch.export.export(_AsModule(f), tuple(tensors), dynamic_shapes=(tuple(shapes),), strict=False)
+            ep = ep.run_decompositions({})
     except Exception as exc:
         raise CaptureError(f"torch.export could not trace the program with dynamic sizes: "
                            f"{type(exc).__name__}: {exc}") from exc
