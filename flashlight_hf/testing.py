@@ -62,6 +62,52 @@ def assert_close(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype | None
     return err
 
 
+def gradient_scale(grads: Iterable[torch.Tensor | None]) -> float:
+    """The largest finite gradient element of a set: what "nearly zero" is measured against."""
+    return max((float(g.detach().double().nan_to_num(0.0, 0.0, 0.0).abs().max()) for g in grads
+                if g is not None and g.numel()), default=0.0)
+
+
+def gradient_error(got: torch.Tensor, want: torch.Tensor, scale: float) -> float:
+    """How far a gradient is from its float64 reference: :func:`rel_error`, except where the
+    reference is nearly zero against ``scale`` (the largest gradient of the set, see
+    :func:`gradient_scale`) — a gradient that is zero in exact arithmetic (a per-row shift under
+    a softmax) is rounding noise either side of 0, and is measured as its largest absolute error
+    over ``scale``. NaN where the reference is NaN (a per-head scale after a −inf mask, as eager
+    computes it) is required, not measured."""
+    want64, got64 = want.detach().double().cpu(), got.detach().double().cpu()
+    if want64.numel() == 0:
+        return 0.0 if got64.shape == want64.shape else float("inf")
+    if float(want64.nan_to_num(0.0, 0.0, 0.0).abs().max()) > 1e-4 * scale:
+        return rel_error(got64, want64)
+    nan = want64.isnan()
+    if bool((got64.isnan() != nan).any()):
+        return float("inf")
+    if got64.shape != want64.shape:
+        raise ValueError(f"shape mismatch: got {tuple(got64.shape)}, reference {tuple(want64.shape)}")
+    diff = (got64 - want64)[~nan]
+    return float(diff.abs().max()) / max(scale, 1e-30) if diff.numel() else 0.0
+
+
+def assert_gradients_close(got: Sequence[torch.Tensor | None], want: Sequence[torch.Tensor | None],
+                           dtype: torch.dtype, *, what: str = "", factor: float = 1.0) -> int:
+    """Every gradient of ``got`` matches its float64 reference in ``want`` within ``factor`` ×
+    the tolerance of ``dtype`` (:func:`gradient_error`); None in ``want`` (no gradient) asks for
+    None or zeros. Returns how many gradients were compared."""
+    scale = gradient_scale(want)
+    tol = factor * tolerance(dtype)
+    checked = 0
+    for k, (g, r) in enumerate(zip(got, want)):
+        if r is None:
+            assert g is None or not g.abs().any(), f"{what}: input {k} has a gradient where eager has none"
+            continue
+        assert g is not None, f"{what}: no gradient for input {k}"
+        err = gradient_error(g, r, scale)
+        assert err <= tol, f"{what}: gradient of input {k} off by {err:.2e} (allowed {tol:.1e})"
+        checked += 1
+    return checked
+
+
 def poison_(t: torch.Tensor) -> torch.Tensor:
     """Fill ``t`` with NaN (or the integer max) so that elements a kernel never writes fail a check."""
     if t.is_floating_point():

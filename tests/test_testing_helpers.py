@@ -48,3 +48,21 @@ def test_key_tile_body_selects_each_flag_value():
     assert key_tile_body(src, boundary=False) == "x = 1\ny = 3\nz = 4\nreturn a"
     with pytest.raises(ValueError, match="_attn_fwd_inner"):
         key_tile_body("def other():\n    pass\n", boundary=True)
+
+
+def test_gradient_error_measures_near_zero_gradients_against_the_set():
+    from flashlight_hf.testing import assert_gradients_close, gradient_error, gradient_scale
+
+    big = torch.randn(5, 7, dtype=torch.float64)
+    noise = torch.full((3,), 1e-9, dtype=torch.float64)  # a gradient that is zero in exact arithmetic
+    scale = gradient_scale([big, noise, None])
+    assert scale == float(big.abs().max())
+    assert gradient_error(-noise, noise, scale) < 1e-8  # rounding noise either side of 0 passes
+    assert gradient_error(noise + 1e-3 * scale, noise, scale) > 1e-4  # a real error there does not
+    assert gradient_error(big * (1 + 1e-3), big, scale) == pytest.approx(1e-3)
+    nan = torch.tensor([float("nan"), 1.0], dtype=torch.float64)
+    assert gradient_error(nan.clone(), nan, scale) == 0.0  # NaN where the reference is NaN
+    assert gradient_error(torch.tensor([0.0, 1.0]), nan, scale) == float("inf")
+    assert assert_gradients_close([big.float(), None], [big, None], torch.float32) == 1
+    with pytest.raises(AssertionError, match="no gradient for input 0"):
+        assert_gradients_close([None], [big], torch.float32)
