@@ -18,7 +18,7 @@ import torch
 from flashlight_hf.compiler import capture as cap
 from flashlight_hf.compiler.driver import Build, build
 from flashlight_hf.compiler.guards import Guards
-from flashlight_hf.compiler.runtime import shape_mismatch
+from flashlight_hf.compiler.runtime import EagerTrain, shape_mismatch
 
 
 def _spec_key(args: tuple, kwargs: dict) -> Any:
@@ -204,8 +204,7 @@ class CompiledAttention:
                                           f"{getattr(self.fn, '__name__', 'the program')}: node {why[0]!r}: {why[1]}")
             tensors = cap.split_args(args, kwargs)[0]
             seed = int(torch.randint(0, 2**31 - 1, (1,)).item())  # PyTorch's CPU generator: no device sync
-            out, _ = torch.ops.flashlight.fused_train(b.op_key, tensors, float(p), seed)
-            return out
+            return _train_forward(b.op_key, tensors, float(p), seed)
         return call
 
     def supports_dropout(self, *args: Any, **kwargs: Any) -> bool:
@@ -267,21 +266,28 @@ def _wants_grad(tensors: list[torch.Tensor]) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
-def _train_forward(key: str, tensors: list[torch.Tensor]) -> torch.Tensor:
-    out, _ = torch.ops.flashlight.fused_train(key, tensors, 0.0, 0)
+def _train_forward(key: str, tensors: list[torch.Tensor], dropout_p: float = 0.0, seed: int = 0) -> torch.Tensor:
+    """The training forward: through ``EagerTrain`` (no dispatcher) on plain eager tensors, else
+    the ``fused_train`` op (torch.compile, export, fake and subclass tensors need it)."""
+    if _plain_tensors(tensors):
+        return EagerTrain.apply(key, dropout_p, seed, *tensors)
+    out, _ = torch.ops.flashlight.fused_train(key, tensors, dropout_p, seed)
     return out
+
+
+def _plain_tensors(tensors: list[torch.Tensor]) -> bool:
+    """Real tensors (or parameters) outside torch.compile: nothing traces the call."""
+    if torch.compiler.is_compiling():
+        return False
+    return all(type(t) is torch.Tensor or isinstance(t, torch.nn.Parameter) for t in tensors)
 
 
 def _plain_eager_call(tensors: list[torch.Tensor]) -> bool:
     """An eager call with real tensors that needs no autograd: the custom op would only add
     dispatch. Under torch.compile / export / fake tensors, or with gradients, the op is used."""
-    if torch.compiler.is_compiling():
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return False
-    grad = torch.is_grad_enabled()
-    for t in tensors:
-        if (grad and t.requires_grad) or type(t) is not torch.Tensor and not isinstance(t, torch.nn.Parameter):
-            return False
-    return True
+    return _plain_tensors(tensors)
 
 
 def compile(fn: Callable) -> CompiledAttention:  # noqa: A001 - the public name the issue asks for

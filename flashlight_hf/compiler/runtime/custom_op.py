@@ -135,9 +135,14 @@ def fused_train(key: str, inputs: Sequence[torch.Tensor], dropout_p: float,
     """The training-mode forward: the output and the per-row statistics (and normalised
     accumulators) the generated backward reads; none where the program ran eagerly.
     ``dropout_p`` > 0: attention dropout in the kernel, its mask drawn from ``seed``."""
+    return _train_body(key, list(inputs), dropout_p, seed)
+
+
+def _train_body(key: str, inputs: list[torch.Tensor], dropout_p: float,
+                seed: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
     entry = _entry(key)
     try:
-        out, saved = entry.kernel.forward_for_backward(list(inputs), dropout=_dropout(dropout_p, seed))
+        out, saved = entry.kernel.forward_for_backward(inputs, dropout=_dropout(dropout_p, seed))
     except ShapeError as exc:
         if key not in _warned:
             _warned.add(key)
@@ -172,6 +177,11 @@ def fused_bwd(key: str, inputs: Sequence[torch.Tensor], saved: Sequence[torch.Te
               wanted: Sequence[bool], dropout_p: float, seed: int) -> list[torch.Tensor]:
     """The generated backward's kernels: per input its gradient through the scores and values,
     in the input's dtype (an empty tensor where not ``wanted`` or not reached)."""
+    return _bwd_body(key, inputs, saved, daccs, wanted, dropout_p, seed)
+
+
+def _bwd_body(key: str, inputs: Sequence[torch.Tensor], saved: Sequence[torch.Tensor], daccs: Sequence[torch.Tensor],
+              wanted: Sequence[bool], dropout_p: float, seed: int) -> list[torch.Tensor]:
     grads = _entry(key).kernel.backward_kernels(list(inputs), list(saved), list(daccs), list(wanted),
                                                 _dropout(dropout_p, seed))
     return [g.to(t.dtype).contiguous() if g is not None else t.new_empty(0) for g, t in zip(grads, inputs)]
@@ -202,32 +212,68 @@ _recompute_warned: set[tuple] = set()
 def _train_backward(ctx: Any, grad_out: torch.Tensor, _grad_saved: Any) -> tuple:
     stored = ctx.saved_tensors
     tensors, out, saved = stored[:ctx.n_inputs], stored[ctx.n_inputs], stored[ctx.n_inputs + 1:]
-    kernel = _entry(ctx.key).kernel
-    why = kernel.backward_missing(ctx.wanted) if saved else ("inputs", "the forward ran eagerly for these shapes")
-    if why is not None and ctx.dropout_p > 0.0:
+    return _grads(ctx, train_gradients(ctx.key, list(tensors), out, list(saved), grad_out, ctx.wanted, ctx.dropout_p,
+                                       ctx.seed, torch.ops.flashlight.fused_bwd))
+
+
+def train_gradients(key: str, tensors: list[torch.Tensor], out: torch.Tensor, saved: list[torch.Tensor],
+                    grad_out: torch.Tensor | None, wanted: list[bool], dropout_p: float, seed: int,
+                    kernels: Callable[..., list[torch.Tensor]]) -> list[torch.Tensor | None]:
+    """The gradients of a training forward's tensors: the preprocess where autograd records,
+    then ``kernels`` (the ``fused_bwd`` op, or its body called directly on the eager path), or
+    the exact recompute (one warning) where a wanted gradient has no generated kernel."""
+    kernel = _entry(key).kernel
+    why = kernel.backward_missing(wanted) if saved else ("inputs", "the forward ran eagerly for these shapes")
+    if why is not None and dropout_p > 0.0:
         raise RuntimeError(f"flashlight: the backward of {kernel.source.name} with attention dropout needs the "
                            f"generated backward, and {why[0]!r} has none: {why[1]}")
     if why is not None:
         if why not in _recompute_warned:
             _recompute_warned.add(why)
             warnings.warn(f"flashlight: the backward of {kernel.source.name} recomputes the program eagerly "
-                          f"(node {why[0]!r}: {why[1]})", stacklevel=2)
-        return _grads(ctx, _recompute(ctx.key, tensors, grad_out))
+                          f"(node {why[0]!r}: {why[1]})", stacklevel=3)
+        return _recompute(key, tensors, grad_out)
     if grad_out is None:
-        return _grads(ctx, [None] * len(tensors))
-    drop = _dropout(ctx.dropout_p, ctx.seed)
-    daccs, epi = kernel.backward_preprocess(tensors, out, saved, grad_out, ctx.wanted, drop)
-    grads = torch.ops.flashlight.fused_bwd(ctx.key, list(tensors), list(saved), daccs, ctx.wanted, ctx.dropout_p,
-                                           ctx.seed)
-    out_grads = []
-    for g, e, t, w in zip(grads, epi, tensors, ctx.wanted):
+        return [None] * len(tensors)
+    drop = _dropout(dropout_p, seed)
+    daccs, epi = kernel.backward_preprocess(tensors, out, saved, grad_out, wanted, drop)
+    grads = kernels(key, tensors, saved, daccs, wanted, dropout_p, seed)
+    out_grads: list[torch.Tensor | None] = []
+    for g, e, t, w in zip(grads, epi, tensors, wanted):
         if not w:
             out_grads.append(None)
             continue
         g = g if g.numel() or not t.numel() else None
         total = g if e is None else e if g is None else g + e
         out_grads.append(None if total is None else total.to(t.dtype))
-    return _grads(ctx, out_grads)
+    return out_grads
+
+
+class EagerTrain(torch.autograd.Function):
+    """``fused_train`` and its backward without the dispatcher, for eager calls on plain tensors.
+
+    Why: a custom op with registered autograd goes through the dispatcher, pytree flattening of
+    its list arguments and dynamo's disable wrappers on every call, forward and backward — host
+    time that a short masked kernel cannot hide (``benchmarks/host_overhead.py``). Eager training
+    runs the same bodies (:func:`fused_train`'s, :func:`train_gradients`, :func:`fused_bwd`'s)
+    through this ``autograd.Function``; under ``torch.compile``, export and fake or subclass
+    tensors the caller uses the op, which those need. ``apply(key, dropout_p, seed, *tensors)``."""
+
+    @staticmethod
+    def forward(ctx: Any, key: str, dropout_p: float, seed: int, *tensors: torch.Tensor) -> torch.Tensor:
+        out, saved = _train_body(key, list(tensors), dropout_p, seed)
+        ctx.key, ctx.n_inputs, ctx.dropout_p, ctx.seed = key, len(tensors), float(dropout_p), int(seed)
+        ctx.wanted = [bool(t.requires_grad) for t in tensors]
+        ctx.save_for_backward(*tensors, out, *saved)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple:
+        stored = ctx.saved_tensors
+        tensors, out, saved = stored[:ctx.n_inputs], stored[ctx.n_inputs], stored[ctx.n_inputs + 1:]
+        grads = train_gradients(ctx.key, list(tensors), out, list(saved), grad_out, ctx.wanted, ctx.dropout_p,
+                                ctx.seed, _bwd_body)
+        return (None, None, None, *grads)
 
 
 def _grads(ctx: Any, tensor_grads: list) -> tuple:
