@@ -58,6 +58,26 @@ def relative_table(q, k, v, table):  # T5-style gathered bias table [15, H]
     return torch.softmax(_scores(q, k) + table[bucket].permute(2, 0, 1), dim=-1) @ v
 
 
+def _repeat_kv(x, g):  # Transformers' repeat_kv: expand a key head over its group, then merge
+    b, hk, s, d = x.shape
+    return x[:, :, None].expand(b, hk, g, s, d).reshape(b, hk * g, s, d)
+
+
+def gqa_repeat_kv_alibi_causal(q, k, v, slopes):  # learnable per-query-head slopes beside shared keys
+    g = q.shape[1] // k.shape[1]
+    i = torch.arange(q.shape[-2], device=q.device)[:, None]
+    j = torch.arange(k.shape[-2], device=q.device)[None, :]
+    s = _scores(q, _repeat_kv(k, g)) - slopes[:, None, None] * (i - j).abs()
+    s = s.masked_fill(j > i + (k.shape[-2] - q.shape[-2]), float("-inf"))
+    return torch.softmax(s, dim=-1) @ _repeat_kv(v, g)
+
+
+def mqa_expand(q, k, v):  # one key head for every query head, as a broadcast
+    b, h, s, d = q.shape
+    k, v = k[:, :1].expand(b, h, -1, d), v[:, :1].expand(b, h, -1, d)
+    return torch.softmax(_scores(q, k), dim=-1) @ v
+
+
 def _qkv(sq: int, sk: int, d: int = D, hk: int = H, device: str = "cpu"):
     return [torch.randn(B, H, sq, d, device=device), torch.randn(B, hk, sk, d, device=device),
             torch.randn(B, hk, sk, d, device=device)]
@@ -75,15 +95,18 @@ def _case(name: str, sq: int, sk: int, device: str) -> tuple:
         "prefix_lm": (prefix_lm, []),
         "gqa_5d_view": (gqa_5d_view, None),
         "gqa_repeat_interleave": (gqa_repeat_interleave, None),
+        "gqa_repeat_kv_alibi_causal": (gqa_repeat_kv_alibi_causal, [torch.rand(H, device=device)]),
+        "mqa_expand": (mqa_expand, None),
     }
     fn, more = extra[name]
-    if more is None:  # GQA: two query heads per key head
-        return fn, _qkv(sq, sk, hk=H // 2, device=device)
+    if more is None or name.startswith("gqa"):  # GQA: two query heads per key head
+        return fn, _qkv(sq, sk, hk=H // 2, device=device) + (more or [])
     return fn, qkv + more
 
 
+GQA = ["gqa_5d_view", "gqa_repeat_interleave", "gqa_repeat_kv_alibi_causal", "mqa_expand"]
 CASES = ["per_key_bias", "per_row_bias", "full_bias", "alibi_slopes", "temperature", "relative_table", "prefix_lm",
-         "gqa_5d_view", "gqa_repeat_interleave"]
+         *GQA]
 
 
 def check_generated_gradients(fn, inputs: list[torch.Tensor], *, at_least: int = 3) -> None:
@@ -108,6 +131,17 @@ def check_generated_gradients(fn, inputs: list[torch.Tensor], *, at_least: int =
 def test_generated_gradients_of_every_input(name: str, device: str):
     fn, inputs = _case(name, 37, 53, device)
     check_generated_gradients(fn, inputs)
+
+
+@pytest.mark.parametrize("name", GQA)
+def test_gqa_loops_over_the_group_inside_the_dkdv_program(name: str):
+    """GQA: one dK/dV program per key head's key tile loops over the group's query heads (the
+    issue's layout), so nothing per query head is stored and summed for dK and dV."""
+    fn, inputs = _case(name, 19, 23, "cpu")
+    source = flashlight_hf.explain(fn, *inputs).backward_sources[0]
+    # two query heads per key head; MQA: every query head (a run-time size where heads are symbolic)
+    loop = "for head_in_group in range(0, " + ("" if name == "mqa_expand" else "2):")
+    assert loop in source, source
 
 
 @pytest.mark.parametrize("sq,sk", [(53, 37), (1, 40), (64, 64), (17, 130)])

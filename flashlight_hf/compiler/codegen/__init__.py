@@ -7,7 +7,9 @@ per IR node with a named temporary and a comment naming the node.
 
 Modules: ``kernels`` (the loop nest of each kernel kind), ``keyloop`` (the key-tile helper),
 ``bounds`` (the key range), ``emitter`` (expressions), ``pointwise`` (the op table),
-``scores`` (base-2 softmax scaling), ``lse`` (training mode's log-sum-exps), ``naming``, ``signature``, ``source`` (:class:`KernelSource`).
+``scores`` (base-2 softmax scaling), ``lse`` (training mode's log-sum-exps), ``naming``, ``signature``, ``source`` (:class:`KernelSource`);
+the generated backward: ``backward`` (the dK/dV and dQ kernels), ``backward_stores`` (their
+carried gradients and stores, a GQA group's accumulation), ``backward_info`` (the launch contract).
 """
 
 from __future__ import annotations

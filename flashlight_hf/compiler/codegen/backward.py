@@ -24,6 +24,7 @@ import torch
 
 from flashlight_hf.compiler.abi import BLOCK_M, BLOCK_N, KERNEL_BWD_DKDV, KERNEL_BWD_DQ
 from flashlight_hf.compiler.codegen.backward_info import BackwardInfo, BackwardSource, StoreInfo, describe
+from flashlight_hf.compiler.codegen import backward_stores as after
 from flashlight_hf.compiler.codegen.bounds import emit_key_range, offset_text
 from flashlight_hf.compiler.codegen.emitter import Emitter
 from flashlight_hf.compiler.codegen.kernels import Options, coordinates
@@ -75,13 +76,14 @@ def _has(x: Node, kinds: tuple) -> bool:
     return any(isinstance(y, kinds) for y in walk(x))
 
 
-def _hoist(em: Emitter, roots: list[Node]) -> None:
-    """Emit every value the tile reads that does not change along the loop, before it."""
+def _hoist(em: Emitter, roots: list[Node], only: Any = None) -> None:
+    """Emit every value the tile reads that does not change along the loop, before it
+    (``only``: those it holds true for)."""
     for root in roots:
         for x in walk(root):
             if em.loop in x.vars or isinstance(x, (Const, RunningMax, Acc, Adjoint)):
                 continue
-            if _has(x, (Adjoint, RunningMax, Acc)):
+            if _has(x, (Adjoint, RunningMax, Acc)) or only is not None and not only(x):
                 continue
             em.node(x)
 
@@ -93,10 +95,6 @@ def _roots(bp: BackwardPlan) -> list[Node]:
     for d in bp.dots:
         out += [d.d_dot, d.row_side, d.key_side]
     return out + [st.expr for st in bp.stores if st.kind]
-
-
-def _grid_terms(em: Emitter, stride: str) -> list[str]:
-    return [f"{em.nm.offs[g]} * {stride}_{em.nm.letter[g]}" for g in em.kp.grid_vars]
 
 
 def _mma_dtype(em: Emitter, dtype: torch.dtype) -> tuple[str, str]:
@@ -116,7 +114,7 @@ def _dot(em: Emitter, a: str, b: str, dtype: torch.dtype, carried: str | None = 
 def _stats(em: Emitter, bp: BackwardPlan, masked: bool) -> None:
     """Each softmax stream's stored running max (log2 units) and log2 denominator for the rows."""
     for n, k in enumerate(bp.streams):
-        terms = " + ".join(_grid_terms(em, f"stride_st{n}") + [f"offs_m * stride_st{n}_m"])
+        terms = " + ".join(after.grid_terms(em, f"stride_st{n}") + [f"offs_m * stride_st{n}_m"])
         mask = ", mask=mask_m, other=0.0" if masked else ""
         em.emit(f"row_mx{n} = tl.load(mx{n}_ptr + {terms}{mask})  # running max of acc{k}, log2 units")
         em.emit(f"m_safe_acc{k} = tl.where(row_mx{n} == float(\"-inf\"), 0.0, row_mx{n})")
@@ -127,7 +125,7 @@ def _dacc(em: Emitter, bp: BackwardPlan) -> None:
     """Each contraction's dA for the rows (the preprocess's output)."""
     for n, c in enumerate(bp.contractions):
         lay = em.layout(c.d_acc)
-        terms = _grid_terms(em, f"stride_da{n}")
+        terms = after.grid_terms(em, f"stride_da{n}")
         if len(lay) == 1:
             terms.append(f"offs_m * stride_da{n}_m")
         else:
@@ -210,7 +208,7 @@ def _captured_in_tile(em: Emitter, st: GradStore, full: tuple, inside: str | Non
     what = em.nm.base.get(st.load.input, f"in{st.load.input}")
     em.emit(f"{name} = {g if inside is None else f'tl.where({inside}, {g}, 0.0)'}  # d {what} per (row, key)")
     if st.kind == "element":
-        terms = _grid_terms(em, f"stride_g{st.buffer}")
+        terms = after.grid_terms(em, f"stride_g{st.buffer}")
         terms += [f"{em.broadcast('offs_m', (em.i,), full)} * stride_g{st.buffer}_0",
                   f"{em.broadcast('offs_n', (em.j,), full)} * stride_g{st.buffer}_1"]
         # interior tiles skip the loop's bounds, not the program's own: its tile may end past the end
@@ -221,90 +219,6 @@ def _captured_in_tile(em: Emitter, st: GradStore, full: tuple, inside: str | Non
     other = em.i if keep is em.j else em.j
     em.emit(f"db{st.buffer} = db{st.buffer} + tl.sum({name}, axis={full.index(other)})  # d {what}, "
             f"summed over the {'rows' if other is em.i else 'keys'}")
-
-
-def _carried(bp: BackwardPlan, side: str) -> list[tuple[str, Node | None]]:
-    """(name, Adjoint) of the loop-carried accumulators of one side's kernel (a captured
-    tensor's partial sums: no Adjoint)."""
-    if side == "row":
-        out: list[tuple[str, Node | None]] = [(f"dq{t}", d.d_row) for t, d in enumerate(bp.dots)]
-    else:
-        out = [(f"dk{t}", d.d_key) for t, d in enumerate(bp.dots)]
-        out += [(f"dv{n}", bp.value_adjoints[n]) for n in sorted(bp.value_adjoints)]
-    out += [(f"db{st.buffer}", None) for st in bp.buffers(side) if st.kind in ("key", "row", "scalar")]
-    return out
-
-
-def _init_carried(em: Emitter, bp: BackwardPlan, side: str) -> list[str]:
-    em.emit("")
-    em.emit("# loop-carried gradients, fp32")
-    names = []
-    for name, adj in _carried(bp, side):
-        if adj is None:
-            shape = BLOCK_M if side == "row" else BLOCK_N
-            em.emit(f"{name} = tl.zeros([{shape}], tl.float32)  # a captured tensor's partial gradient")
-        else:
-            lay = em.layout(adj)
-            shape = ", ".join(BLOCK_M if v is em.i else BLOCK_N if v is em.j else str(em.pads[v.name]) for v in lay)
-            em.emit(f"{name} = tl.zeros([{shape}], tl.float32)")
-        names.append(name)
-    return names
-
-
-def _stores(em: Emitter, bp: BackwardPlan, side: str) -> tuple[list[int], list[int]]:
-    """Each load's gradient through its elementwise chain, stored into its buffer."""
-    em.phase = "post"
-    for name, adj in _carried(bp, side):
-        if adj is not None:
-            em.adjoints[adj.what] = name
-    em.emit("")
-    em.emit("# each input load's gradient (through its elementwise chain) into its buffer")
-    which, ranks = [], []
-    for st in bp.buffers(side):
-        if st.kind:
-            ranks.append(_captured_store(em, st))
-            which.append(st.buffer)
-            continue
-        lay = _store_layout(em, st)
-        val = em.f32(st.expr, lay)
-        terms = _grid_terms(em, f"stride_g{st.buffer}")
-        for k, v in enumerate(lay):
-            idx = em.broadcast(em.nm.offs[v], (v,), lay)
-            terms.append(f"{idx} * stride_g{st.buffer}_{k}")
-        mask = em.bounds_mask(lay)
-        what = em.nm.base.get(st.load.input, f"in{st.load.input}")
-        em.emit(f"tl.store(g{st.buffer}_ptr + {' + '.join(terms)}, {val}.to(g{st.buffer}_ptr.dtype.element_ty)"
-                f"{f', mask={mask}' if mask else ''})  # d {what}")
-        which.append(st.buffer)
-        ranks.append(len(lay))
-    return which, ranks
-
-
-def _captured_store(em: Emitter, st: GradStore) -> int:
-    """After the loop, a captured tensor's partial gradient into its buffer; returns the
-    buffer's rank past the grid axes (an element-wise buffer was written in the tiles)."""
-    if st.kind == "element":
-        return 2
-    terms = _grid_terms(em, f"stride_g{st.buffer}")
-    what = em.nm.base.get(st.load.input, f"in{st.load.input}")
-    if st.kind == "scalar":
-        terms.append(f"tile_n * stride_g{st.buffer}_0")
-        em.emit(f"tl.store(g{st.buffer}_ptr + {' + '.join(terms)}, tl.sum(tl.where(mask_n, db{st.buffer}, 0.0), axis=0))  "
-                f"# d {what}: this key tile's partial (summed in a fixed order after)")
-        return 1
-    offs, mask = ("offs_n", "mask_n") if st.kind == "key" else ("offs_m", "mask_m")
-    terms.append(f"{offs} * stride_g{st.buffer}_0")
-    em.emit(f"tl.store(g{st.buffer}_ptr + {' + '.join(terms)}, db{st.buffer}, mask={mask})  # d {what}")
-    return 1
-
-
-def _store_layout(em: Emitter, st: GradStore) -> tuple[Var, ...]:
-    lay = em.layout(st.load)
-    want = em.i if st.side == "row" else em.j
-    if not lay or lay[0] is not want or len(lay) > 2:
-        raise Unsupported("backward", f"a load of input {st.load.input} that is not per "
-                          f"{'row' if st.side == 'row' else 'key'} and head dim")
-    return lay
 
 
 def _parameters(em: Emitter, bp: BackwardPlan, stores: list[int], ranks: list[int]) -> list[str]:
@@ -340,41 +254,72 @@ def _assemble(em: Emitter, bp: BackwardPlan, name: str, side: str, helper: TileH
         runtime_sizes=list(em.sizes), grid_extents=[g.extent for g in kp.grid_vars], row_extent=kp.row_var.extent,
         loop_extent=kp.loop_var.extent, streams=list(bp.streams),
         dacc_ranks=[len(em.layout(c.d_acc)) for c in bp.contractions], stores=stores, store_ranks=ranks,
-        dropout=em.uses_dropout)
+        dropout=em.uses_dropout,
+        group=(bp.group.var, bp.group.size) if bp.group is not None and side == "key" else None)
 
 
 def dkdv_kernel(bp: BackwardPlan, opt: Options) -> BackwardSource:
-    """One program per (key tile, grid point): the gradients of the key-side loads."""
+    """One program per (key tile, grid point): the gradients of the key-side loads. With a head
+    group (GQA, :class:`~flashlight_hf.compiler.rewrite.backward.HeadGroup`) the grid point
+    names a key head, and the program loops over the query heads that share it."""
     kp = bp.kp
     em = _emitter(bp, opt, kp.row_var)
     i, j = em.i, em.j
-    em.emit("# program coordinates: one program per (key tile, grid point)")
+    group, outer = bp.group, after.group_outer(em, bp)
+    em.emit("# program coordinates: one program per (key tile, grid point" +
+            (", the query heads of a key head's group looping inside)" if group else ")"))
     em.emit("pid = tl.program_id(0)")
     em.emit(f"n_key_tiles = tl.cdiv({em.size(j.extent)}, {BLOCK_N})")
     em.emit("tile_n = pid % n_key_tiles")
     if kp.grid_vars:
         em.emit("rest = pid // n_key_tiles")
     for n, g in enumerate(reversed(kp.grid_vars)):
-        em.emit(f"{em.nm.offs[g]} = rest % {em.size(g.extent)}")
+        extent = em.size(g.extent) if g not in outer else after.groups(em, group)
+        em.emit(f"{outer.get(g, em.nm.offs[g])} = rest % {extent}")
         if n < len(kp.grid_vars) - 1:
-            em.emit(f"rest = rest // {em.size(g.extent)}")
+            em.emit(f"rest = rest // {extent}")
     em.emit(f"offs_n = tile_n * {BLOCK_N} + tl.arange(0, {BLOCK_N})")
     em.emit(f"mask_n = offs_n < {em.size(j.extent)}")
     for v in kp.tile_vars:
         em.emit(f"{em.nm.offs[v]} = tl.arange(0, {em.pads[v.name]})")
         if em.pads[v.name] != v.extent:
             em.emit(f"{em.mask_name(v)} = {em.nm.offs[v]} < {v.extent}")
-    em.emit("")
-    em.emit("# key-side values, loaded once")
+    if group:
+        h, size = em.nm.offs[group.var], after.group_size(em, group)
+        em.emit("")
+        em.emit("# key-side values the group's query heads share, loaded once")
+        em.emit(f"{h} = {outer[group.var]} * {size}  # the group's first head" +
+                (f": {h} // {size} is the key head" if group.size else ""))
+        _hoist(em, _roots(bp), only=group.invariant)
+        outside = dict(em.names)
+        carried = after.init_carried(em, bp, "key", partials=False)
+        em.emit("")
+        em.emit(f"# the {size} query heads that share this key head")
+        em.emit(f"for head_in_group in range(0, {size}):")
+        em.indent += 1
+        em.emit(f"{h} = {outer[group.var]} * {size} + head_in_group")
+    else:
+        em.emit("")
+        em.emit("# key-side values, loaded once")
     _hoist(em, _roots(bp))
     _query_range(em)
-    carried = _init_carried(em, bp, "key")
+    carried = after.init_carried(em, bp, "key", partials=True if group else None)
     body = merged_body(_tile(em, bp, "key", interior=False), _tile(em, bp, "key", interior=True))
     helper = TileHelper(DKDV_INNER, carried, body, [
         "one query tile [start_m, start_m + BLOCK_M) against this program's key tile. BOUNDARY: the",
         "tile may hold rows past the end or pairs an analysed mask drops; False for interior tiles"])
     _loop_ranges(em, helper, "start_m", BLOCK_M, ("q_start", "interior_start", "interior_end", "q_end"), "query")
-    stores, ranks = _stores(em, bp, "key")
+    if not group:
+        stores, ranks = after.stores(em, bp, "key")
+    else:
+        stores, ranks = after.stores(em, bp, "key", captured=True)  # per query head, inside the group loop
+        em.phase = "pre"
+        em.indent -= 1
+        em.names = outside  # what the group loop computed is local to it
+        em.emit("")
+        em.emit(f"{h} = {outer[group.var]} * {size}")
+        more, more_ranks = after.stores(em, bp, "key", captured=False)
+        stores, ranks = stores + more, ranks + more_ranks
     return _assemble(em, bp, KERNEL_BWD_DKDV, "key", helper, stores, ranks,
                      "one program per (key tile of BLOCK_N keys, grid point); loops over the query tiles "
                      "that meet it and stores the key-side gradients")
@@ -432,13 +377,13 @@ def dq_kernel(bp: BackwardPlan, opt: Options) -> BackwardSource:
     _hoist(em, _roots(bp))
     em.emit("")
     emit_key_range(em, split=False)
-    carried = _init_carried(em, bp, "row")
+    carried = after.init_carried(em, bp, "row")
     body = merged_body(_tile(em, bp, "row", interior=False), _tile(em, bp, "row", interior=True))
     helper = TileHelper(DQ_INNER, carried, body, [
         "one key tile [start_n, start_n + BLOCK_N) against this program's row tile. BOUNDARY: the",
         "tile may hold keys past the end or pairs an analysed mask drops; False for interior tiles"])
     _loop_ranges(em, helper, "start_n", BLOCK_N, ("key_lo", "interior_lo", "interior_hi", "key_hi"), "key")
-    stores, ranks = _stores(em, bp, "row")
+    stores, ranks = after.stores(em, bp, "row")
     return _assemble(em, bp, KERNEL_BWD_DQ, "row", helper, stores, ranks,
                      "one program per (row tile of BLOCK_M rows, grid point); loops over the key tiles "
                      "the forward visits and stores the row-side gradients")

@@ -34,6 +34,9 @@ class BackwardSource:
     stores: list[int]
     store_ranks: list[int] = field(default_factory=list)
     dropout: bool = False  # takes dropout_seed, dropout_p (before the sizes)
+    # (variable, G): a program per key head of a GQA group, looping over its G query heads (the
+    # grid is G times smaller along the variable; G None: the variable's whole extent)
+    group: tuple[Var, int | None] | None = None
 
 
 @dataclass
@@ -46,6 +49,9 @@ class StoreInfo:
     load: Load
     variables: list[Var]
     kind: str = ""  # see GradStore.kind; "scalar": one more axis, the key tiles (partials)
+    # (variable, G): the buffer's axis of that grid variable is its head group's index (extent
+    # divided by G; G None: one group, extent 1): accumulated over the group's query heads
+    group: tuple[Var, int | None] | None = None
 
 
 @dataclass
@@ -77,7 +83,8 @@ def describe(bp: BackwardPlan, kernels: list[BackwardSource], identity: bool) ->
             continue
         side_var = kp.row_var if st.side == "row" else kp.loop_var
         heads = [v for v in kp.tile_vars if v in st.load.vars]
-        stores.append(StoreInfo(st.buffer, st.side, st.load, [*kp.grid_vars, side_var, *heads]))
+        group = (bp.group.var, bp.group.size) if bp.grouped(st) else None
+        stores.append(StoreInfo(st.buffer, st.side, st.load, [*kp.grid_vars, side_var, *heads], group=group))
     return BackwardInfo(kernels, kp.out_node, list(kp.accs), [c.acc for c in bp.contractions], identity, stores,
                         dict(bp.no_grad), list(kp.grid_vars), kp.row_var, kp.loop_var, list(kp.tile_vars))
 

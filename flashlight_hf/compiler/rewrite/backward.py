@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from flashlight_hf.compiler.ir import (Acc, Adjoint, Const, Index, Load, Node, Pointwise, Reduce, RunningMax,
+from flashlight_hf.compiler.ir import (Acc, Adjoint, Const, IExpr, Index, Load, Node, Pointwise, Reduce, RunningMax,
                                        Unsupported, Var, mul_factors, strip_casts, walk, walk_outside_accs)
 from flashlight_hf.compiler.ir.derivative import add, mul, vjp
 from flashlight_hf.compiler.rewrite.kernel_plan import KernelPlan
@@ -75,6 +75,31 @@ class GradStore:
     kind: str = ""
 
 
+@dataclass(frozen=True)
+class HeadGroup:
+    """GQA in the dK/dV kernel: the key-side loads read grid variable ``var`` only as
+    ``var // size`` (``repeat_kv``, ``repeat_interleave``) or not at all (a 5-D view's head in
+    the group, an MQA broadcast: ``size`` None, the group is the variable's whole extent). One
+    program then owns a key tile of one key head and loops over the query heads that share it,
+    accumulating dK and dV in registers: the gradients are written once, in place, with no
+    per-query-head buffer and no sum after."""
+
+    var: Var
+    size: int | None
+
+    def invariant(self, x: Node) -> bool:
+        """Whether ``x`` is the same for every query head of a group (it reads ``var`` at most as
+        ``var // size``): the dK/dV kernel computes it once, before the group loop."""
+        for y in walk(x):
+            if isinstance(y, (Adjoint, Acc, RunningMax)):
+                return False
+            if isinstance(y, Index) and self.var in y.vars:
+                return False
+            if isinstance(y, Load) and _group_of(y, self.var) not in (0, self.size or 0):
+                return False
+        return True
+
+
 @dataclass
 class BackwardPlan:
     kp: KernelPlan
@@ -86,6 +111,11 @@ class BackwardPlan:
     no_grad: dict[int, tuple[str, str]] = field(default_factory=dict)
     # the max accumulators whose running max the scores read (their stored statistics)
     streams: list[int] = field(default_factory=list)
+    group: HeadGroup | None = None  # the dK/dV kernel's loop over a GQA group's query heads
+
+    def grouped(self, st: GradStore) -> bool:
+        """Whether ``st`` is accumulated over the head group (a key-side operand's gradient)."""
+        return self.group is not None and st.side == "key" and not st.kind
 
     def buffers(self, side: str) -> list[GradStore]:
         return [s for s in self.stores if s.side == side]
@@ -228,7 +258,69 @@ def derive(kp: KernelPlan) -> BackwardPlan:
     for x in walk_outside_accs(kp.out_node):
         if isinstance(x, RunningMax):
             raise Unsupported("backward", "the epilogue reads a running max inside the loop")
-    return BackwardPlan(kp, contractions, out_dots, value_adjoints, stores, no_grad, streams)
+    return BackwardPlan(kp, contractions, out_dots, value_adjoints, stores, no_grad, streams,
+                        head_group(kp, stores))
+
+
+def _group_of(ld: Load, h: Var) -> int | None:
+    """How a load reads grid variable ``h``: ``G`` where only as ``h // G``, 0 where not at all,
+    None otherwise (plainly, in arithmetic, through a gather)."""
+    found = 0
+    for e in ld.index:
+        if isinstance(e, Node):
+            return None
+        if h not in e.vars():
+            continue
+        a, b = (e.args + (None, None))[:2]
+        if e.op == "floordiv" and a == IExpr.var(h) and isinstance(b, IExpr) and b.op == "const" and not found:
+            found = int(b.args[0])
+        else:
+            return None
+    return found
+
+
+def _plain_axes(ld: Load, h: Var) -> bool:
+    """Every axis of the load indexed by one variable (each once), ``h // G`` or ``0``: the
+    runtime can view the input's gradient as the kernel's buffer."""
+    seen: set[Var] = set()
+    for e in ld.index:
+        if e.op == "var" and e.args[0] is not h and e.args[0] not in seen:
+            seen.add(e.args[0])
+        elif not (e.op == "floordiv" and e.args[0] == IExpr.var(h) or e.op == "const" and int(e.args[0]) == 0):
+            return False
+    return True
+
+
+def head_group(kp: KernelPlan, stores: list[GradStore]) -> HeadGroup | None:
+    """The GQA group the dK/dV kernel can loop over (see :class:`HeadGroup`), if any."""
+    keyed = [st for st in stores if st.side == "key" and not st.kind]
+    if not keyed:
+        return None
+    for h in kp.grid_vars:
+        static = isinstance(h.extent, int) or getattr(h.extent, "is_Integer", False)
+        if static and int(h.extent) < 2:
+            continue
+        sizes: set[int] = set()
+        ok = True
+        for st in keyed:
+            g = _group_of(st.load, h)
+            if g is None or not _plain_axes(st.load, h):
+                ok = False
+                break
+            sizes.add(g)
+            for y in walk(st.expr):  # the chain after the loop must be the same for every head of the group
+                if isinstance(y, Load) and _group_of(y, h) is None or isinstance(y, Index) and h in y.vars:
+                    ok = False
+            if not ok:
+                break
+        if not ok or len(sizes) != 1:
+            continue
+        g = sizes.pop()
+        if g == 0:
+            return HeadGroup(h, None)  # no key-side load reads h: the group is every value of h
+        if g >= 2 and (not static or int(h.extent) % g == 0):
+            return HeadGroup(h, g)
+    return None
 
 
 def _captured_kind(ld: Load, kp: KernelPlan) -> str | None:

@@ -18,6 +18,7 @@ Why here: codegen hands over the backward's kernels with their contract
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Sequence
 
 import sympy
@@ -134,9 +135,23 @@ class GeneratedBackward:
         device = inputs[0].device
         buffers: dict[int, torch.Tensor] = {}
         direct: dict[int, torch.Tensor] = {}  # input -> its gradient, written by the kernel in place
+        grouped: dict[int, torch.Tensor] = {}  # buffer -> the whole fp32 gradient it is a view of
         per_input = [st.load.input for st in info.stores]
         for st in info.stores:
             k = st.load.input
+            if st.group is not None:
+                # accumulated over a GQA group in the kernel: it writes the input's gradient at the
+                # load's own indices (a view of it; one zeroed fp32 copy per load where the input is
+                # read twice, or where the load covers only part of it)
+                own = per_input.count(k) == 1 and wanted[k]
+                shape = [ext[v] if v is not st.group[0] else ext[v] // (st.group[1] or ext[v]) for v in st.variables]
+                view, whole = _grouped_view(st, inputs[k], shape, own)
+                if own:
+                    direct[k] = whole
+                else:
+                    grouped[st.buffer] = whole
+                buffers[st.buffer] = view
+                continue
             perm = _plain_permutation(st, inputs[k], ext)
             if perm is not None and per_input.count(k) == 1 and wanted[k]:
                 # the load reads the input as laid out: the kernel writes the gradient itself
@@ -165,11 +180,13 @@ class GeneratedBackward:
                 args += [int(dropout[0]), float(dropout[1])]
             args += list(runtime(inputs))
             along = ext[info.loop_var] if bs.side == "key" else ext[info.row_var]
+            # a GQA group's query heads loop inside one program
+            programs = n_grid if bs.group is None else n_grid // (bs.group[1] or ext[bs.group[0]])
 
             def launch(cfg: LaunchConfig, bs: BackwardSource = bs, launcher: Launcher = launcher,
-                       args: list = args, along: int = along) -> None:
+                       args: list = args, along: int = along, programs: int = programs) -> None:
                 block = cfg.block_n if bs.side == "key" else cfg.block_m
-                launcher(-(-along // block) * n_grid, args, (("BLOCK_M", cfg.block_m), ("BLOCK_N", cfg.block_n)),
+                launcher(-(-along // block) * programs, args, (("BLOCK_M", cfg.block_m), ("BLOCK_N", cfg.block_n)),
                          cfg.num_warps, cfg.num_stages)
             for hook in launch_hooks():
                 hook(bs.name)
@@ -182,7 +199,8 @@ class GeneratedBackward:
                 continue
             if not wanted[k]:
                 continue
-            g = _fold(st, buffers[st.buffer], inputs[k], ext, self._syms(inputs), inputs)
+            g = grouped[st.buffer] if st.buffer in grouped else \
+                _fold(st, buffers[st.buffer], inputs[k], ext, self._syms(inputs), inputs)
             grads[k] = g if grads[k] is None else grads[k] + g
         return grads
 
@@ -351,6 +369,25 @@ def _plain_permutation(st: StoreInfo, like: torch.Tensor, ext: dict) -> list[int
     if any(ext[v] != like.shape[a] for a, v in enumerate(plain)):
         return None
     return [st.variables.index(v) for v in plain]
+
+
+def _grouped_view(st: StoreInfo, like: torch.Tensor, shape: list[int],
+                  own: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the kernel's buffer, the gradient it is a view of) for a load accumulated over a head
+    group: per buffer axis the stride of the input axis its variable (or ``h // G``) indexes,
+    0 for an axis no input axis reads (its extent is 1). ``own``: the gradient in the input's
+    dtype (the only store into it); else fp32, zeroed, to be added to the others."""
+    strides = [0] * len(st.variables)
+    h, _ = st.group
+    whole = (torch.empty if own else torch.zeros)(like.shape, dtype=like.dtype if own else torch.float32,
+                                                  device=like.device)
+    for a, e in enumerate(st.load.index):
+        v = e.args[0] if e.op == "var" else h if e.op == "floordiv" else None
+        if v is not None:
+            strides[st.variables.index(v)] = whole.stride(a)
+    if own and math.prod(shape) != like.numel():
+        whole.zero_()  # the load reads part of the input (the view is one-to-one): the rest's gradient is 0
+    return whole.as_strided(shape, strides), whole
 
 
 def _fold(st: StoreInfo, buffer: torch.Tensor, like: torch.Tensor, ext: dict, syms: dict,
