@@ -9,9 +9,11 @@
   flashlight vs ``torch.compile`` of the eager program (FlexAttention cannot compile it).
 
 Correctness first (float64 eager on a slice of the batch), then ``triton.testing.do_bench``
-medians; the table is printed last and written to ``--out``.
+medians; the table is printed last and written to ``--out``. ``--backward``: forward + backward
+(``out.backward(seed)``, every floating input — λ, the biases, the gate — wanting a gradient;
+the gradients are checked against float64 autograd too; FLOPs counted as 3.5× the forward's).
 
-    python benchmarks/bench_programs.py --out $OUT
+    python benchmarks/bench_programs.py --out $OUT [--backward]
 """
 
 from __future__ import annotations
@@ -123,6 +125,30 @@ def _slice(name: str, inputs: tuple) -> tuple:
     return tuple(t[:1] for t in inputs)
 
 
+def _check_backward(fn, ref_fn, small: tuple, inputs: tuple) -> tuple[float, object]:
+    """(the worst relative error of the output and every floating input's gradient on the
+    slice, against float64 autograd; a forward + backward step on the full inputs)."""
+    def leaves(ts, dtype=None):
+        return [t.detach().to(dtype or t.dtype).requires_grad_(t.is_floating_point()) for t in ts]
+
+    got_in, ref_in = leaves(small), leaves(small, torch.float64)
+    out, ref = fn(*got_in), ref_fn(*ref_in)
+    seed = torch.randn(ref.shape, device=ref.device, dtype=torch.float64)
+    out.backward(seed.to(out.dtype))
+    ref.backward(seed)
+    errs = [rel_error(out, ref)] + [rel_error(a.grad, b.grad) for a, b in zip(got_in, ref_in)
+                                    if b.grad is not None and float(b.grad.norm()) > 0]
+    full = leaves(inputs)
+    big_seed = torch.randn_like(fn(*full))
+
+    def step() -> None:
+        for t in full:
+            t.grad = None
+        fn(*full).backward(big_seed)
+    step()  # compile / autotune the backward for the timed shape outside the timing
+    return max(errs), step
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--diff-shape", type=int, nargs=4, default=[4, 32, 4096, 64], metavar=("B", "H", "S", "D"))
@@ -134,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rep", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=os.environ.get("OUT") or "benchmarks/out")
+    p.add_argument("--backward", action="store_true", help="time forward + backward; check the gradients")
     args = p.parse_args(argv)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
     device = args.device
@@ -161,10 +188,13 @@ def main(argv: list[str] | None = None) -> int:
             row = {"program": name, "impl": impl, "ms": None, "tflops": None, "rel_err": None, "status": "ok"}
             try:
                 t0 = time.perf_counter()
-                out_small = fn(*small)
-                fn(*inputs)  # compile / autotune for the timed shape outside the timing
+                if args.backward:
+                    err, step = _check_backward(fn, ref_fn, small, inputs)
+                else:
+                    out_small = fn(*small)
+                    fn(*inputs)  # compile / autotune for the timed shape outside the timing
+                    err, step = rel_error(out_small, ref), (lambda fn=fn: fn(*inputs))
                 row["setup_s"] = round(time.perf_counter() - t0, 1)
-                err = rel_error(out_small, ref)
                 row["rel_err"] = err
                 if not err <= tolerance(dtype, tf32=True):
                     row["status"] = f"FAIL: rel err {err:.2e}"
@@ -173,13 +203,13 @@ def main(argv: list[str] | None = None) -> int:
                 if device == "cuda":
                     from triton.testing import do_bench
 
-                    ms = do_bench(lambda: fn(*inputs), warmup=args.warmup, rep=args.rep, return_mode="median")
+                    ms = do_bench(step, warmup=args.warmup, rep=args.rep, return_mode="median")
                 else:
                     t0 = time.perf_counter()
                     fn(*inputs)
                     ms = (time.perf_counter() - t0) * 1e3
                 row["ms"] = ms
-                row["tflops"] = _flops(name, args) / (ms * 1e-3) / 1e12
+                row["tflops"] = _flops(name, args) * (3.5 if args.backward else 1.0) / (ms * 1e-3) / 1e12
             except Exception as exc:  # an impl that cannot run this program: recorded, the rest go on
                 row["status"] = f"error: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
             rows.append(row)
@@ -197,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {r['program']} | {r['impl']} | {ms} | {tf} | {ratio} | {err} | {r['status']} |")
     table = "\n".join(lines)
     header = (f"- device: {torch.cuda.get_device_name() if device == 'cuda' else 'cpu'}; torch {torch.__version__}\n"
-              f"- shapes: differential B,H,S,D={args.diff_shape}, evoformer B,N,S,H,D={args.evo_shape}, {args.dtype}\n"
+              f"- shapes: differential B,H,S,D={args.diff_shape}, evoformer B,N,S,H,D={args.evo_shape}, {args.dtype}"
+              f"{'; forward + backward' if args.backward else ''}\n"
               f"- × flashlight: the impl's time over flashlight's (above 1: flashlight is faster)\n")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,16 +1,32 @@
 #!/usr/bin/env bash
-# The generated backward on the GPU: its tests in bf16/fp32 on CUDA, then forward + backward
-# against cuDNN SDPA and FlexAttention (issue 13's bars). Usage: benchmarks/run_backward_gpu.sh [tests|dense|variants]
+# The generated backward on the GPU (issue 13): its tests, then forward + backward against cuDNN
+# SDPA and FlexAttention, the programs, the training step and long-context memory. Each stage
+# writes its log under $OUT as it goes and has its own time limit, so a call cut short keeps
+# what finished. Usage: benchmarks/run_backward_gpu.sh [tests|dense|profile|variants|programs|training]...
 set -u
-what=${1:-dense}
 out=${OUT:-benchmarks/out}
 mkdir -p "$out"
-if [ "$what" = tests ]; then
-  python -m pytest -q -p no:cacheprovider -p no:logging --tb=line tests/test_gradients.py tests/test_training_forward.py 2>&1 | tail -25
-elif [ "$what" = dense ]; then
-  python benchmarks/bench_attention.py --backward --variants full causal --head-dim 64 128 \
-    --impls sdpa_cudnn flex flashlight --no-plot --out "$out/bwd_dense" 2>&1 | tail -30
-else
-  python benchmarks/bench_attention.py --backward --variants alibi softcap sliding_window prefix_lm document_mask \
-    --head-dim 64 --impls flex flashlight --no-plot --out "$out/bwd_variants" 2>&1 | tail -30
-fi
+stage() {  # stage NAME SECONDS COMMAND...
+  local name=$1 limit=$2
+  shift 2
+  echo "=== $name ($(date +%T))"
+  timeout "$limit" "$@" > "$out/$name.log" 2>&1
+  echo "=== $name rc=$? ($(date +%T))"
+  tail -n 40 "$out/$name.log"
+}
+for what in "${@:-dense}"; do
+  case $what in
+    tests) FLASHLIGHT_AUTOTUNE=0 stage tests 240 python -m pytest -q -p no:cacheprovider -p no:logging --tb=line \
+             tests/test_backward_gpu.py tests/test_gradients.py tests/test_training_forward.py ;;
+    dense) stage dense 300 python benchmarks/bench_attention.py --backward --variants full causal --head-dim 64 128 \
+             --impls sdpa_cudnn flex flashlight --no-plot --warmup 10 --rep 40 --out "$out/bwd_dense" ;;
+    profile) stage profile 120 python benchmarks/profile_backward.py --variants full causal sliding_window ;;
+    variants) stage variants 300 python benchmarks/bench_attention.py --backward --variants alibi softcap sliding_window \
+               prefix_lm document_mask --head-dim 64 --impls flex flashlight --no-plot --warmup 10 --rep 40 \
+               --out "$out/bwd_variants" ;;
+    programs) stage programs 240 python benchmarks/bench_programs.py --backward --programs diffllama,evoformer \
+               --warmup 10 --rep 40 --out "$out/programs" ;;
+    training) stage training 420 python benchmarks/bench_training.py --step --long --out "$out/training" ;;
+    *) echo "unknown stage $what"; exit 2 ;;
+  esac
+done
