@@ -161,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=os.environ.get("OUT") or "benchmarks/out")
     p.add_argument("--backward", action="store_true", help="time forward + backward; check the gradients")
+    p.add_argument("--impls", default=None, help="comma-separated impls to run (default: every one of a program)")
     args = p.parse_args(argv)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
     device = args.device
@@ -185,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         small = _slice(name, inputs)
         ref = ref_fn(*[t.double() for t in small])
         for impl, fn in impls[name].items():
+            if args.impls and impl not in args.impls.split(","):
+                continue
             row = {"program": name, "impl": impl, "ms": None, "tflops": None, "rel_err": None, "status": "ok"}
             try:
                 t0 = time.perf_counter()
@@ -213,7 +216,11 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:  # an impl that cannot run this program: recorded, the rest go on
                 row["status"] = f"error: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
             rows.append(row)
-            print(f"{name:12s} {impl:15s} {row['status']}", flush=True)
+            ms = f"{row['ms']:.3f} ms" if row["ms"] else ""
+            print(f"{name:12s} {impl:15s} {row['status']} {ms} rel err {row['rel_err']}", flush=True)
+            Path(args.out).mkdir(parents=True, exist_ok=True)  # after every row: a call cut short keeps it
+            (Path(args.out) / "programs.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1,
+                                                                     default=str))
             if device == "cuda":
                 torch.cuda.synchronize()
                 torch.cuda.empty_cache()

@@ -24,8 +24,10 @@ for what in "${@:-dense}"; do
     variants) stage variants 300 python benchmarks/bench_attention.py --backward --variants alibi softcap sliding_window \
                prefix_lm document_mask --head-dim 64 --impls flex flashlight --no-plot --warmup 10 --rep 40 \
                --out "$out/bwd_variants" ;;
-    programs) stage programs 240 python benchmarks/bench_programs.py --backward --programs diffllama,evoformer \
-               --warmup 10 --rep 40 --out "$out/programs" ;;
+    programs) stage programs_diffllama 120 python benchmarks/bench_programs.py --backward --programs diffllama \
+               --impls flashlight,two_sdpa --warmup 10 --rep 40 --out "$out/programs_diffllama"
+              stage programs_evoformer 200 python benchmarks/bench_programs.py --backward --programs evoformer \
+               --impls flashlight,eager_compiled --warmup 10 --rep 40 --out "$out/programs_evoformer" ;;
     training) stage training 420 python benchmarks/bench_training.py --step --long --out "$out/training" ;;
     *) echo "unknown stage $what"; exit 2 ;;
   esac
