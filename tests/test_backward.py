@@ -161,6 +161,18 @@ def test_differential_in_diffllama_layout(device: str):
     check_generated_gradients(differential_head_halves, [q, k, v, lam], at_least=4)
 
 
+def test_streams_sharing_values_accumulate_one_dv():
+    """DiffLlama's two streams read one V: the dK/dV program keeps one dV accumulator (Σ_n P_nᵀ·dA_n)
+    and stores it once, not one per stream (registers are what a two-stream tile runs short of)."""
+    import re
+
+    q, k = torch.randn(B, H, 29, D), torch.randn(B, H, 35, D)
+    v, lam = torch.randn(B, H // 2, 35, 2 * D), torch.rand(())
+    source = flashlight_hf.explain(differential_head_halves, q, k, v, lam).backward_sources[0]
+    assert len(re.findall(r"\bdv\d+ = tl\.zeros", source)) == 1, source
+    assert source.count("# d v") == 1, source
+
+
 def test_evoformer_biases_and_gate(device: str):
     b, n, s, h, d = 1, 3, 19, 2, 16
     q, k, v = (torch.randn(b, n, s, h, d, device=device) for _ in range(3))

@@ -172,7 +172,8 @@ def _tile(em: Emitter, bp: BackwardPlan, side: str, interior: bool) -> tuple[lis
                 if keys_major:
                     em.emit(f"{dp} = {_dot(em, w, f'tl.trans({dacc})', c.values.dtype)}  # dPᵀ of acc{c.acc} = W · dAᵀ")
                     pm = p if inside is None else f"tl.where({inside}, {p}, 0.0)"
-                    em.emit(f"dv{n} = {_dot(em, pm, dacc, c.values.dtype, f'dv{n}')}  # dW of acc{c.acc} += Pᵀ · dA")
+                    dv = bp.value_adjoints[n].what  # shared by the streams of one values side
+                    em.emit(f"{dv} = {_dot(em, pm, dacc, c.values.dtype, dv)}  # dW of acc{c.acc} += Pᵀ · dA")
                 else:
                     em.emit(f"{dp} = {_dot(em, dacc, f'tl.trans({w})', c.values.dtype)}  # dP of acc{c.acc} = dA · Wᵀ")
             em.adjoints[c.d_scores.what] = dp

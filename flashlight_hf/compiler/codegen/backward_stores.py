@@ -47,7 +47,12 @@ def carried(bp: BackwardPlan, side: str) -> list[tuple[str, Node | None]]:
         out: list[tuple[str, Node | None]] = [(f"dq{t}", d.d_row) for t, d in enumerate(bp.dots)]
     else:
         out = [(f"dk{t}", d.d_key) for t, d in enumerate(bp.dots)]
-        out += [(f"dv{n}", bp.value_adjoints[n]) for n in sorted(bp.value_adjoints)]
+        seen: set[int] = set()
+        for n in sorted(bp.value_adjoints):  # one accumulator per dW (streams may share one)
+            adj = bp.value_adjoints[n]
+            if id(adj) not in seen:
+                seen.add(id(adj))
+                out.append((adj.what, adj))
     out += [(f"db{st.buffer}", None) for st in bp.buffers(side) if st.kind in ("key", "row", "scalar")]
     return out
 

@@ -246,11 +246,20 @@ def derive(kp: KernelPlan) -> BackwardPlan:
         for ld, e in _chain(b_side, d_key, "key"):
             stores.append(GradStore(ld, "key", e, len(stores)))
     value_adjoints: dict[int, Adjoint] = {}
+    shared: dict[object, Adjoint] = {}
     for n, c in enumerate(contractions):
         if c.values is None:
             continue
+        key = _structure(c.values)
+        if key is not None and key in shared:
+            # streams sharing one values side (DiffLlama's V): one dW, Σ_n P_nᵀ·dA_n, one
+            # accumulator in the dK/dV kernel and one store
+            value_adjoints[n] = shared[key]
+            continue
         lay = _local(c.values, kp)
         value_adjoints[n] = dw = Adjoint(torch.float32, f"dv{n}", grid | lay)
+        if key is not None:
+            shared[key] = dw
         for ld, e in _chain(c.values, dw, "value"):
             stores.append(GradStore(ld, "key", e, len(stores)))
     streams = sorted({k for c in contractions for x in walk(c.scores) if isinstance(x, RunningMax)
@@ -260,6 +269,21 @@ def derive(kp: KernelPlan) -> BackwardPlan:
             raise Unsupported("backward", "the epilogue reads a running max inside the loop")
     return BackwardPlan(kp, contractions, out_dots, value_adjoints, stores, no_grad, streams,
                         head_group(kp, stores))
+
+
+def _structure(x: Node) -> object | None:
+    """A key equal for two values sides that compute the same thing (loads of one input at equal
+    indices through the same elementwise ops); None for anything else (kept apart)."""
+    if isinstance(x, Load):
+        if any(isinstance(e, Node) for e in x.index):
+            return None
+        return ("load", x.input, x.dtype, tuple(x.index))
+    if isinstance(x, Const):
+        return ("const", x.dtype, repr(x.value))
+    if isinstance(x, Pointwise):
+        args = tuple(_structure(a) for a in x.args)
+        return None if any(a is None for a in args) else ("pw", x.op, x.dtype, args)
+    return None
 
 
 def _group_of(ld: Load, h: Var) -> int | None:
