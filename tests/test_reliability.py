@@ -17,7 +17,7 @@ import torch
 
 import flashlight_hf
 from flashlight_hf.compiler.runtime import add_launch_hook
-from flashlight_hf.testing import assert_close, rel_error
+from flashlight_hf.testing import assert_close, rel_error, tolerance
 
 
 def attn(q, k, v):
@@ -425,7 +425,12 @@ def test_nan_and_inf_inputs_propagate_as_in_eager(where: str, device: str):
         out = flashlight_hf.compile(attn)(q, k, v)
     assert torch.equal(torch.isnan(out), torch.isnan(ref)), f"{where}: NaN where eager has none, or none where it has"
     finite = ~torch.isnan(ref)
-    assert_close(out[finite], ref[finite], torch.float32, what=where)
+    # scores ~1e5 carry an absolute rounding error of ~1e-2 in any float32 computation, which a
+    # row whose two largest scores are close turns into that relative error: the bar is eager
+    # float32's own error on the same inputs (10x for another summation order), or fp32's tolerance
+    own = rel_error(attn(q, k, v)[finite], ref[finite])
+    err = rel_error(out[finite], ref[finite])
+    assert err <= max(tolerance(torch.float32), 10 * own), f"{where}: relative error {err:.2e} (eager fp32: {own:.2e})"
 
 
 @pytest.mark.gpu
