@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from flashlight_hf.testing import rel_error, tolerance  # noqa: E402
+from flashlight_hf.testing import gradients, rel_error, tolerance  # noqa: E402
 
 
 def diff_attention(q, k, v, lam):
@@ -128,17 +128,12 @@ def _slice(name: str, inputs: tuple) -> tuple:
 def _check_backward(fn, ref_fn, small: tuple, inputs: tuple) -> tuple[float, object]:
     """(the worst relative error of the output and every floating input's gradient on the
     slice, against float64 autograd; a forward + backward step on the full inputs)."""
-    def leaves(ts, dtype=None):
-        return [t.detach().to(dtype or t.dtype).requires_grad_(t.is_floating_point()) for t in ts]
-
-    got_in, ref_in = leaves(small), leaves(small, torch.float64)
-    out, ref = fn(*got_in), ref_fn(*ref_in)
+    ref = ref_fn(*[t.double() for t in small])
     seed = torch.randn(ref.shape, device=ref.device, dtype=torch.float64)
-    out.backward(seed.to(out.dtype))
-    ref.backward(seed)
-    errs = [rel_error(out, ref)] + [rel_error(a.grad, b.grad) for a, b in zip(got_in, ref_in)
-                                    if b.grad is not None and float(b.grad.norm()) > 0]
-    full = leaves(inputs)
+    got, want = gradients(fn, small, seed), gradients(ref_fn, small, seed, dtype=torch.float64)
+    errs = [rel_error(fn(*small), ref)] + [rel_error(a, b) for a, b in zip(got, want)
+                                          if b is not None and float(b.norm()) > 0]
+    full = [t.detach().requires_grad_(t.is_floating_point()) for t in inputs]
     big_seed = torch.randn_like(fn(*full))
 
     def step() -> None:

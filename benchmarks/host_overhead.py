@@ -19,10 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-
-import flashlight_hf  # noqa: E402
-from benchmarks.variants import VARIANTS  # noqa: E402
+from benchmarks.profile_backward import training_step  # noqa: E402
 from flashlight_hf.compiler.runtime import backward as rt_backward  # noqa: E402
 from flashlight_hf.compiler.runtime.launch import Launcher  # noqa: E402
 
@@ -51,15 +48,7 @@ def main() -> None:
     stub_launches()
     b, h, s = a.shape
     for name in a.variants:
-        var = VARIANTS[name](b, h, s, "cpu", seed=0)
-        q, k, v = (torch.randn(b, h, s, a.head_dim, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
-        seed = torch.randn_like(q)
-        fn = flashlight_hf.compile(var.program)
-        args = var.program_args()
-
-        def step() -> None:
-            q.grad = k.grad = v.grad = None
-            fn(q, k, v, *args).backward(seed)
+        step = training_step(name, b, h, s, a.head_dim, "cpu")
         for _ in range(3):
             step()
         times = []

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -14,6 +15,23 @@ import torch  # noqa: E402
 
 import flashlight_hf  # noqa: E402
 from benchmarks.variants import VARIANTS  # noqa: E402
+
+
+def training_step(name: str, batch: int, heads: int, seqlen: int, head_dim: int, device: str) -> Callable[[], None]:
+    """One forward + backward of variant ``name`` through ``flashlight_hf.compile`` on fresh bf16
+    q, k, v (gradients reset each call): the step this script profiles and
+    ``host_overhead.py`` times on the host."""
+    var = VARIANTS[name](batch, heads, seqlen, device, seed=0)
+    q, k, v = (torch.randn(batch, heads, seqlen, head_dim, device=device, dtype=torch.bfloat16, requires_grad=True)
+               for _ in range(3))
+    seed = torch.randn_like(q)
+    fn = flashlight_hf.compile(var.program)
+    args = var.program_args()
+
+    def step() -> None:
+        q.grad = k.grad = v.grad = None
+        fn(q, k, v, *args).backward(seed)
+    return step
 
 
 def main() -> None:
@@ -25,16 +43,7 @@ def main() -> None:
     p.add_argument("--seqlen", type=int, default=4096)
     a = p.parse_args()
     for name in a.variants:
-        var = VARIANTS[name](a.batch, a.heads, a.seqlen, "cuda", seed=0)
-        q, k, v = (torch.randn(a.batch, a.heads, a.seqlen, a.head_dim, device="cuda", dtype=torch.bfloat16,
-                               requires_grad=True) for _ in range(3))
-        seed = torch.randn_like(q)
-        fn = flashlight_hf.compile(var.program)
-        args = var.program_args()
-
-        def step() -> None:
-            q.grad = k.grad = v.grad = None
-            fn(q, k, v, *args).backward(seed)
+        step = training_step(name, a.batch, a.heads, a.seqlen, a.head_dim, "cuda")
         for _ in range(3):
             step()
         torch.cuda.synchronize()

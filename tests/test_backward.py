@@ -19,7 +19,7 @@ from flashlight_hf.compiler.abi import KERNEL_BWD_DKDV, KERNEL_BWD_DQ
 from flashlight_hf.compiler.runtime.hooks import add_launch_hook
 from flashlight_hf.testing import assert_gradients_close, gradients
 from tests.test_generator import (differential_head_halves, evoformer, gqa_5d_view, gqa_repeat_interleave,
-                                  key_gate, prefix_lm)
+                                  key_gate, prefix_lm, repeat_kv)
 
 B, H, D = 2, 4, 32
 
@@ -58,18 +58,13 @@ def relative_table(q, k, v, table):  # T5-style gathered bias table [15, H]
     return torch.softmax(_scores(q, k) + table[bucket].permute(2, 0, 1), dim=-1) @ v
 
 
-def _repeat_kv(x, g):  # Transformers' repeat_kv: expand a key head over its group, then merge
-    b, hk, s, d = x.shape
-    return x[:, :, None].expand(b, hk, g, s, d).reshape(b, hk * g, s, d)
-
-
 def gqa_repeat_kv_alibi_causal(q, k, v, slopes):  # learnable per-query-head slopes beside shared keys
     g = q.shape[1] // k.shape[1]
     i = torch.arange(q.shape[-2], device=q.device)[:, None]
     j = torch.arange(k.shape[-2], device=q.device)[None, :]
-    s = _scores(q, _repeat_kv(k, g)) - slopes[:, None, None] * (i - j).abs()
+    s = _scores(q, repeat_kv(k, g)) - slopes[:, None, None] * (i - j).abs()
     s = s.masked_fill(j > i + (k.shape[-2] - q.shape[-2]), float("-inf"))
-    return torch.softmax(s, dim=-1) @ _repeat_kv(v, g)
+    return torch.softmax(s, dim=-1) @ repeat_kv(v, g)
 
 
 def mqa_expand(q, k, v):  # one key head for every query head, as a broadcast

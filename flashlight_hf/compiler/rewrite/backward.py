@@ -324,26 +324,16 @@ def head_group(kp: KernelPlan, stores: list[GradStore]) -> HeadGroup | None:
         static = isinstance(h.extent, int) or getattr(h.extent, "is_Integer", False)
         if static and int(h.extent) < 2:
             continue
-        sizes: set[int] = set()
-        ok = True
-        for st in keyed:
-            g = _group_of(st.load, h)
-            if g is None or not _plain_axes(st.load, h):
-                ok = False
-                break
-            sizes.add(g)
-            for y in walk(st.expr):  # the chain after the loop must be the same for every head of the group
-                if isinstance(y, Load) and _group_of(y, h) is None or isinstance(y, Index) and h in y.vars:
-                    ok = False
-            if not ok:
-                break
-        if not ok or len(sizes) != 1:
+        sizes = {_group_of(st.load, h) for st in keyed}
+        if len(sizes) != 1 or None in sizes or not all(_plain_axes(st.load, h) for st in keyed):
             continue
         g = sizes.pop()
-        if g == 0:
-            return HeadGroup(h, None)  # no key-side load reads h: the group is every value of h
-        if g >= 2 and (not static or int(h.extent) % g == 0):
-            return HeadGroup(h, g)
+        if g == 1 or g and static and int(h.extent) % g:
+            continue
+        group = HeadGroup(h, g or None)  # g == 0: no key-side load reads h, the group is every value of h
+        # the chain after the loop (a cast, a scale) must be the same for every head of the group
+        if all(group.invariant(y) for st in keyed for y in walk(st.expr) if isinstance(y, (Load, Index))):
+            return group
     return None
 
 

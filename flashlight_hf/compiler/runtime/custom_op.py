@@ -210,10 +210,17 @@ _recompute_warned: set[tuple] = set()
 
 
 def _train_backward(ctx: Any, grad_out: torch.Tensor, _grad_saved: Any) -> tuple:
+    return _grads(ctx, _saved_gradients(ctx, grad_out, torch.ops.flashlight.fused_bwd))
+
+
+def _saved_gradients(ctx: Any, grad_out: torch.Tensor | None,
+                     kernels: Callable[..., list[torch.Tensor]]) -> list[torch.Tensor | None]:
+    """:func:`train_gradients` from what :func:`_train_setup` kept on ``ctx`` (the op's backward
+    and ``EagerTrain``'s)."""
     stored = ctx.saved_tensors
     tensors, out, saved = stored[:ctx.n_inputs], stored[ctx.n_inputs], stored[ctx.n_inputs + 1:]
-    return _grads(ctx, train_gradients(ctx.key, list(tensors), out, list(saved), grad_out, ctx.wanted, ctx.dropout_p,
-                                       ctx.seed, torch.ops.flashlight.fused_bwd))
+    return train_gradients(ctx.key, list(tensors), out, list(saved), grad_out, ctx.wanted, ctx.dropout_p,
+                           ctx.seed, kernels)
 
 
 def train_gradients(key: str, tensors: list[torch.Tensor], out: torch.Tensor, saved: list[torch.Tensor],
@@ -262,18 +269,12 @@ class EagerTrain(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, key: str, dropout_p: float, seed: int, *tensors: torch.Tensor) -> torch.Tensor:
         out, saved = _train_body(key, list(tensors), dropout_p, seed)
-        ctx.key, ctx.n_inputs, ctx.dropout_p, ctx.seed = key, len(tensors), float(dropout_p), int(seed)
-        ctx.wanted = [bool(t.requires_grad) for t in tensors]
-        ctx.save_for_backward(*tensors, out, *saved)
+        _train_setup(ctx, (key, tensors, dropout_p, seed), (out, saved))
         return out
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple:
-        stored = ctx.saved_tensors
-        tensors, out, saved = stored[:ctx.n_inputs], stored[ctx.n_inputs], stored[ctx.n_inputs + 1:]
-        grads = train_gradients(ctx.key, list(tensors), out, list(saved), grad_out, ctx.wanted, ctx.dropout_p,
-                                ctx.seed, _bwd_body)
-        return (None, None, None, *grads)
+        return (None, None, None, *_saved_gradients(ctx, grad_out, _bwd_body))
 
 
 def _grads(ctx: Any, tensor_grads: list) -> tuple:
