@@ -1,6 +1,7 @@
 """Where a fused forward + backward spends its GPU time: per CUDA kernel (torch.profiler), for
-a few variants of bench_attention at one shape. Usage: python benchmarks/profile_backward.py
-[--variants full causal ...] [--head-dim 64]. Prints one table per variant (kernel, calls, µs)."""
+a few variants of bench_attention at one shape and bench_programs' programs. Usage: python
+benchmarks/profile_backward.py [--variants full causal ...] [--head-dim 64] [--programs diffllama
+evoformer]. Prints one table per variant (kernel, calls, µs) and the backward tiles chosen."""
 
 from __future__ import annotations
 
@@ -34,33 +35,68 @@ def training_step(name: str, batch: int, heads: int, seqlen: int, head_dim: int,
     return step
 
 
+def program_step(name: str, device: str, diff_shape: tuple = (4, 32, 4096, 64),
+                 evo_shape: tuple = (4, 256, 256, 4, 64)) -> Callable[[], None]:
+    """One forward + backward of bench_programs' program ``name`` (its default shapes, bf16,
+    every floating input wanting a gradient) through ``flashlight_hf.compile``."""
+    from benchmarks import bench_programs as bp
+
+    args = argparse.Namespace(diff_shape=list(diff_shape), evo_shape=list(evo_shape), seed=0)
+    inputs = [t.detach().requires_grad_(t.is_floating_point()) for t in bp._inputs(name, args, device, torch.bfloat16)]
+    program = {"differential": bp.diff_attention, "diffllama": bp.diffllama_attention}.get(name, bp.evoformer)
+    fn = flashlight_hf.compile(program)
+    seed = torch.randn_like(fn(*inputs))
+
+    def step() -> None:
+        for t in inputs:
+            t.grad = None
+        fn(*inputs).backward(seed)
+    return step
+
+
+def _profile(label: str, step: Callable[[], None]) -> None:
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(5):
+            step()
+        torch.cuda.synchronize()
+    rows: dict = {}
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            r = rows.setdefault(e.name[:70], [0, 0.0])
+            r[0] += 1
+            r[1] += e.device_time / 5
+    total = sum(r[1] for r in rows.values())
+    print(f"\n{label}: {total:.0f} µs of GPU time per step", flush=True)
+    for n, (c, t) in sorted(rows.items(), key=lambda x: -x[1][1])[:12]:
+        print(f"  {t:8.1f} µs  {c // 5:3d}×  {n}", flush=True)
+    print(f"  backward tiles chosen: {_chosen_tiles()}", flush=True)
+
+
+def _chosen_tiles() -> list:
+    """The launch configurations the backward autotuner picked so far (for the report)."""
+    import gc
+
+    from flashlight_hf.compiler.runtime.backward import GeneratedBackward
+
+    return [dict(o._chosen) for o in gc.get_objects() if isinstance(o, GeneratedBackward) and o._chosen]
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--variants", nargs="+", default=["full", "causal", "sliding_window"])
+    p.add_argument("--variants", nargs="*", default=["full", "causal", "sliding_window"])
+    p.add_argument("--programs", nargs="*", default=[], help="bench_programs programs to profile too")
     p.add_argument("--head-dim", type=int, default=64)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--heads", type=int, default=16)
     p.add_argument("--seqlen", type=int, default=4096)
     a = p.parse_args()
     for name in a.variants:
-        step = training_step(name, a.batch, a.heads, a.seqlen, a.head_dim, "cuda")
-        for _ in range(3):
-            step()
-        torch.cuda.synchronize()
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-            for _ in range(5):
-                step()
-            torch.cuda.synchronize()
-        rows = {}
-        for e in prof.events():
-            if e.device_type == torch.autograd.DeviceType.CUDA:
-                r = rows.setdefault(e.name[:70], [0, 0.0])
-                r[0] += 1
-                r[1] += e.device_time / 5
-        total = sum(r[1] for r in rows.values())
-        print(f"\n{name} D{a.head_dim}: {total:.0f} µs of GPU time per step")
-        for n, (c, t) in sorted(rows.items(), key=lambda x: -x[1][1])[:12]:
-            print(f"  {t:8.1f} µs  {c // 5:3d}×  {n}")
+        _profile(f"{name} D{a.head_dim}", training_step(name, a.batch, a.heads, a.seqlen, a.head_dim, "cuda"))
+    for name in a.programs:
+        _profile(name, program_step(name, "cuda"))
 
 
 if __name__ == "__main__":

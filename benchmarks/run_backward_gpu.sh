@@ -2,7 +2,7 @@
 # The generated backward on the GPU (issue 13): its tests, then forward + backward against cuDNN
 # SDPA and FlexAttention, the programs, the training step and long-context memory. Each stage
 # writes its log under $OUT as it goes and has its own time limit, so a call cut short keeps
-# what finished. Usage: benchmarks/run_backward_gpu.sh [tests|dense|profile|variants|programs|training]...
+# what finished. Usage: benchmarks/run_backward_gpu.sh [tests|dense|profile|profile_more|doc|variants|programs|training]...
 set -u
 out=${OUT:-benchmarks/out}
 mkdir -p "$out"
@@ -21,6 +21,10 @@ for what in "${@:-dense}"; do
     dense) stage dense 300 python benchmarks/bench_attention.py --backward --variants full causal --head-dim 64 128 \
              --impls sdpa_cudnn flex flashlight --no-plot --warmup 10 --rep 40 --out "$out/bwd_dense" ;;
     profile) stage profile 120 python benchmarks/profile_backward.py --variants full causal sliding_window ;;
+    profile_more) stage profile_more 150 python benchmarks/profile_backward.py --variants document_mask \
+               --programs diffllama evoformer ;;
+    doc) stage doc 120 python benchmarks/bench_attention.py --backward --variants document_mask --head-dim 64 \
+          --impls flex flashlight --no-plot --warmup 10 --rep 40 --out "$out/bwd_doc" ;;
     variants) stage variants 300 python benchmarks/bench_attention.py --backward --variants alibi softcap sliding_window \
                prefix_lm document_mask --head-dim 64 --impls flex flashlight --no-plot --warmup 10 --rep 40 \
                --out "$out/bwd_variants" ;;

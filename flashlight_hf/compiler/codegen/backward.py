@@ -28,7 +28,7 @@ from flashlight_hf.compiler.codegen import backward_stores as after
 from flashlight_hf.compiler.codegen.bounds import emit_key_range, offset_text
 from flashlight_hf.compiler.codegen.emitter import Emitter
 from flashlight_hf.compiler.codegen.kernels import Options, coordinates
-from flashlight_hf.compiler.codegen.keyloop import TileHelper, merged_body
+from flashlight_hf.compiler.codegen.keyloop import TileHelper, merged_body, tile_skip_guard
 from flashlight_hf.compiler.codegen.source import TL_DTYPE
 from flashlight_hf.compiler.ir import (Acc, Adjoint, Const, Load, Node, Pointwise, RunningMax, Unsupported, Var,
                                        walk)
@@ -150,11 +150,17 @@ def _tile(em: Emitter, bp: BackwardPlan, side: str, interior: bool) -> tuple[lis
             if not interior:
                 em.emit(f"mask_m = offs_m < {em.size(i.extent)}")
             _stats(em, bp, masked=not interior)
-            _dacc(em, bp)
         else:
             em.emit(f"offs_n = start_n + tl.arange(0, {BLOCK_N})")
             if not interior:
                 em.emit(f"mask_n = offs_n < {em.size(j.extent)}")
+        # the forward's run-time skip of tiles its data-dependent masks drop whole (document
+        # ids): the same test here, so the backward skips the same tiles. A row masked whole
+        # (row max −inf) keeps its tiles: eager's gradient of such a row is NaN, and so is ours
+        empty = [f"tl.max((row_mx{n} == float(\"-inf\")).to(tl.int32))" for n in range(len(bp.streams))]
+        guard_at = len(em.lines) if em.kp.tile_skip and tile_skip_guard(em, empty) else None
+        if side == "key":
+            _dacc(em, bp)
         full = em.sort((i, j))  # (rows, keys) in dQ, (keys, rows) in dK/dV
         keys_major = full[0] is j
         shape = f"[{BLOCK_N}, {BLOCK_M}]" if keys_major else f"[{BLOCK_M}, {BLOCK_N}]"
@@ -198,7 +204,9 @@ def _tile(em: Emitter, bp: BackwardPlan, side: str, interior: bool) -> tuple[lis
     finally:
         em.lines, em.indent, em.adjoints = saved
         em.interior, em.phase, em.loop_names = False, "post", {}
-    return lines, None, []
+    if guard_at is None:
+        return lines, None, []
+    return lines[:guard_at], lines[guard_at], lines[guard_at + 1:]
 
 
 def _captured_in_tile(em: Emitter, st: GradStore, full: tuple, inside: str | None) -> None:

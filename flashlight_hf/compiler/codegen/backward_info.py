@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from flashlight_hf.compiler.ir import Acc, Load, Node, Var
 from flashlight_hf.compiler.rewrite.backward import BackwardPlan
 
@@ -69,6 +71,11 @@ class BackwardInfo:
     row_var: Var
     loop_var: Var
     tile_vars: list[Var]
+    # per contraction (dA parameter order): the dtype its dA is handed to the kernels in. A wide
+    # dA (rows × value columns) is only ever a ``tl.dot`` operand against its values side, which
+    # rounds it to the values' 16-bit dtype: the preprocess stores it so (half the bytes every
+    # query tile loads, half the shared memory its pipeline holds); per-row dAs stay fp32
+    dacc_dtypes: list[torch.dtype] = field(default_factory=list)
 
 
 def describe(bp: BackwardPlan, kernels: list[BackwardSource], identity: bool) -> BackwardInfo:
@@ -85,7 +92,11 @@ def describe(bp: BackwardPlan, kernels: list[BackwardSource], identity: bool) ->
         heads = [v for v in kp.tile_vars if v in st.load.vars]
         group = (bp.group.var, bp.group.size) if bp.grouped(st) else None
         stores.append(StoreInfo(st.buffer, st.side, st.load, [*kp.grid_vars, side_var, *heads], group=group))
+    half = (torch.float16, torch.bfloat16)
+    dacc_dtypes = [c.values.dtype if c.values is not None and c.values.dtype in half else torch.float32
+                   for c in bp.contractions]
     return BackwardInfo(kernels, kp.out_node, list(kp.accs), [c.acc for c in bp.contractions], identity, stores,
-                        dict(bp.no_grad), list(kp.grid_vars), kp.row_var, kp.loop_var, list(kp.tile_vars))
+                        dict(bp.no_grad), list(kp.grid_vars), kp.row_var, kp.loop_var, list(kp.tile_vars),
+                        dacc_dtypes)
 
 

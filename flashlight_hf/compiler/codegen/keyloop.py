@@ -14,7 +14,7 @@ from __future__ import annotations
 import ast
 import difflib
 import textwrap
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
@@ -41,8 +41,10 @@ def running_max(em: "Emitter", k: int, incoming: str) -> None:
     em.emit(f"alpha{k} = tl.exp2(acc{k} - m_safe_acc{k})  # rescales the sums tied to this max")
 
 
-def tile_skip_guard(em: "Emitter") -> bool:
-    """Emit ``if <some key of this tile is kept>:`` for data-dependent masks; True if emitted."""
+def tile_skip_guard(em: "Emitter", keep_if: Sequence[str] = ()) -> bool:
+    """Emit ``if <some key of this tile is kept>:`` for data-dependent masks; True if emitted.
+    ``keep_if``: more int32 scalars, any of them above 0 keeps the tile (the backward keeps a
+    tile holding a fully masked row, whose gradient eager makes NaN)."""
     terms = []
     for s, preds in enumerate(em.kp.tile_skip):
         parts = []
@@ -63,6 +65,7 @@ def tile_skip_guard(em: "Emitter") -> bool:
         terms.append(name)
     if not terms:
         return False
+    terms += list(keep_if)
     em.emit(f"if {' + '.join(terms)} > 0:  # data-dependent block sparsity: skip fully masked tiles")
     em.indent += 1
     return True

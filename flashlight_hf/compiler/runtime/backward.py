@@ -43,7 +43,9 @@ from flashlight_hf.compiler.runtime.tune import LaunchConfig, bucket, gpu_ms
 _CANDIDATES = {
     "key": [LaunchConfig(32, 128, 4, 3), LaunchConfig(64, 128, 8, 3), LaunchConfig(64, 64, 4, 3),
             LaunchConfig(32, 64, 4, 3), LaunchConfig(64, 128, 4, 2), LaunchConfig(128, 128, 8, 2),
-            LaunchConfig(32, 128, 4, 5), LaunchConfig(16, 128, 4, 4)],
+            LaunchConfig(32, 128, 4, 5), LaunchConfig(16, 128, 4, 4),
+            # many loop-carried gradients (two streams, a wide V): small tiles that do not spill
+            LaunchConfig(16, 64, 4, 3), LaunchConfig(32, 64, 8, 2)],
     "row": [LaunchConfig(128, 32, 4, 3), LaunchConfig(128, 64, 8, 3), LaunchConfig(64, 64, 4, 3),
             LaunchConfig(128, 64, 4, 2), LaunchConfig(64, 32, 4, 3), LaunchConfig(128, 128, 8, 2),
             LaunchConfig(128, 32, 4, 5), LaunchConfig(128, 16, 4, 4)],
@@ -274,13 +276,13 @@ class GeneratedBackward:
         seeds = g_view.float().expand(value.shape) if value.shape != g_view.shape else g_view.float()
         epi = [t for t in inputs_req if t.requires_grad]
         if not value.requires_grad:
-            return [torch.zeros_like(naccs[k]) for k in info.contraction_accs], {}
+            return [torch.zeros_like(naccs[k], dtype=dt) for k, dt in zip(info.contraction_accs, info.dacc_dtypes)], {}
         got = torch.autograd.grad(value, leaves + epi, seeds, allow_unused=True)
         acc_grads = dict(zip([k for k, a in enumerate(info.accs) if a.kind != "max"], got[:len(leaves)]))
         daccs = []
-        for k in info.contraction_accs:
+        for k, dt in zip(info.contraction_accs, info.dacc_dtypes):
             g = acc_grads.get(k)
-            daccs.append(torch.zeros_like(naccs[k]) if g is None else g.contiguous())
+            daccs.append(torch.zeros_like(naccs[k], dtype=dt) if g is None else g.to(dt).contiguous())
         epilogue_grads = {}
         it = iter(got[len(leaves):])
         for k, t in enumerate(inputs_req):
@@ -402,7 +404,7 @@ def _fold(st: StoreInfo, buffer: torch.Tensor, like: torch.Tensor, ext: dict, sy
     perm = _plain_permutation(st, like, ext)
     if perm is not None:
         return buffer.permute(perm)
-    folded = _structured_fold(st, buffer, like, ext)
+    folded = _structured_fold(st, buffer, like, ext, syms)
     if folded is not None:
         return folded
     idx = [_index_values(e, st.variables, ext, syms, buffer.device, inputs) for e in st.load.index]
@@ -417,20 +419,45 @@ def _fold(st: StoreInfo, buffer: torch.Tensor, like: torch.Tensor, ext: dict, sy
     return grad
 
 
-def _structured_fold(st: StoreInfo, buffer: torch.Tensor, like: torch.Tensor, ext: dict) -> torch.Tensor | None:
-    """The fold as sums and reshapes (see :func:`_fold`), or None where the index is not of that form."""
+def _offset_var(e: IExpr, syms: dict) -> tuple[Var, int] | None:
+    """(v, c) for an index ``v + c`` (or ``c + v``) with ``c`` a constant or a size: the load
+    reads the slice ``[c, c + extent)`` of its axis (DiffLlama's second half of the heads)."""
+    if e.op != "add" or len(e.args) != 2 or not all(isinstance(x, IExpr) for x in e.args):
+        return None
+    a, b = e.args if e.args[0].op == "var" else e.args[::-1]
+    if a.op != "var" or b.op not in ("const", "sym"):
+        return None
+    c = b.args[0]
+    try:
+        c = int(c.subs(syms)) if isinstance(c, sympy.Expr) else int(c)
+    except TypeError:
+        return None  # a size the call does not fix
+    return a.args[0], c
+
+
+def _structured_fold(st: StoreInfo, buffer: torch.Tensor, like: torch.Tensor, ext: dict,
+                     syms: dict | None = None) -> torch.Tensor | None:
+    """The fold as sums, reshapes and slices (see :func:`_fold`), or None where the index is not
+    of that form."""
     shape = list(buffer.shape)
     names: list[Any] = list(st.variables)  # what each axis of ``t`` is
     t = buffer
     picks: list[Any] = []  # per input axis: the axis name of ``t`` it is, or None (a broadcast 0)
+    starts: list[int] = []  # per input axis: where the slice the load reads begins
     for a, e in enumerate(st.load.index):
         if not isinstance(e, IExpr):
             return None
+        starts.append(0)
+        off = _offset_var(e, syms or {})
         if e.op in ("const", "sym") and not isinstance(e.args[0], sympy.Expr) and int(e.args[0]) == 0 \
                 and like.shape[a] == 1:
             picks.append(None)
-        elif e.op == "var" and e.args[0] in names and e.args[0] not in picks and ext[e.args[0]] == like.shape[a]:
+        elif e.op == "var" and e.args[0] in names and e.args[0] not in picks and ext[e.args[0]] <= like.shape[a]:
             picks.append(e.args[0])
+        elif off is not None and off[0] in names and off[0] not in picks and off[1] >= 0 \
+                and off[1] + ext[off[0]] <= like.shape[a]:
+            picks.append(off[0])
+            starts[-1] = off[1]
         elif e.op == "floordiv" and isinstance(e.args[0], IExpr) and e.args[0].op == "var" and \
                 isinstance(e.args[1], IExpr) and e.args[1].op == "const":
             v, c = e.args[0].args[0], int(e.args[1].args[0])
@@ -449,7 +476,17 @@ def _structured_fold(st: StoreInfo, buffer: torch.Tensor, like: torch.Tensor, ex
         t = t.sum(dim=drop)
         names = [n for n in names if n in keep]
     t = t.permute([names.index(n) for n in keep])
-    return t.reshape(like.shape)
+    sizes = [ext[n] if n is not None and not isinstance(n, tuple) else like.shape[a] if n is not None else 1
+             for a, n in enumerate(picks)]
+    if sizes == list(like.shape):
+        return t.reshape(like.shape)
+    # the load reads a slice of the input: its gradient there, zero elsewhere
+    grad = torch.zeros(like.shape, dtype=torch.float32, device=buffer.device)
+    view = grad
+    for a, (start, size) in enumerate(zip(starts, sizes)):
+        view = view.narrow(a, start, size)
+    view.copy_(t.reshape(sizes))
+    return grad
 
 
 def _index_values(e: Any, variables: list[Var], ext: dict, syms: dict, device: torch.device,
