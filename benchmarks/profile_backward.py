@@ -81,7 +81,7 @@ def _chosen_tiles() -> list:
 
     from flashlight_hf.compiler.runtime.backward import GeneratedBackward
 
-    return [dict(o._chosen) for o in gc.get_objects() if isinstance(o, GeneratedBackward) and o._chosen]
+    return [o.chosen_tiles() for o in gc.get_objects() if isinstance(o, GeneratedBackward) and o.chosen_tiles()]
 
 
 def main() -> None:

@@ -156,15 +156,32 @@ def test_differential_in_diffllama_layout(device: str):
     check_generated_gradients(differential_head_halves, [q, k, v, lam], at_least=4)
 
 
-def test_head_halves_fold_as_slices_not_scatters():
-    """DiffLlama reads q and k as two halves of the heads (``q[:, :h]``, ``q[:, h:]``): each
-    half's gradient lands in its slice of the input's gradient, not through an accumulating
-    scatter at every element's index (a sort over the whole tensor: 22 ms of a 43 ms step on
-    an H200 before)."""
-    q, k = torch.randn(B, H, 29, D), torch.randn(B, H, 35, D)
-    v, lam = torch.randn(B, H // 2, 35, 2 * D), torch.rand(())
+@pytest.mark.parametrize("batch", [1, B])
+def test_head_halves_are_written_in_place(batch: int, monkeypatch):
+    """DiffLlama reads q and k as two halves of the heads (``q[:, :h]``, ``q[:, h:]``): the
+    kernels write each half's gradient straight into its slice of the input's gradient — no
+    fp32 buffer folded after, and never an accumulating scatter at every element's index (a
+    sort over the whole tensor: 22 ms of a 43 ms step on an H200 before)."""
+    from flashlight_hf.compiler.runtime import backward as runtime_backward
+
+    folded: list[int] = []
+    fold = runtime_backward.fold
+    monkeypatch.setattr(runtime_backward, "fold", lambda st, *a: folded.append(st.load.input) or fold(st, *a))
+    q, k = torch.randn(batch, H, 29, D), torch.randn(batch, H, 35, D)
+    v, lam = torch.randn(batch, H // 2, 35, 2 * D), torch.rand(())
     check_generated_gradients(differential_head_halves, [q, k, v, lam], at_least=4)
+    assert folded == []
     assert _scatters_in_backward(differential_head_halves, [q, k, v, lam]) == []
+
+
+def test_a_slice_read_twice_folds_and_adds(device: str):
+    """Two loads whose boxes overlap (``q[:, :3]`` and ``q[:, 1:]`` as two streams) cannot both
+    be written in place: fp32 buffers, folded into slices, added."""
+    def overlapping(q, k, v):
+        a = torch.softmax(_scores(q[:, :3], k[:, :3]), dim=-1) @ v[:, :3]
+        b = torch.softmax(_scores(q[:, 1:], k[:, 1:]), dim=-1) @ v[:, 1:]
+        return a - 0.5 * b
+    check_generated_gradients(overlapping, _qkv(21, 26, device=device))
 
 
 def test_streams_sharing_values_accumulate_one_dv():

@@ -18,17 +18,17 @@ Why here: codegen hands over the backward's kernels with their contract
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Sequence
 
 import sympy
 import torch
 
 from flashlight_hf.compiler.codegen import KernelSource
-from flashlight_hf.compiler.codegen.backward_info import BackwardInfo, BackwardSource, StoreInfo
+from flashlight_hf.compiler.codegen.backward_info import BackwardInfo, BackwardSource
 from flashlight_hf.compiler.codegen.source import LN2
-from flashlight_hf.compiler.ir import Acc, IExpr, Program, Var
+from flashlight_hf.compiler.ir import Acc, Program, Var
 from flashlight_hf.compiler.ir.evaluate import Evaluator
+from flashlight_hf.compiler.runtime.backward_fold import fold, grouped_view, in_place_views
 from flashlight_hf.compiler.runtime.hooks import launch_hooks
 from flashlight_hf.compiler.runtime.launch import Launcher
 from flashlight_hf.compiler.runtime.plan import tensor_args
@@ -99,6 +99,10 @@ class GeneratedBackward:
         self._chosen[key] = best
         return best
 
+    def chosen_tiles(self) -> dict[tuple, LaunchConfig]:
+        """The launch configuration picked per (side, rows bucket, keys bucket, grid) so far."""
+        return dict(self._chosen)
+
     def _syms(self, inputs: Sequence[torch.Tensor]) -> dict:
         return _symbols(self.program, inputs)
 
@@ -139,6 +143,8 @@ class GeneratedBackward:
         direct: dict[int, torch.Tensor] = {}  # input -> its gradient, written by the kernel in place
         grouped: dict[int, torch.Tensor] = {}  # buffer -> the whole fp32 gradient it is a view of
         per_input = [st.load.input for st in info.stores]
+        syms = self._syms(inputs)
+        in_place = in_place_views(info.stores, inputs, ext, syms, wanted)
         for st in info.stores:
             k = st.load.input
             if st.group is not None:
@@ -147,19 +153,17 @@ class GeneratedBackward:
                 # read twice, or where the load covers only part of it)
                 own = per_input.count(k) == 1 and wanted[k]
                 shape = [ext[v] if v is not st.group[0] else ext[v] // (st.group[1] or ext[v]) for v in st.variables]
-                view, whole = _grouped_view(st, inputs[k], shape, own)
+                view, whole = grouped_view(st, inputs[k], shape, own)
                 if own:
                     direct[k] = whole
                 else:
                     grouped[st.buffer] = whole
                 buffers[st.buffer] = view
                 continue
-            perm = _plain_permutation(st, inputs[k], ext)
-            if perm is not None and per_input.count(k) == 1 and wanted[k]:
-                # the load reads the input as laid out: the kernel writes the gradient itself
-                grad = torch.empty(inputs[k].shape, dtype=inputs[k].dtype, device=device)
-                direct[k] = grad
-                buffers[st.buffer] = grad.permute([perm.index(n) for n in range(len(perm))])
+            if st.buffer in in_place:
+                # the load reads a box of the input, one element per buffer element, and no other
+                # load's box meets it: the kernel writes the gradient itself, in the input's dtype
+                direct[k], buffers[st.buffer] = in_place[st.buffer]
                 continue
             shape = [ext[v] for v in st.variables]
             if st.kind == "scalar":  # one partial per key tile (of the smallest tile any launch uses)
@@ -202,7 +206,7 @@ class GeneratedBackward:
             if not wanted[k]:
                 continue
             g = grouped[st.buffer] if st.buffer in grouped else \
-                _fold(st, buffers[st.buffer], inputs[k], ext, self._syms(inputs), inputs)
+                fold(st, buffers[st.buffer], inputs[k], ext, self._syms(inputs), inputs)
             grads[k] = g if grads[k] is None else grads[k] + g
         return grads
 
@@ -360,153 +364,6 @@ def _expand_to(t: torch.Tensor, dims: list[int], rank: int) -> torch.Tensor:
     for n, d in enumerate(dims):
         shape[d] = t.shape[n]
     return t.reshape(shape)
-
-
-def _plain_permutation(st: StoreInfo, like: torch.Tensor, ext: dict) -> list[int] | None:
-    """Where the load reads every axis of its input by one of the buffer's variables (each
-    once): per input axis, the buffer axis of its variable. None otherwise."""
-    plain = [e.args[0] if isinstance(e, IExpr) and e.op == "var" else None for e in st.load.index]
-    if any(v is None for v in plain) or sorted(map(id, plain)) != sorted(map(id, st.variables)):
-        return None
-    if any(ext[v] != like.shape[a] for a, v in enumerate(plain)):
-        return None
-    return [st.variables.index(v) for v in plain]
-
-
-def _grouped_view(st: StoreInfo, like: torch.Tensor, shape: list[int],
-                  own: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(the kernel's buffer, the gradient it is a view of) for a load accumulated over a head
-    group: per buffer axis the stride of the input axis its variable (or ``h // G``) indexes,
-    0 for an axis no input axis reads (its extent is 1). ``own``: the gradient in the input's
-    dtype (the only store into it); else fp32, zeroed, to be added to the others."""
-    strides = [0] * len(st.variables)
-    h, _ = st.group
-    whole = (torch.empty if own else torch.zeros)(like.shape, dtype=like.dtype if own else torch.float32,
-                                                  device=like.device)
-    for a, e in enumerate(st.load.index):
-        v = e.args[0] if e.op == "var" else h if e.op == "floordiv" else None
-        if v is not None:
-            strides[st.variables.index(v)] = whole.stride(a)
-    if own and math.prod(shape) != like.numel():
-        whole.zero_()  # the load reads part of the input (the view is one-to-one): the rest's gradient is 0
-    return whole.as_strided(shape, strides), whole
-
-
-def _fold(st: StoreInfo, buffer: torch.Tensor, like: torch.Tensor, ext: dict, syms: dict,
-          inputs: Sequence[torch.Tensor]) -> torch.Tensor:
-    """A load's gradient buffer as a gradient of the input it reads, in a fixed order: a
-    permuted view where the load reads every axis by one variable; sums over the axes it
-    broadcasts along (and GQA's ``h // G``) where each index is a variable, ``0`` or a variable
-    floor-divided by a constant; else an accumulating scatter at its indices (gathers), run
-    deterministically."""
-    if st.kind == "scalar":
-        buffer = buffer.sum(-1)
-    perm = _plain_permutation(st, like, ext)
-    if perm is not None:
-        return buffer.permute(perm)
-    folded = _structured_fold(st, buffer, like, ext, syms)
-    if folded is not None:
-        return folded
-    idx = [_index_values(e, st.variables, ext, syms, buffer.device, inputs) for e in st.load.index]
-    idx = torch.broadcast_tensors(*idx, buffer)[:-1]
-    grad = torch.zeros(like.shape, dtype=torch.float32, device=buffer.device)
-    was = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)  # a sorted scatter: the same bits every run
-    try:
-        grad.index_put_(tuple(i.long() for i in idx), buffer, accumulate=True)
-    finally:
-        torch.use_deterministic_algorithms(was)
-    return grad
-
-
-def _offset_var(e: IExpr, syms: dict) -> tuple[Var, int] | None:
-    """(v, c) for an index ``v + c`` (or ``c + v``) with ``c`` a constant or a size: the load
-    reads the slice ``[c, c + extent)`` of its axis (DiffLlama's second half of the heads)."""
-    if e.op != "add" or len(e.args) != 2 or not all(isinstance(x, IExpr) for x in e.args):
-        return None
-    a, b = e.args if e.args[0].op == "var" else e.args[::-1]
-    if a.op != "var" or b.op not in ("const", "sym"):
-        return None
-    c = b.args[0]
-    try:
-        c = int(c.subs(syms)) if isinstance(c, sympy.Expr) else int(c)
-    except TypeError:
-        return None  # a size the call does not fix
-    return a.args[0], c
-
-
-def _structured_fold(st: StoreInfo, buffer: torch.Tensor, like: torch.Tensor, ext: dict,
-                     syms: dict | None = None) -> torch.Tensor | None:
-    """The fold as sums, reshapes and slices (see :func:`_fold`), or None where the index is not
-    of that form."""
-    shape = list(buffer.shape)
-    names: list[Any] = list(st.variables)  # what each axis of ``t`` is
-    t = buffer
-    picks: list[Any] = []  # per input axis: the axis name of ``t`` it is, or None (a broadcast 0)
-    starts: list[int] = []  # per input axis: where the slice the load reads begins
-    for a, e in enumerate(st.load.index):
-        if not isinstance(e, IExpr):
-            return None
-        starts.append(0)
-        off = _offset_var(e, syms or {})
-        if e.op in ("const", "sym") and not isinstance(e.args[0], sympy.Expr) and int(e.args[0]) == 0 \
-                and like.shape[a] == 1:
-            picks.append(None)
-        elif e.op == "var" and e.args[0] in names and e.args[0] not in picks and ext[e.args[0]] <= like.shape[a]:
-            picks.append(e.args[0])
-        elif off is not None and off[0] in names and off[0] not in picks and off[1] >= 0 \
-                and off[1] + ext[off[0]] <= like.shape[a]:
-            picks.append(off[0])
-            starts[-1] = off[1]
-        elif e.op == "floordiv" and isinstance(e.args[0], IExpr) and e.args[0].op == "var" and \
-                isinstance(e.args[1], IExpr) and e.args[1].op == "const":
-            v, c = e.args[0].args[0], int(e.args[1].args[0])
-            if v not in names or ext[v] != like.shape[a] * c:
-                return None
-            n = names.index(v)  # split v into (v // c, v % c): the second is summed below
-            shape = shape[:n] + [like.shape[a], c] + shape[n + 1:]
-            t = t.reshape(shape)
-            names = names[:n] + [("div", v), ("mod", v)] + names[n + 1:]
-            picks.append(("div", v))
-        else:
-            return None
-    keep = [n for n in picks if n is not None]
-    drop = [k for k, n in enumerate(names) if n not in keep]
-    if drop:
-        t = t.sum(dim=drop)
-        names = [n for n in names if n in keep]
-    t = t.permute([names.index(n) for n in keep])
-    sizes = [ext[n] if n is not None and not isinstance(n, tuple) else like.shape[a] if n is not None else 1
-             for a, n in enumerate(picks)]
-    if sizes == list(like.shape):
-        return t.reshape(like.shape)
-    # the load reads a slice of the input: its gradient there, zero elsewhere
-    grad = torch.zeros(like.shape, dtype=torch.float32, device=buffer.device)
-    view = grad
-    for a, (start, size) in enumerate(zip(starts, sizes)):
-        view = view.narrow(a, start, size)
-    view.copy_(t.reshape(sizes))
-    return grad
-
-
-def _index_values(e: Any, variables: list[Var], ext: dict, syms: dict, device: torch.device,
-                  inputs: Sequence[torch.Tensor]) -> torch.Tensor:
-    """An index expression's values over the buffer's variables (a gather's index node too)."""
-    if not isinstance(e, IExpr):
-        return Evaluator(variables, inputs, sizes=syms, device=device)(e).long()
-    if e.op == "var":
-        v = e.args[0]
-        shape = [1] * len(variables)
-        shape[variables.index(v)] = ext[v]
-        return torch.arange(ext[v], device=device).reshape(shape)
-    if e.op in ("const", "sym"):
-        c = e.args[0]
-        return torch.tensor(int(c.subs(syms)) if isinstance(c, sympy.Expr) else int(c), device=device)
-    parts = [_index_values(a, variables, ext, syms, device, inputs) for a in e.args]
-    out = parts[0]
-    for p in parts[1:]:
-        out = {"add": torch.add, "mul": torch.mul, "floordiv": torch.floor_divide, "mod": torch.remainder}[e.op](out, p)
-    return out
 
 
 __all__ = ["BackwardSource", "GeneratedBackward"]
