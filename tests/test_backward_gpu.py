@@ -57,3 +57,22 @@ def test_bf16_gradients_of_every_input(name: str):
 def test_bf16_masks_and_head_dims(fn, d: int):
     q, k, v = (torch.randn(2, 4, 300, d, device="cuda") for _ in range(3))
     _bf16_gradients_match(fn, [q, k, v])
+
+
+def test_bf16_programs_with_an_epilogue():
+    """Non-identity epilogues, whose wide dAs reach the kernels in bf16 (DiffLlama's λ-combine
+    over two streams in the head-halves layout; Evoformer's gate), and a document mask whose
+    tiles the backward skips."""
+    from tests.test_backward import differential_head_halves, document_ids
+    from tests.test_generator import evoformer
+
+    q, k = torch.randn(2, 8, 300, 64, device="cuda"), torch.randn(2, 8, 300, 64, device="cuda")
+    v, lam = torch.randn(2, 4, 300, 128, device="cuda"), torch.rand((), device="cuda")
+    _bf16_gradients_match(differential_head_halves, [q, k, v, lam])
+    b, n, s, h, d = 1, 4, 200, 2, 64
+    qkv = [torch.randn(b, n, s, h, d, device="cuda") for _ in range(3)]
+    biases = [torch.randn(b, n, 1, 1, s, device="cuda"), torch.randn(b, 1, h, s, s, device="cuda")]
+    _bf16_gradients_match(evoformer, qkv + biases + [torch.randn(b, n, s, h, d, device="cuda")])
+    doc = torch.arange(700, device="cuda") // 150
+    q, k, v = (torch.randn(2, 4, 700, 64, device="cuda") for _ in range(3))
+    _bf16_gradients_match(document_ids, [q, k, v, doc, doc])
