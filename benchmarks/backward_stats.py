@@ -38,8 +38,8 @@ def examples(dtype: torch.dtype) -> dict[str, tuple[Callable, tuple]]:
         qkv = tuple(torch.randn(1, 2, 256, 64, dtype=dtype) for _ in range(3))
         out[name] = (var.program, qkv + tuple(var.program_args()))
     ns = argparse.Namespace(diff_shape=[1, 4, 256, 64], evo_shape=[1, 2, 128, 2, 64], seed=0)
-    out["diffllama"] = (bp.diffllama_attention, bp._inputs("diffllama", ns, "cpu", dtype))
-    out["evoformer"] = (bp.evoformer, bp._inputs("evoformer", ns, "cpu", dtype))
+    for name in ("diffllama", "evoformer"):
+        out[name] = (bp.PROGRAMS[name], bp._inputs(name, ns, "cpu", dtype))
     return out
 
 

@@ -88,6 +88,9 @@ def evoformer_flex(q, k, v, mask_bias, pair_bias, gate):
     return torch.sigmoid(gate) * o.reshape(b, n, h, s, d).permute(0, 1, 3, 2, 4)
 
 
+PROGRAMS = {"differential": diff_attention, "diffllama": diffllama_attention, "evoformer": evoformer}  # the eager programs
+
+
 def _inputs(name: str, args: argparse.Namespace, device: str, dtype: torch.dtype) -> tuple:
     g = torch.Generator(device=device).manual_seed(args.seed)
 
@@ -177,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in args.programs.split(","):
         inputs = _inputs(name, args, device, dtype)
-        ref_fn = {"differential": diff_attention, "diffllama": diffllama_attention}.get(name, evoformer)
+        ref_fn = PROGRAMS[name]
         small = _slice(name, inputs)
         ref = ref_fn(*[t.double() for t in small])
         for impl, fn in impls[name].items():

@@ -43,8 +43,7 @@ def program_step(name: str, device: str, diff_shape: tuple = (4, 32, 4096, 64),
 
     args = argparse.Namespace(diff_shape=list(diff_shape), evo_shape=list(evo_shape), seed=0)
     inputs = [t.detach().requires_grad_(t.is_floating_point()) for t in bp._inputs(name, args, device, torch.bfloat16)]
-    program = {"differential": bp.diff_attention, "diffllama": bp.diffllama_attention}.get(name, bp.evoformer)
-    fn = flashlight_hf.compile(program)
+    fn = flashlight_hf.compile(bp.PROGRAMS[name])
     seed = torch.randn_like(fn(*inputs))
 
     def step() -> None:

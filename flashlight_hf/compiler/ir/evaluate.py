@@ -144,19 +144,13 @@ class Evaluator:
         for a, e in reversed(list(enumerate(x.index))):
             if not isinstance(e, IExpr):
                 return None
-            start, v = 0, None
-            if e.op == "var":
-                v = e.args[0]
-            elif e.op == "add" and len(e.args) == 2 and all(isinstance(y, IExpr) for y in e.args):
-                var, c = e.args if e.args[0].op == "var" else e.args[::-1]
-                if var.op != "var" or c.op not in ("const", "sym"):
-                    return None
-                v, start = var.args[0], self._int(c.args[0])
-            elif e.op in ("const", "sym"):
+            if e.op in ("const", "sym"):
                 t = t.select(a, self._int(e.args[0]))
                 continue
-            else:
+            slice_ = e.offset_var()
+            if slice_ is None:
                 return None
+            v, start = slice_[0], self._int(slice_[1])
             if v not in self.variables or v in names:
                 return None
             size = self._int(v.extent)

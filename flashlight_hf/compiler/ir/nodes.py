@@ -102,6 +102,18 @@ class IExpr:
             return frozenset()
         return frozenset().union(*(a.vars() for a in self.args if isinstance(a, IExpr)))
 
+    def offset_var(self) -> tuple[Var, Size] | None:
+        """(v, c) where the index is ``v`` (c = 0) or ``v + c`` / ``c + v`` with ``c`` a constant
+        or a size: it reads the slice ``[c, c + extent of v)`` of its axis. None otherwise."""
+        if self.op == "var":
+            return self.args[0], 0
+        if self.op != "add" or len(self.args) != 2 or not all(isinstance(a, IExpr) for a in self.args):
+            return None
+        v, c = self.args if self.args[0].op == "var" else self.args[::-1]
+        if v.op != "var" or c.op not in ("const", "sym"):
+            return None
+        return v.args[0], c.args[0]
+
     def subst(self, m: dict[Var, "IExpr"]) -> "IExpr":
         if self.op == "var":
             return m.get(self.args[0], self)

@@ -206,7 +206,7 @@ class GeneratedBackward:
             if not wanted[k]:
                 continue
             g = grouped[st.buffer] if st.buffer in grouped else \
-                fold(st, buffers[st.buffer], inputs[k], ext, self._syms(inputs), inputs)
+                fold(st, buffers[st.buffer], inputs[k], ext, syms, inputs)
             grads[k] = g if grads[k] is None else grads[k] + g
         return grads
 

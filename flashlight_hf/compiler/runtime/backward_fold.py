@@ -30,10 +30,10 @@ def _box(st: StoreInfo, like: torch.Tensor, ext: dict, syms: dict) -> list[tuple
     for a, e in enumerate(st.load.index):
         if not isinstance(e, IExpr):
             return None
-        if e.op == "const" and like.shape[a] == 1 and not isinstance(e.args[0], sympy.Expr) and int(e.args[0]) == 0:
-            out.append((0, 1, None))  # an axis of one element (a batch of 1 the program indexes at 0)
+        if _broadcast_axis(e, like.shape[a]):
+            out.append((0, 1, None))
             continue
-        sv = (e.args[0], 0) if e.op == "var" else _offset_var(e, syms)
+        sv = _offset_var(e, syms)
         if sv is None:
             return None
         v, start = sv
@@ -134,23 +134,25 @@ def fold(st: StoreInfo, buffer: torch.Tensor, like: torch.Tensor, ext: dict, sym
 
 
 def _offset_var(e: IExpr, syms: dict) -> tuple[Var, int] | None:
-    """(v, c) for an index ``v + c`` (or ``c + v``) with ``c`` a constant or a size: the load
-    reads the slice ``[c, c + extent)`` of its axis (DiffLlama's second half of the heads)."""
-    if e.op != "add" or len(e.args) != 2 or not all(isinstance(x, IExpr) for x in e.args):
+    """:meth:`IExpr.offset_var` with its start as this call's integer (DiffLlama's second half
+    of the heads reads ``h + var``); None where the index is not of that form."""
+    slice_ = e.offset_var()
+    if slice_ is None:
         return None
-    a, b = e.args if e.args[0].op == "var" else e.args[::-1]
-    if a.op != "var" or b.op not in ("const", "sym"):
-        return None
-    c = b.args[0]
+    v, c = slice_
     try:
-        c = int(c.subs(syms)) if isinstance(c, sympy.Expr) else int(c)
+        return v, int(c.subs(syms)) if isinstance(c, sympy.Expr) else int(c)
     except TypeError:
         return None  # a size the call does not fix
-    return a.args[0], c
+
+
+def _broadcast_axis(e: IExpr, size: int) -> bool:
+    """The load reads an axis of one element at index 0 (a broadcast, or a batch of 1)."""
+    return e.op == "const" and size == 1 and not isinstance(e.args[0], sympy.Expr) and int(e.args[0]) == 0
 
 
 def _structured_fold(st: StoreInfo, buffer: torch.Tensor, like: torch.Tensor, ext: dict,
-                     syms: dict | None = None) -> torch.Tensor | None:
+                     syms: dict) -> torch.Tensor | None:
     """The fold as sums, reshapes and slices (see :func:`fold`), or None where the index is not
     of that form."""
     shape = list(buffer.shape)
@@ -162,12 +164,9 @@ def _structured_fold(st: StoreInfo, buffer: torch.Tensor, like: torch.Tensor, ex
         if not isinstance(e, IExpr):
             return None
         starts.append(0)
-        off = _offset_var(e, syms or {})
-        if e.op in ("const", "sym") and not isinstance(e.args[0], sympy.Expr) and int(e.args[0]) == 0 \
-                and like.shape[a] == 1:
+        off = _offset_var(e, syms)  # v or v + c: the slice [c, c + extent) of the axis
+        if _broadcast_axis(e, like.shape[a]):
             picks.append(None)
-        elif e.op == "var" and e.args[0] in names and e.args[0] not in picks and ext[e.args[0]] <= like.shape[a]:
-            picks.append(e.args[0])
         elif off is not None and off[0] in names and off[0] not in picks and off[1] >= 0 \
                 and off[1] + ext[off[0]] <= like.shape[a]:
             picks.append(off[0])
