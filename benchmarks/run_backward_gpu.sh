@@ -17,14 +17,16 @@ stage() {  # stage NAME SECONDS COMMAND...
 for what in "${@:-dense}"; do
   case $what in
     tests) FLASHLIGHT_AUTOTUNE=0 stage tests 240 python -m pytest -q -p no:cacheprovider -p no:logging --tb=line \
-             tests/test_backward_gpu.py tests/test_gradients.py tests/test_training_forward.py ;;
+             tests/test_backward_gpu.py tests/test_gradients.py tests/test_training_forward.py tests/test_block_table.py ;;
     dense) stage dense 300 python benchmarks/bench_attention.py --backward --variants full causal --head-dim 64 128 \
              --impls sdpa_cudnn flex flashlight --no-plot --warmup 10 --rep 40 --out "$out/bwd_dense" ;;
     profile) stage profile 120 python benchmarks/profile_backward.py --variants full causal sliding_window ;;
     profile_more) stage profile_more 150 python benchmarks/profile_backward.py --variants document_mask \
                --programs diffllama evoformer ;;
-    doc) stage doc 120 python benchmarks/bench_attention.py --backward --variants document_mask --head-dim 64 \
-          --impls flex flashlight --no-plot --warmup 10 --rep 40 --out "$out/bwd_doc" ;;
+    doc) stage doc 150 python benchmarks/bench_attention.py --backward --variants document_mask causal --head-dim 64 128 \
+          --impls flex flashlight --no-plot --warmup 10 --rep 40 --out "$out/bwd_doc"
+         stage doc_fwd 120 python benchmarks/bench_attention.py --variants document_mask --head-dim 64 128 \
+          --impls flex flashlight --no-plot --warmup 10 --rep 40 --out "$out/fwd_doc" ;;
     variants) stage variants 300 python benchmarks/bench_attention.py --backward --variants alibi softcap sliding_window \
                prefix_lm document_mask --head-dim 64 --impls flex flashlight --no-plot --warmup 10 --rep 40 \
                --out "$out/bwd_variants" ;;

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import flashlight_hf
+from flashlight_hf.compiler.abi import KERNEL_BLOCK_TABLE
 from flashlight_hf.compiler.runtime import add_launch_hook
 from flashlight_hf.testing import assert_close
 
@@ -200,7 +201,7 @@ def test_more_programs_fuse(name: str, device: str):
             assert_close(out, ref, torch.float32, what=name)
     finally:
         remove()
-    assert len(launches) == 2
+    assert len([n for n in launches if n != KERNEL_BLOCK_TABLE]) == 2  # one attention kernel per call
 
 
 def prefix_lm(q, k, v):

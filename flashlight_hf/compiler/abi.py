@@ -16,7 +16,8 @@ KERNEL_COMBINE = "flashlight_fwd_combine"  # merges the partials, then the epilo
 KERNEL_SPLIT_FUSED = "flashlight_fwd_split_fused"  # split + combine in one launch
 KERNEL_TRAIN = "flashlight_fwd_train"  # training mode: the single launch + per-row log-sum-exps
 KERNEL_BWD_DKDV = "flashlight_bwd_dkdv"  # the backward: a program per key tile, loops over query tiles
-KERNEL_BWD_DQ = "flashlight_bwd_dq"  # the backward: a program per row tile, loops over key tiles
+KERNEL_BWD_DQ = "flashlight_bwd_dq"
+KERNEL_BLOCK_TABLE = "flashlight_block_table"  # before a launch: per tile the tiles data-dependent masks keep  # the backward: a program per row tile, loops over key tiles
 
 # A call with at most this many query rows is a decode step: it gets the decode tile
 # configurations and the choice of a split-KV launch. The front door uses the same bound to

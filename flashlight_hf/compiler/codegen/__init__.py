@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from flashlight_hf.compiler.codegen.block_table import table_kernel
 from flashlight_hf.compiler.codegen.backward import BackwardInfo, BackwardSource, backward_info
 from flashlight_hf.compiler.codegen.kernels import (Options, combine_kernel, single_kernel, split_fused_kernel,
                                                     split_kernel, training_kernel)
@@ -39,6 +40,7 @@ def generate(kp: KernelPlan, *, interpret: bool, allow_tf32: bool = False, warp_
     for shapes it cannot tile."""
     opt = Options(interpret, allow_tf32, warp_specialize, input_names)
     main = single_kernel(kp, opt)
+    main.table = table_kernel(kp, interpret, input_names) if kp.block_table else None
     try:
         main.split = (split_kernel(kp, opt), combine_kernel(kp, opt))
         main.split_fused = split_fused_kernel(kp, opt)
@@ -47,6 +49,7 @@ def generate(kp: KernelPlan, *, interpret: bool, allow_tf32: bool = False, warp_
     if training:
         try:
             main.train = training_kernel(kp, opt)
+            main.train.table = main.table
         except Exception as exc:  # noqa: BLE001 - the ordinary forward stands; say why there is no training kernel
             main.train_error = f"{type(exc).__name__}: {exc}"
             main.backward_error = f"no training-mode forward: {main.train_error}"
@@ -62,6 +65,7 @@ def _with_dropout(kp: KernelPlan, opt: Options) -> KernelSource | None:
     try:
         kp_d = with_attention_dropout(kp)
         drop = training_kernel(kp_d, opt)
+        drop.table = table_kernel(kp_d, opt.interpret, opt.input_names) if kp_d.block_table else None
     except Exception:  # noqa: BLE001 - dropout then runs the program as written
         return None
     drop.backward, drop.backward_error = _backward(kp_d, opt, drop)
@@ -75,7 +79,9 @@ def _backward(kp: KernelPlan, opt: Options, train: KernelSource) -> tuple:
         missing = [k for k in bp.streams if k not in train.lse_accs]
         if missing:
             raise Unsupported("backward", f"the scores read running max acc{missing[0]}, which stores no statistics")
-        return backward_info(bp, opt, identity=not train.train_accs), None
+        info = backward_info(bp, opt, identity=not train.train_accs)
+        info.table = train.table
+        return info, None
     except Unsupported as exc:
         return None, f"node {exc.node!r}: {exc.reason}"
     except Exception as exc:  # noqa: BLE001 - the recompute backward stands; say why

@@ -18,6 +18,7 @@ input's gradient).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -25,6 +26,7 @@ import torch
 from flashlight_hf.compiler.abi import BLOCK_M, BLOCK_N, KERNEL_BWD_DKDV, KERNEL_BWD_DQ
 from flashlight_hf.compiler.codegen.backward_info import BackwardInfo, BackwardSource, StoreInfo, describe
 from flashlight_hf.compiler.codegen import backward_stores as after
+from flashlight_hf.compiler.codegen.block_table import table_loops, table_plan
 from flashlight_hf.compiler.codegen.bounds import emit_key_range, offset_text
 from flashlight_hf.compiler.codegen.emitter import Emitter
 from flashlight_hf.compiler.codegen.kernels import Options, coordinates
@@ -39,8 +41,15 @@ DKDV_INNER = "_attn_bwd_dkdv_inner"
 DQ_INNER = "_attn_bwd_dq_inner"
 
 
+def _table(bp: BackwardPlan) -> BackwardPlan:
+    """The plan the kernels are generated from: with data-dependent masks, the one that walks a
+    block table (:mod:`~flashlight_hf.compiler.codegen.block_table`), as the forward does."""
+    return replace(bp, kp=table_plan(bp.kp)) if bp.kp.block_table else bp
+
+
 def _emitter(bp: BackwardPlan, opt: Options, loop: Var) -> Emitter:
     em = Emitter(bp.kp, opt.interpret, opt.allow_tf32, opt.input_names)
+    em.table = bool(bp.kp.block_table)
     em.loop = loop
     if loop is bp.kp.row_var:
         # the dK/dV kernel holds its tiles keys-major ([BLOCK_N, BLOCK_M]): Pᵀ, dPᵀ and dXᵀ come
@@ -245,6 +254,8 @@ def _parameters(em: Emitter, bp: BackwardPlan, stores: list[int], ranks: list[in
             params.append(f"stride_da{n}_d")
     for b, r in zip(stores, ranks):
         params += [f"g{b}_ptr"] + [f"stride_g{b}_{x}" for x in letters] + [f"stride_g{b}_{k}" for k in range(r)]
+    if em.table:
+        params += ["tbl_ptr", "dead_ptr"]
     if em.uses_dropout:
         params += ["dropout_seed", "dropout_p"]
     params += [f"z{k}" for k in range(len(em.sizes))]
@@ -263,7 +274,7 @@ def _assemble(em: Emitter, bp: BackwardPlan, name: str, side: str, helper: TileH
         runtime_sizes=list(em.sizes), grid_extents=[g.extent for g in kp.grid_vars], row_extent=kp.row_var.extent,
         loop_extent=kp.loop_var.extent, streams=list(bp.streams),
         dacc_ranks=[len(em.layout(c.d_acc)) for c in bp.contractions], stores=stores, store_ranks=ranks,
-        dropout=em.uses_dropout,
+        dropout=em.uses_dropout, table=em.table,
         group=(bp.group.var, bp.group.size) if bp.group is not None and side == "key" else None)
 
 
@@ -271,6 +282,7 @@ def dkdv_kernel(bp: BackwardPlan, opt: Options) -> BackwardSource:
     """One program per (key tile, grid point): the gradients of the key-side loads. With a head
     group (GQA, :class:`~flashlight_hf.compiler.rewrite.backward.HeadGroup`) the grid point
     names a key head, and the program loops over the query heads that share it."""
+    bp = _table(bp)
     kp = bp.kp
     em = _emitter(bp, opt, kp.row_var)
     i, j = em.i, em.j
@@ -311,13 +323,17 @@ def dkdv_kernel(bp: BackwardPlan, opt: Options) -> BackwardSource:
         em.emit("")
         em.emit("# key-side values, loaded once")
     _hoist(em, _roots(bp))
-    _query_range(em)
+    if not em.table:
+        _query_range(em)
     carried = after.init_carried(em, bp, "key", partials=True if group else None)
     body = merged_body(_tile(em, bp, "key", interior=False), _tile(em, bp, "key", interior=True))
     helper = TileHelper(DKDV_INNER, carried, body, [
         "one query tile [start_m, start_m + BLOCK_M) against this program's key tile. BOUNDARY: the",
         "tile may hold rows past the end or pairs an analysed mask drops; False for interior tiles"])
-    _loop_ranges(em, helper, "start_m", BLOCK_M, ("q_start", "interior_start", "interior_end", "q_end"), "query")
+    if em.table:
+        table_loops(em, helper, key_major=True, dead=True)
+    else:
+        _loop_ranges(em, helper, "start_m", BLOCK_M, ("q_start", "interior_start", "interior_end", "q_end"), "query")
     if not group:
         stores, ranks = after.stores(em, bp, "key")
     else:
@@ -376,6 +392,7 @@ def _query_range(em: Emitter) -> None:
 
 def dq_kernel(bp: BackwardPlan, opt: Options) -> BackwardSource:
     """One program per (row tile, grid point): the gradients of the row-side loads."""
+    bp = _table(bp)
     kp = bp.kp
     em = _emitter(bp, opt, kp.loop_var)
     coordinates(em, split=False, partials=False)
@@ -385,13 +402,17 @@ def dq_kernel(bp: BackwardPlan, opt: Options) -> BackwardSource:
     _dacc(em, bp)
     _hoist(em, _roots(bp))
     em.emit("")
-    emit_key_range(em, split=False)
+    if not em.table:
+        emit_key_range(em, split=False)
     carried = after.init_carried(em, bp, "row")
     body = merged_body(_tile(em, bp, "row", interior=False), _tile(em, bp, "row", interior=True))
     helper = TileHelper(DQ_INNER, carried, body, [
         "one key tile [start_n, start_n + BLOCK_N) against this program's row tile. BOUNDARY: the",
         "tile may hold keys past the end or pairs an analysed mask drops; False for interior tiles"])
-    _loop_ranges(em, helper, "start_n", BLOCK_N, ("key_lo", "interior_lo", "interior_hi", "key_hi"), "key")
+    if em.table:
+        table_loops(em, helper, key_major=False, dead=True)
+    else:
+        _loop_ranges(em, helper, "start_n", BLOCK_N, ("key_lo", "interior_lo", "interior_hi", "key_hi"), "key")
     stores, ranks = after.stores(em, bp, "row")
     return _assemble(em, bp, KERNEL_BWD_DQ, "row", helper, stores, ranks,
                      "one program per (row tile of BLOCK_M rows, grid point); loops over the key tiles "

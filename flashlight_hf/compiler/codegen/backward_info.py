@@ -39,6 +39,9 @@ class BackwardSource:
     # (variable, G): a program per key head of a GQA group, looping over its G query heads (the
     # grid is G times smaller along the variable; G None: the variable's whole extent)
     group: tuple[Var, int | None] | None = None
+    # walks a block table (codegen/block_table.py): takes the table's pointer and a per grid
+    # point int8 flag "a row here every mask drops" (dead_ptr) before dropout
+    table: bool = False
 
 
 @dataclass
@@ -76,6 +79,8 @@ class BackwardInfo:
     # rounds it to the values' 16-bit dtype: the preprocess stores it so (half the bytes every
     # query tile loads, half the shared memory its pipeline holds); per-row dAs stay fp32
     dacc_dtypes: list[torch.dtype] = field(default_factory=list)
+    # the block-table kernel the kernels' tiles come from (a KernelSource), where they walk one
+    table: Any = None
 
 
 def describe(bp: BackwardPlan, kernels: list[BackwardSource], identity: bool) -> BackwardInfo:

@@ -80,6 +80,7 @@ class Emitter:
         self.running_max_in_loop = True
         self.normaliser: dict[int, str] = {}
         self.uses_dropout = False  # a dropout scale was emitted: the kernel takes dropout_seed, dropout_p
+        self.table = False  # walks a block table (codegen/block_table.py): takes tbl_ptr
 
     # -- text ------------------------------------------------------------------------------------
     def size(self, s: Any) -> str:

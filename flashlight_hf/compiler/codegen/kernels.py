@@ -17,6 +17,7 @@ from typing import Sequence
 
 from flashlight_hf.compiler.abi import (BLOCK_M, BLOCK_N, KERNEL_COMBINE, KERNEL_SINGLE, KERNEL_SPLIT,
                                         KERNEL_SPLIT_FUSED, KERNEL_TRAIN, NUM_SPLITS)
+from flashlight_hf.compiler.codegen.block_table import table_loops, table_plan
 from flashlight_hf.compiler.codegen.bounds import emit_key_range
 from flashlight_hf.compiler.codegen.emitter import Emitter, atom, has_running_max
 from flashlight_hf.compiler.codegen.keyloop import InnerHelper, running_max
@@ -44,8 +45,11 @@ def _emitter(kp: KernelPlan, opt: Options) -> Emitter:
 
 
 def _whole_key_axis(kp: KernelPlan, opt: Options) -> Emitter:
-    """The body of a single-launch kernel: every key of a row tile, then the output stored."""
-    em = _emitter(kp, opt)
+    """The body of a single-launch kernel: every key of a row tile, then the output stored.
+    Data-dependent masks: the key tiles come from a block table (:mod:`.block_table`)."""
+    table = bool(kp.block_table)
+    em = _emitter(table_plan(kp) if table else kp, opt)
+    em.table = table
     coordinates(em, split=False, partials=False)
     _acc_init(em)
     _key_loops(em, opt, split=False)
@@ -163,6 +167,11 @@ def _key_loops(em: Emitter, opt: Options, *, split: bool) -> None:
             if j not in x.vars and not has_running_max(x) and not isinstance(x, (Const, RunningMax, Acc)):
                 em.node(x)
     em.emit("")
+    if em.table:
+        em.helper = InnerHelper(em)
+        table_loops(em, em.helper, key_major=False, warp_specialize=opt.warp_specialize)
+        em.phase = "post"
+        return
     emit_key_range(em, split)
     em.helper = helper = InnerHelper(em)
     for start, end, interior, what in (("key_lo", "interior_lo", False, "boundary tiles before the interior"),

@@ -27,9 +27,12 @@ FIXED = {"tl", "triton", "float", "range", "pid", "split", "n_row_tiles", "tile_
          BLOCK_M, BLOCK_N, NUM_SPLITS, "BOUNDARY",
          # the backward kernels'
          "n_key_tiles", "tile_n", "start_m", "col_lo", "col_hi", "row_first", "row_last", "q_start", "q_end",
-         "end_tile", "i_first", "i_last", "interior_start", "interior_end", "dropout_seed", "dropout_p"}
+         "end_tile", "i_first", "i_last", "interior_start", "interior_end", "dropout_seed", "dropout_p",
+         # the block table's (codegen/block_table.py)
+         "tbl", "n_full", "n_part", "t", "tile_u", "dead", "tile", "n_outer", "n_inner", "row", "u",
+         "inside", "in_range", "is_full", "is_part", "KEY_MAJOR"}
 _GENERATED = re.compile(r"^(acc|m_new_acc|m_safe_acc|alpha|m_tile|m_part|beta|part|z)\d+$"
-                        r"|^(dk|dv|dq|dp|dacc|dx|p|pm|mx|ld|ld_acc|row_mx|nacc|g|dc|db)\d+$"
+                        r"|^(dk|dv|dq|dp|dacc|dx|p|pm|mx|ld|ld_acc|row_mx|nacc|g|dc|db|kept|all|any)\d+$"
                         r"|^(offs|mask)_(m|n|d\d*|dv\d*)$|^off_(b|h|g\d+)$|^stride_|_ptr$")
 
 

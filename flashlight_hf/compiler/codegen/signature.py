@@ -44,6 +44,8 @@ def parameters(em: "Emitter", name: str, *, partials: bool, with_out: bool, lse:
         params.append("out_ptr")
         params += [nm.out_stride(d) for d in range(len(prog.out_axes))]
     params += lse_parameters(em, lse)
+    if em.table:
+        params.append("tbl_ptr")
     if em.uses_dropout:
         params += ["dropout_seed", "dropout_p"]
     params += [f"z{k}" for k in range(len(em.sizes))]

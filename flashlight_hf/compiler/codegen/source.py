@@ -55,6 +55,9 @@ class KernelSource:
     # whose value contractions are dropped out (a KernelSource with its own ``backward``)
     train_dropout: "KernelSource | None" = None
     dropout: bool = False  # this kernel takes dropout_seed, dropout_p before its sizes
+    # the block-table kernel (codegen/block_table.py) this kernel's key tiles come from: the
+    # kernel then takes the table's pointer after its output (and statistics), before dropout
+    table: "KernelSource | None" = None
 
 
 def pow2(n: int) -> int:

@@ -31,6 +31,12 @@ class KernelPlan:
     # as (predicate, value that keeps): a key tile where no element is kept for any stream is
     # skipped at run time (data-dependent block sparsity: document ids, key padding).
     tile_skip: list[list[tuple[Node, bool]]] = field(default_factory=list)
+    # Where ``tile_skip`` is set: per max accumulator every cheap key-dependent mask of its chain
+    # (affine ones too) as (the ``where`` node, predicate, value that keeps, kept branch). A block
+    # table computed before the launch from these (codegen's ``block_table``) lists per row tile
+    # the key tiles every mask keeps whole and those it keeps in part; the kernels walk the lists
+    # instead of testing each tile inside the loop (a test there stops Triton pipelining the loads).
+    block_table: list[list[tuple[Node, Node, bool, Node]]] = field(default_factory=list)
 
 
 Pass = Callable[[KernelPlan], KernelPlan]

@@ -28,8 +28,10 @@ def key_bounds_pass(kp: KernelPlan) -> KernelPlan:
 
 
 def tile_skip_pass(kp: KernelPlan) -> KernelPlan:
-    """The pass: the per-stream predicates a run-time key-tile skip tests."""
-    return replace(kp, tile_skip=tile_skip_predicates(kp))
+    """The pass: the per-stream predicates a run-time key-tile skip tests, and the masks a block
+    table built before the launch evaluates instead."""
+    skip = tile_skip_predicates(kp)
+    return replace(kp, tile_skip=skip, block_table=block_table_masks(kp) if skip else [])
 
 
 def _affine(x: Node, i: Var, j: Var) -> dict | None:
@@ -210,6 +212,23 @@ def tile_skip_predicates(kp: KernelPlan) -> list[list[tuple[Node, bool]]]:
         if not preds:
             return []
         out.append(preds)
+    return out
+
+
+def block_table_masks(kp: KernelPlan) -> list[list[tuple[Node, Node, bool, Node]]]:
+    """Per max accumulator, every mask of its chain a block table can evaluate per (row, key):
+    contraction-free and key-dependent (affine ones included, so one table holds them all) as
+    (where node, predicate, value that keeps, kept branch)."""
+    out = []
+    for a in kp.accs:
+        if a.kind != "max":
+            continue
+        chain = []
+        for c, keep, w in _mask_chain(a.body):
+            if kp.loop_var in c.vars and not any(isinstance(y, Reduce) for y in walk(c)):
+                x, y = w.args[1], w.args[2]
+                chain.append((w, c, keep, x if keep else y))
+        out.append(chain)
     return out
 
 

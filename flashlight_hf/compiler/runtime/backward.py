@@ -32,6 +32,7 @@ from flashlight_hf.compiler.runtime.backward_fold import fold, grouped_view, in_
 from flashlight_hf.compiler.runtime.hooks import launch_hooks
 from flashlight_hf.compiler.runtime.launch import Launcher
 from flashlight_hf.compiler.runtime.plan import tensor_args
+from flashlight_hf.compiler.runtime.block_table import BlockTable, dead_rows
 from flashlight_hf.compiler.runtime.sizes import SizeFunction
 from flashlight_hf import settings
 from flashlight_hf.compiler.runtime.tune import LaunchConfig, bucket, gpu_ms
@@ -73,6 +74,8 @@ class GeneratedBackward:
         self._vars = [*info.grid_vars, info.row_var, info.loop_var, *info.tile_vars]
         self._extents = SizeFunction(program, [v.extent for v in self._vars])
         self._runtime = [SizeFunction(program, bs.runtime_sizes) for bs in info.kernels]
+        # data-dependent masks: each kernel walks a block table for its own tiles
+        self._table = BlockTable(program, info.table, load) if info.table is not None else None
         self._chosen: dict[tuple, LaunchConfig] = {}
         self._dims: dict[int, list[int]] = {}
 
@@ -173,6 +176,7 @@ class GeneratedBackward:
         n_grid = 1
         for g in info.grid_vars:
             n_grid *= ext[g]
+        dead = dead_rows([mx for mx, _ in stats.values()]) if self._table is not None else None
         for (bs, launcher), runtime in zip(self.launchers, self._runtime):
             args = tensor_args(inputs, bs.input_args)
             for acc in bs.streams:
@@ -182,6 +186,7 @@ class GeneratedBackward:
                 args += [d, *d.stride()]
             for b in bs.stores:
                 args += [buffers[b], *buffers[b].stride()]
+            at_table = len(args)  # the block table (built per tile choice) and the dead-row flags go here
             if bs.dropout:  # the forward's mask, regenerated from its seed
                 args += [int(dropout[0]), float(dropout[1])]
             args += list(runtime(inputs))
@@ -190,8 +195,11 @@ class GeneratedBackward:
             programs = n_grid if bs.group is None else n_grid // (bs.group[1] or ext[bs.group[0]])
 
             def launch(cfg: LaunchConfig, bs: BackwardSource = bs, launcher: Launcher = launcher,
-                       args: list = args, along: int = along, programs: int = programs) -> None:
+                       args: list = args, along: int = along, programs: int = programs, at: int = at_table) -> None:
                 block = cfg.block_n if bs.side == "key" else cfg.block_m
+                if bs.table:
+                    table = self._table(inputs, cfg.block_m, cfg.block_n, bs.side == "key")
+                    args = args[:at] + [table, dead] + args[at:]
                 launcher(-(-along // block) * programs, args, (("BLOCK_M", cfg.block_m), ("BLOCK_N", cfg.block_n)),
                          cfg.num_warps, cfg.num_stages)
             for hook in launch_hooks():

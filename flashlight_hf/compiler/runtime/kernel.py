@@ -16,6 +16,7 @@ import torch
 
 from flashlight_hf.compiler.codegen import KernelSource
 from flashlight_hf.compiler.ir import Program
+from flashlight_hf.compiler.runtime.block_table import BlockTable
 from flashlight_hf.compiler.runtime.hooks import launch_hooks
 from flashlight_hf.compiler.runtime.launch import Launcher
 from flashlight_hf.compiler.runtime.loader import load_kernel
@@ -58,6 +59,8 @@ class CompiledKernel:
         self._sizes = SizeFunction(self.program, exprs)
         self._n_out, self._n_rt = len(out_extents), len(src.runtime_sizes)
         self._tuner = Tuner(src.tile_pads)
+        # data-dependent masks: the key tiles of each launch come from a block table built first
+        self._table = BlockTable(self.program, src.table, self._load) if src.table is not None else None
         self._split = None
         self._train: dict[bool, TrainingForward] = {}  # loaded on first use, without and with dropout
         self._backward: dict[bool, GeneratedBackward] = {}
@@ -150,7 +153,7 @@ class CompiledKernel:
             run, _ = self._split.runner(switches)
             run(inputs, out, plan, splits, cfg)
         else:
-            self.launch_single(cfg, self.launch_args(inputs, out, plan), plan.rows, plan.n_grid)
+            self.launch_single(cfg, self.launch_args(inputs, out, plan), plan.rows, plan.n_grid, inputs)
         if plan.direct is None and not plan.no_direct:  # launched (compiled) once: relaunch directly
             plan.direct = self._direct_launch(inputs, out, plan, switches)
             plan.no_direct = plan.direct is None
@@ -272,8 +275,15 @@ class CompiledKernel:
                 return self.source.backward.no_grad[k]
         return None
 
-    def launch_single(self, cfg: LaunchConfig, args: list, rows: int, n_grid: int) -> None:
-        """One launch of the single-launch kernel (the whole key loop per program)."""
+    def launch_single(self, cfg: LaunchConfig, args: list, rows: int, n_grid: int,
+                      inputs: list[torch.Tensor] | None = None) -> None:
+        """One launch of the single-launch kernel (the whole key loop per program); with
+        data-dependent masks, after the block table for ``cfg``'s tiles (built from ``inputs``)."""
+        if self._table is not None:
+            if inputs is None:
+                raise ValueError("flashlight: this kernel walks a block table: launch_single needs the inputs")
+            cut = len(args) - len(self.source.runtime_sizes)
+            args = args[:cut] + [self._table(inputs, cfg.block_m, cfg.block_n, False)] + args[cut:]
         self._launcher(row_tiles(rows, cfg, n_grid), args, constexprs(cfg), cfg.num_warps, cfg.num_stages)
 
     def _choose(self, inputs: list[torch.Tensor], out: torch.Tensor, plan: ShapePlan,
@@ -283,7 +293,7 @@ class CompiledKernel:
         args = self.launch_args(inputs, out, plan)
         return self._tuner.choose(
             plan.rows, plan.keys, plan.n_grid, plan.splits, out.device, switches,
-            lambda cfg: self.launch_single(cfg, args, plan.rows, plan.n_grid),
+            lambda cfg: self.launch_single(cfg, args, plan.rows, plan.n_grid, inputs),
             lambda cfg, splits: self._split.runner(switches)[0](inputs, out, plan, splits, cfg))
 
     def _kernel_names(self, plan: ShapePlan, switches: LaunchSwitches) -> list[str]:
@@ -301,6 +311,8 @@ class CompiledKernel:
         cfg, splits = plan.choice
         if splits > 1:
             return self._split.direct(inputs, out, plan, switches)
+        if self._table is not None:
+            return None  # the table is built per call, from the call's masks
         n_tiles = row_tiles(plan.rows, cfg, plan.n_grid)
         single = self._launcher.direct(self.launch_args(inputs, out, plan), constexprs(cfg), cfg.num_warps,
                                        cfg.num_stages)

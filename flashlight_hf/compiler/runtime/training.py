@@ -16,6 +16,7 @@ import torch
 from flashlight_hf.compiler.codegen import KernelSource
 from flashlight_hf.compiler.codegen.source import LN2
 from flashlight_hf.compiler.ir import Program
+from flashlight_hf.compiler.runtime.block_table import BlockTable
 from flashlight_hf.compiler.runtime.hooks import launch_hooks
 from flashlight_hf.compiler.runtime.launch import Launcher
 from flashlight_hf.compiler.runtime.plan import constexprs, row_tiles, tensor_args
@@ -29,6 +30,7 @@ class TrainingForward:
     def __init__(self, program: Program, source: KernelSource, load: Callable[[KernelSource], Any]):
         self.source = source
         self.launcher = Launcher(load(source))
+        self._table = BlockTable(program, source.table, load) if source.table is not None else None
         # the LSE tensors' shape [grid..., rows], then the kernel's run-time sizes
         self._n_shape = len(source.grid_extents) + 1
         self._sizes = SizeFunction(program, [*source.grid_extents, source.row_extent, *source.runtime_sizes])
@@ -66,6 +68,8 @@ class TrainingForward:
             args += [saved[2 * s], saved[2 * s + 1], *saved[2 * s].stride()]
         for t in saved[2 * n:]:
             args += [t, *t.stride()]
+        if self._table is not None:  # data-dependent masks: the key tiles each row tile visits
+            args.append(self._table(inputs, cfg.block_m, cfg.block_n, False))
         if self.source.dropout:
             if dropout is None:
                 raise ValueError("flashlight: this training kernel drops out attention: pass dropout=(seed, p)")

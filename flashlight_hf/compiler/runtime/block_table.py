@@ -1,0 +1,63 @@
+"""The block table's launch: before a kernel that walks one, per tile the tiles its masks keep.
+
+Why its own module: the forward, the training forward and both backward kernels each need the
+table for their own tile sizes (``codegen/block_table.py`` says what it holds), built per call
+because the masks are read from the call's data (document ids). One small launch per kernel
+launch; the backward also hands its kernels a per grid point flag "a row here every mask drops"
+(:func:`dead_rows`), so that they give eager's NaN gradients for such rows.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import torch
+
+from flashlight_hf.compiler.abi import BLOCK_M, BLOCK_N
+from flashlight_hf.compiler.codegen import KernelSource
+from flashlight_hf.compiler.ir import Program
+from flashlight_hf.compiler.runtime.hooks import launch_hooks
+from flashlight_hf.compiler.runtime.launch import Launcher
+from flashlight_hf.compiler.runtime.plan import tensor_args
+from flashlight_hf.compiler.runtime.sizes import SizeFunction
+
+
+class BlockTable:
+    """``table(inputs, block_m, block_n, key_major)``: the int32 block table for one launch's
+    tiles (rows then keys; ``key_major``: per key tile its query tiles, for dK/dV)."""
+
+    def __init__(self, program: Program, source: KernelSource, load: Callable[[KernelSource], Any]):
+        self.source = source
+        self.launcher = Launcher(load(source))
+        self._n_grid = len(source.grid_extents)
+        self._sizes = SizeFunction(program, [*source.grid_extents, source.row_extent, source.loop_extent,
+                                             *source.runtime_sizes])
+
+    def __call__(self, inputs: Sequence[torch.Tensor], block_m: int, block_n: int, key_major: bool) -> torch.Tensor:
+        sizes = self._sizes(list(inputs))
+        n = self._n_grid
+        points = 1
+        for g in sizes[:n]:
+            points *= g
+        rows, keys, runtime = sizes[n], sizes[n + 1], sizes[n + 2:]
+        row_tiles, key_tiles = -(-rows // block_m), -(-keys // block_n)
+        outer, inner = (key_tiles, row_tiles) if key_major else (row_tiles, key_tiles)
+        table = torch.empty((points * outer, inner + 2), dtype=torch.int32, device=inputs[0].device)
+        if table.shape[0] == 0:
+            return table
+        args = tensor_args(list(inputs), self.source.input_args) + [table, *runtime]
+        for hook in launch_hooks():
+            hook(self.source.name)
+        self.launcher(points * outer, args, ((BLOCK_M, block_m), (BLOCK_N, block_n), ("KEY_MAJOR", key_major)),
+                      4, 1)
+        return table
+
+
+def dead_rows(maxes: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Per grid point, int8: whether some row's running max (``[grid..., rows]``, any stream) is
+    −inf, i.e. every mask drops the whole row. Contiguous: the kernels index it by grid point."""
+    dead = None
+    for mx in maxes:
+        d = (mx == float("-inf")).any(dim=-1)
+        dead = d if dead is None else dead | d
+    return dead.to(torch.int8).contiguous()
