@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 OPS = ("HGMMA", "MUFU.EX2", "FFMA", "FMUL", "FADD", "FMNMX", "F2FP", "LDGSTS", "UTMALDG", "LDG", "STS", "LDS",
        "STL", "LDL", "ATOMG", "MEMBAR")
 DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.int64: "i64",
-          torch.int32: "i32", torch.bool: "i1"}
+          torch.int32: "i32", torch.int8: "i8", torch.bool: "i1"}
 
 
 def programs(b: int, h: int, s: int, d: int, dtype: torch.dtype) -> dict[str, tuple]:

@@ -21,9 +21,9 @@ for what in "${@:-dense}"; do
     dense) stage dense 300 python benchmarks/bench_attention.py --backward --variants full causal --head-dim 64 128 \
              --impls sdpa_cudnn flex flashlight --no-plot --warmup 10 --rep 40 --out "$out/bwd_dense" ;;
     profile) stage profile 120 python benchmarks/profile_backward.py --variants full causal sliding_window ;;
-    profile_more) stage profile_more 150 python benchmarks/profile_backward.py --variants document_mask \
+    profile_more) stage profile_more 200 python benchmarks/profile_backward.py --variants document_mask \
                --programs diffllama evoformer ;;
-    doc) stage doc 150 python benchmarks/bench_attention.py --backward --variants document_mask causal --head-dim 64 128 \
+    doc) stage doc 300 python benchmarks/bench_attention.py --backward --variants document_mask causal --head-dim 64 128 \
           --impls flex flashlight --no-plot --warmup 10 --rep 40 --out "$out/bwd_doc"
          stage doc_fwd 120 python benchmarks/bench_attention.py --variants document_mask --head-dim 64 128 \
           --impls flex flashlight --no-plot --warmup 10 --rep 40 --out "$out/fwd_doc" ;;

@@ -5,8 +5,8 @@ time. Testing each key tile inside the loop (``if any key survives:``) is exact 
 tile's loads under a branch, and Triton does not software-pipeline loads inside a branch: a
 document mask then ran slower than a causal one with twice its work (RESULTS.md, session 10).
 So, as FlexAttention's block masks do, one small kernel (:func:`table_kernel`) evaluates the
-masks of the plan's ``block_table`` per (row tile, key tile) before the launch and writes, per
-row tile (or per key tile for the dK/dV kernel, ``KEY_MAJOR``), two lists: the tiles every mask
+masks of the plan's ``block_table`` per (row tile, key tile) before the launch, and the runtime
+compacts that into, per row tile (or per key tile for the dK/dV kernel, ``KEY_MAJOR``), two lists: the tiles every mask
 keeps whole and in range (run with no mask arithmetic, as interior tiles are) and the tiles some
 mask keeps in part. The attention kernels walk the lists (:func:`table_loops`); tiles in
 neither are never visited.
@@ -114,49 +114,39 @@ def table_loops(em: "Emitter", helper: "TileHelper", *, key_major: bool, dead: b
 
 
 def table_kernel(kp: KernelPlan, interpret: bool, input_names=None) -> KernelSource:
-    """The kernel that writes the block table: one program per (outer tile, table grid point),
-    walking the inner tiles in order and appending each to its list."""
+    """The kernel that classifies tiles for the block table: one program per (table grid point,
+    outer tile, inner tile), writing an int8 state (0: no pair kept, 1: some, 2: every pair kept
+    and the tile whole). The runtime then compacts each outer tile's states into its two lists
+    (``runtime/block_table.py``): every tile in parallel, then a prefix sum per row of tiles."""
     from flashlight_hf.compiler.codegen.emitter import Emitter
 
     em = Emitter(kp, interpret, False, input_names)
     i, j = em.i, em.j
     rows, keys = em.size(i.extent), em.size(j.extent)
     tvars = table_vars(kp)
-    em.emit("# program coordinates: one program per (outer tile, grid point of the variables the masks read)")
+    em.emit("# program coordinates: one program per (grid point of the variables the masks read, outer tile,")
+    em.emit("# inner tile); outer: row tiles, or key tiles when KEY_MAJOR (the dK/dV kernel's table)")
     em.emit("pid = tl.program_id(0)")
     em.emit(f"n_row_tiles = tl.cdiv({rows}, {BLOCK_M})")
     em.emit(f"n_key_tiles = tl.cdiv({keys}, {BLOCK_N})")
-    em.emit(f"if {KEY_MAJOR}:  # the dK/dV kernel's table: per key tile, its query tiles")
-    em.emit("    n_outer = n_key_tiles")
-    em.emit("    n_inner = n_row_tiles")
-    em.emit("else:  # per row tile, its key tiles")
-    em.emit("    n_outer = n_row_tiles")
-    em.emit("    n_inner = n_key_tiles")
-    em.emit("tile = pid % n_outer")
+    em.emit(f"if {KEY_MAJOR}:")
+    em.emit("    tile_m = pid % n_row_tiles")
+    em.emit("    tile_n = (pid // n_row_tiles) % n_key_tiles")
+    em.emit("else:")
+    em.emit("    tile_n = pid % n_key_tiles")
+    em.emit("    tile_m = (pid // n_key_tiles) % n_row_tiles")
     if tvars:
-        em.emit("rest = pid // n_outer")
+        em.emit("rest = pid // (n_row_tiles * n_key_tiles)")
     for n, g in enumerate(reversed(tvars)):
         em.emit(f"{em.nm.offs[g]} = rest % {em.size(g.extent)}")
         if n < len(tvars) - 1:
             em.emit(f"rest = rest // {em.size(g.extent)}")
-    em.emit("row = tbl_ptr + pid * (n_inner + 2)")
-    em.emit("n_full = tl.zeros([], tl.int32)")
-    em.emit("n_part = tl.zeros([], tl.int32)")
-    em.emit("for u in range(0, n_inner):")
-    em.indent += 1
-    em.emit(f"if {KEY_MAJOR}:")
-    em.emit("    tile_m = u")
-    em.emit("    tile_n = tile")
-    em.emit("else:")
-    em.emit("    tile_m = tile")
-    em.emit("    tile_n = u")
     em.emit(f"offs_m = tile_m * {BLOCK_M} + tl.arange(0, {BLOCK_M})")
     em.emit(f"mask_m = offs_m < {rows}")
     em.emit(f"offs_n = tile_n * {BLOCK_N} + tl.arange(0, {BLOCK_N})")
     em.emit(f"mask_n = offs_n < {keys}")
     em.emit("inside = mask_m[:, None] & mask_n[None, :]")
     em.phase = "loop"
-    em.loop = j
     whole, some = [], []
     for s, chain in enumerate(kp.block_table):
         parts = []
@@ -174,23 +164,17 @@ def table_kernel(kp: KernelPlan, interpret: bool, input_names=None) -> KernelSou
     em.emit(f"in_range = tl.where(((tile_m + 1) * {BLOCK_M} <= {rows}) & ((tile_n + 1) * {BLOCK_N} <= {keys}), 1, 0)")
     em.emit(f"is_full = ({' & '.join(whole) if whole else '1'}) & in_range  # whole: no masks, no bounds")
     em.emit(f"is_part = ({' | '.join(some) if some else '1'}) & (1 - is_full)")
-    em.emit("tl.store(row + 2 + n_full, u, mask=is_full != 0)")
-    em.emit("tl.store(row + 1 + n_inner - n_part, u, mask=is_part != 0)")
-    em.emit("n_full += is_full")
-    em.emit("n_part += is_part")
-    em.indent -= 1
-    em.emit("tl.store(row, n_full)")
-    em.emit("tl.store(row + 1, n_part)")
+    em.emit("tl.store(state_ptr + pid, (2 * is_full + is_part).to(tl.int8))")
     prog, nm = kp.program, em.nm
     params = []
     for k in sorted(em.inputs):
         params.append(nm.ptr(k))
         params += [nm.stride(k, d) for d in range(len(prog.input_shapes[k]))]
-    params += ["tbl_ptr"] + [f"z{k}" for k in range(len(em.sizes))]
+    params += ["state_ptr"] + [f"z{k}" for k in range(len(em.sizes))]
     params += [f"{BLOCK_M}: tl.constexpr", f"{BLOCK_N}: tl.constexpr", f"{KEY_MAJOR}: tl.constexpr"]
     text = ["import triton", "import triton.language as tl", "", "",
-            f"# {KERNEL_BLOCK_TABLE}: per row tile (per key tile when {KEY_MAJOR}) the tiles every mask keeps",
-            "# whole, then those some mask keeps in part; written before the attention kernels walk them",
+            f"# {KERNEL_BLOCK_TABLE}: per (outer tile, inner tile) whether the masks keep none of its pairs (0),",
+            "# some (1) or all of them in a whole tile (2); compacted into the block table after",
             "@triton.jit", f"def {KERNEL_BLOCK_TABLE}("] + [f"    {p}," for p in params] + ["):"]
     return KernelSource(name=KERNEL_BLOCK_TABLE, source="\n".join(text + em.lines) + "\n",
                         input_args=sorted(em.inputs), runtime_sizes=list(em.sizes),

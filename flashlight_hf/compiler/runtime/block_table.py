@@ -29,6 +29,7 @@ class BlockTable:
     def __init__(self, program: Program, source: KernelSource, load: Callable[[KernelSource], Any]):
         self.source = source
         self.launcher = Launcher(load(source))
+        self.compact = Launcher(_compact_kernel())
         self._n_grid = len(source.grid_extents)
         self._sizes = SizeFunction(program, [*source.grid_extents, source.row_extent, source.loop_extent,
                                              *source.runtime_sizes])
@@ -42,15 +43,51 @@ class BlockTable:
         rows, keys, runtime = sizes[n], sizes[n + 1], sizes[n + 2:]
         row_tiles, key_tiles = -(-rows // block_m), -(-keys // block_n)
         outer, inner = (key_tiles, row_tiles) if key_major else (row_tiles, key_tiles)
-        table = torch.empty((points * outer, inner + 2), dtype=torch.int32, device=inputs[0].device)
-        if table.shape[0] == 0:
+        device = inputs[0].device
+        table = torch.empty((points * outer, inner + 2), dtype=torch.int32, device=device)
+        if table.numel() == 0 or inner == 0:
+            table.zero_()
             return table
-        args = tensor_args(list(inputs), self.source.input_args) + [table, *runtime]
+        state = torch.empty(points * outer * inner, dtype=torch.int8, device=device)
+        args = tensor_args(list(inputs), self.source.input_args) + [state, *runtime]
         for hook in launch_hooks():
             hook(self.source.name)
-        self.launcher(points * outer, args, ((BLOCK_M, block_m), (BLOCK_N, block_n), ("KEY_MAJOR", key_major)),
+        self.launcher(state.numel(), args, ((BLOCK_M, block_m), (BLOCK_N, block_n), ("KEY_MAJOR", key_major)),
                       4, 1)
+        width = max(16, 1 << (inner - 1).bit_length())
+        self.compact(points * outer, [state, table, inner], (("INNER", width),), 4 if width <= 2048 else 8, 1)
         return table
+
+
+_COMPACT: Any = None
+
+
+def _compact_kernel() -> Any:
+    """Per outer tile, its inner tiles' states (int8: 0 none kept, 1 some, 2 whole) into the
+    table's row: the counts, the whole tiles in order from the front, the partial ones from the
+    back (exclusive prefix sums give each tile its slot). Built on first use: ``triton.jit``
+    reads ``TRITON_INTERPRET`` when it wraps the function."""
+    global _COMPACT
+    if _COMPACT is None:
+        import triton
+        import triton.language as tl
+
+        @triton.jit
+        def block_table_compact(state_ptr, tbl_ptr, n_inner, INNER: tl.constexpr):
+            pid = tl.program_id(0)
+            u = tl.arange(0, INNER)
+            state = tl.load(state_ptr + pid * n_inner + u, mask=u < n_inner, other=0).to(tl.int32)
+            full = tl.where(state == 2, 1, 0)
+            part = tl.where(state == 1, 1, 0)
+            at_full = tl.cumsum(full, 0) - full
+            at_part = tl.cumsum(part, 0) - part
+            row = tbl_ptr + pid * (n_inner + 2)
+            tl.store(row + 2 + at_full, u, mask=full != 0)
+            tl.store(row + 1 + n_inner - at_part, u, mask=part != 0)
+            tl.store(row, tl.sum(full, 0))
+            tl.store(row + 1, tl.sum(part, 0))
+        _COMPACT = block_table_compact
+    return _COMPACT
 
 
 def dead_rows(maxes: Sequence[torch.Tensor]) -> torch.Tensor:
