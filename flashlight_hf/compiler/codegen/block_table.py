@@ -115,7 +115,7 @@ def table_loops(em: "Emitter", helper: "TileHelper", *, key_major: bool, dead: b
 
 def table_kernel(kp: KernelPlan, interpret: bool, input_names=None) -> KernelSource:
     """The kernel that classifies tiles for the block table: one program per (table grid point,
-    outer tile, inner tile), writing an int8 state (0: no pair kept, 1: some, 2: every pair kept
+    outer tile, ``TILES`` inner tiles), writing an int8 state (0: no pair kept, 1: some, 2: every pair kept
     and the tile whole). The runtime then compacts each outer tile's states into its two lists
     (``runtime/block_table.py``): every tile in parallel, then a prefix sum per row of tiles."""
     from flashlight_hf.compiler.codegen.emitter import Emitter
@@ -125,29 +125,41 @@ def table_kernel(kp: KernelPlan, interpret: bool, input_names=None) -> KernelSou
     rows, keys = em.size(i.extent), em.size(j.extent)
     tvars = table_vars(kp)
     em.emit("# program coordinates: one program per (grid point of the variables the masks read, outer tile,")
-    em.emit("# inner tile); outer: row tiles, or key tiles when KEY_MAJOR (the dK/dV kernel's table)")
+    em.emit("# TILES inner tiles); outer: row tiles, or key tiles when KEY_MAJOR (the dK/dV kernel's table).")
+    em.emit("# Several tiles per program: a program per tile pair costs more to schedule than its work")
     em.emit("pid = tl.program_id(0)")
     em.emit(f"n_row_tiles = tl.cdiv({rows}, {BLOCK_M})")
     em.emit(f"n_key_tiles = tl.cdiv({keys}, {BLOCK_N})")
     em.emit(f"if {KEY_MAJOR}:")
-    em.emit("    tile_m = pid % n_row_tiles")
-    em.emit("    tile_n = (pid // n_row_tiles) % n_key_tiles")
+    em.emit("    n_outer = n_key_tiles")
+    em.emit("    n_inner = n_row_tiles")
     em.emit("else:")
-    em.emit("    tile_n = pid % n_key_tiles")
-    em.emit("    tile_m = (pid // n_key_tiles) % n_row_tiles")
+    em.emit("    n_outer = n_row_tiles")
+    em.emit("    n_inner = n_key_tiles")
+    em.emit("n_chunks = tl.cdiv(n_inner, TILES)")
+    em.emit("chunk = pid % n_chunks")
+    em.emit("tile = (pid // n_chunks) % n_outer")
     if tvars:
-        em.emit("rest = pid // (n_row_tiles * n_key_tiles)")
+        em.emit("rest = pid // (n_chunks * n_outer)")
     for n, g in enumerate(reversed(tvars)):
         em.emit(f"{em.nm.offs[g]} = rest % {em.size(g.extent)}")
         if n < len(tvars) - 1:
             em.emit(f"rest = rest // {em.size(g.extent)}")
-    em.emit(f"offs_m = tile_m * {BLOCK_M} + tl.arange(0, {BLOCK_M})")
+    em.emit("u = chunk * TILES + tl.arange(0, TILES)  # the inner tiles this program classifies")
+    em.emit(f"if {KEY_MAJOR}:  # TILES query tiles against one key tile")
+    em.emit(f"    offs_m = chunk * TILES * {BLOCK_M} + tl.arange(0, TILES * {BLOCK_M})")
+    em.emit(f"    offs_n = tile * {BLOCK_N} + tl.arange(0, {BLOCK_N})")
+    em.emit(f"    in_range = ((u + 1) * {BLOCK_M} <= {rows}) & ((tile + 1) * {BLOCK_N} <= {keys})")
+    em.emit("else:  # one row tile against TILES key tiles")
+    em.emit(f"    offs_m = tile * {BLOCK_M} + tl.arange(0, {BLOCK_M})")
+    em.emit(f"    offs_n = chunk * TILES * {BLOCK_N} + tl.arange(0, TILES * {BLOCK_N})")
+    em.emit(f"    in_range = ((tile + 1) * {BLOCK_M} <= {rows}) & ((u + 1) * {BLOCK_N} <= {keys})")
     em.emit(f"mask_m = offs_m < {rows}")
-    em.emit(f"offs_n = tile_n * {BLOCK_N} + tl.arange(0, {BLOCK_N})")
     em.emit(f"mask_n = offs_n < {keys}")
     em.emit("inside = mask_m[:, None] & mask_n[None, :]")
     em.phase = "loop"
     whole, some = [], []
+    shape4 = f"[offs_m.shape[0] // {BLOCK_M}, {BLOCK_M}, offs_n.shape[0] // {BLOCK_N}, {BLOCK_N}]"
     for s, chain in enumerate(kp.block_table):
         parts = []
         for _, pred, keep, _ in chain:
@@ -157,21 +169,24 @@ def table_kernel(kp: KernelPlan, interpret: bool, input_names=None) -> KernelSou
             continue
         kept = f"kept{s}"
         em.emit(f"{kept} = {' & '.join(parts)}  # softmax stream {s}: its masks keep (row, key)")
-        em.emit(f"all{s} = tl.min((({kept}) | (inside == 0)).to(tl.int32))  # keeps every pair in range")
-        em.emit(f"any{s} = tl.max((({kept}) & inside).to(tl.int32))  # keeps some pair")
+        em.emit(f"all{s} = tl.reshape((({kept}) | (inside == 0)).to(tl.int32), {shape4})")
+        em.emit(f"all{s} = tl.reshape(tl.min(tl.min(all{s}, axis=3), axis=1), [TILES])  # keeps every pair in range")
+        em.emit(f"any{s} = tl.reshape((({kept}) & inside).to(tl.int32), {shape4})")
+        em.emit(f"any{s} = tl.reshape(tl.max(tl.max(any{s}, axis=3), axis=1), [TILES])  # keeps some pair")
         whole.append(f"all{s}")
         some.append(f"any{s}")
-    em.emit(f"in_range = tl.where(((tile_m + 1) * {BLOCK_M} <= {rows}) & ((tile_n + 1) * {BLOCK_N} <= {keys}), 1, 0)")
-    em.emit(f"is_full = ({' & '.join(whole) if whole else '1'}) & in_range  # whole: no masks, no bounds")
+    em.emit(f"is_full = ({' & '.join(whole) if whole else '1'}) & in_range.to(tl.int32)  # whole: no masks, no bounds")
     em.emit(f"is_part = ({' | '.join(some) if some else '1'}) & (1 - is_full)")
-    em.emit("tl.store(state_ptr + pid, (2 * is_full + is_part).to(tl.int8))")
+    em.emit("tl.store(state_ptr + tile * n_inner + (pid // (n_chunks * n_outer)) * n_outer * n_inner + u,")
+    em.emit("         (2 * is_full + is_part).to(tl.int8), mask=u < n_inner)")
     prog, nm = kp.program, em.nm
     params = []
     for k in sorted(em.inputs):
         params.append(nm.ptr(k))
         params += [nm.stride(k, d) for d in range(len(prog.input_shapes[k]))]
     params += ["state_ptr"] + [f"z{k}" for k in range(len(em.sizes))]
-    params += [f"{BLOCK_M}: tl.constexpr", f"{BLOCK_N}: tl.constexpr", f"{KEY_MAJOR}: tl.constexpr"]
+    params += [f"{BLOCK_M}: tl.constexpr", f"{BLOCK_N}: tl.constexpr", f"{KEY_MAJOR}: tl.constexpr",
+               "TILES: tl.constexpr"]
     text = ["import triton", "import triton.language as tl", "", "",
             f"# {KERNEL_BLOCK_TABLE}: per (outer tile, inner tile) whether the masks keep none of its pairs (0),",
             "# some (1) or all of them in a whole tile (2); compacted into the block table after",

@@ -52,8 +52,10 @@ class BlockTable:
         args = tensor_args(list(inputs), self.source.input_args) + [state, *runtime]
         for hook in launch_hooks():
             hook(self.source.name)
-        self.launcher(state.numel(), args, ((BLOCK_M, block_m), (BLOCK_N, block_n), ("KEY_MAJOR", key_major)),
-                      4, 1)
+        # a program classifies a run of inner tiles about 128 rows or keys long
+        tiles = max(1, min(128 // (block_m if key_major else block_n), 1 << (inner - 1).bit_length()))
+        self.launcher(points * outer * -(-inner // tiles), args, ((BLOCK_M, block_m), (BLOCK_N, block_n),
+                                                                  ("KEY_MAJOR", key_major), ("TILES", tiles)), 8, 1)
         width = max(16, 1 << (inner - 1).bit_length())
         self.compact(points * outer, [state, table, inner], (("INNER", width),), 4 if width <= 2048 else 8, 1)
         return table
