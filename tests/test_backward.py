@@ -346,10 +346,12 @@ def test_explain_shows_the_backward(device: str):
     assert "running max" in why and "backward fallbacks" in str(e)
 
 
-def test_torch_compile_traces_the_backward_through_fake_implementations(device: str):
+@pytest.mark.parametrize("name", ["per_key_bias", "key_gate"])
+def test_torch_compile_traces_the_backward_through_fake_implementations(name: str, device: str):
     """AOTAutograd (``aot_eager``) traces the training forward and the backward op with their
-    fake implementations; the compiled graph's gradients equal eager's."""
-    fn, inputs = _case("per_key_bias", 21, 30, device)
+    fake implementations (the key gate's ``w``: a gradient only a term's chain gives); the
+    compiled graph's gradients equal eager's."""
+    fn, inputs = _case(name, 21, 30, device)
     compiled = flashlight_hf.compile(fn)
     compiled(*inputs)  # builds the kernel outside tracing
     leaves = [t.detach().requires_grad_() for t in inputs]
