@@ -3,8 +3,9 @@
 Each program's gradients (q, k, v and every captured tensor) are checked against float64
 autograd of the eager program, with the launch hooks proving the backward ran as generated
 kernels (``flashlight_bwd_dkdv`` / ``flashlight_bwd_dq``), not the recompute path; lengths that
-are not tile multiples, q_len ≠ kv_len, head dims 32–256, bitwise determinism, and the fallback
-(one warning, exact gradients) for a program whose backward is not derived.
+are not tile multiples, q_len ≠ kv_len, head dims 32–256, bitwise determinism, score terms over
+keys or rows alone (a key gate ``sigmoid(k @ w)``), and the fallback (one warning, exact
+gradients) for a program whose backward is not derived.
 """
 
 from __future__ import annotations
@@ -73,6 +74,28 @@ def mqa_expand(q, k, v):  # one key head for every query head, as a broadcast
     return torch.softmax(_scores(q, k), dim=-1) @ v
 
 
+def row_temperature(q, k, v, u):  # a per-row temperature from the query: a score term over rows alone
+    return torch.softmax(_scores(q, k) * torch.sigmoid(q @ u)[..., None], dim=-1) @ v
+
+
+def vector_temperature(q, k, v, u):  # one temperature from a parameter vector: a term over neither
+    return torch.softmax(_scores(q, k) * torch.sigmoid((u * u).mean()), dim=-1) @ v
+
+
+def gqa_key_gate_causal(q, k, v, w):  # a key gate on the shared key heads, under a causal mask
+    g = q.shape[1] // k.shape[1]
+    i = torch.arange(q.shape[-2], device=q.device)[:, None]
+    j = torch.arange(k.shape[-2], device=q.device)[None, :]
+    s = _scores(q, repeat_kv(k, g)) + repeat_kv(torch.sigmoid(k @ w)[..., None], g).transpose(-2, -1)
+    s = s.masked_fill(j > i + (k.shape[-2] - q.shape[-2]), float("-inf"))
+    return torch.softmax(s, dim=-1) @ repeat_kv(v, g)
+
+
+def max_logit(q, k, v):  # the epilogue reads each row's max score: a running max the backward holds constant
+    s = _scores(q, k)
+    return torch.softmax(s, dim=-1) @ v + s.amax(-1, keepdim=True)
+
+
 def _qkv(sq: int, sk: int, d: int = D, hk: int = H, device: str = "cpu"):
     return [torch.randn(B, H, sq, d, device=device), torch.randn(B, hk, sk, d, device=device),
             torch.randn(B, hk, sk, d, device=device)]
@@ -92,6 +115,10 @@ def _case(name: str, sq: int, sk: int, device: str) -> tuple:
         "gqa_repeat_interleave": (gqa_repeat_interleave, None),
         "gqa_repeat_kv_alibi_causal": (gqa_repeat_kv_alibi_causal, [torch.rand(H, device=device)]),
         "mqa_expand": (mqa_expand, None),
+        "key_gate": (key_gate, [torch.randn(D, device=device)]),
+        "row_temperature": (row_temperature, [torch.randn(D, device=device)]),
+        "vector_temperature": (vector_temperature, [torch.randn(D, device=device)]),
+        "gqa_key_gate_causal": (gqa_key_gate_causal, [torch.randn(D, device=device)]),
     }
     fn, more = extra[name]
     if more is None or name.startswith("gqa"):  # GQA: two query heads per key head
@@ -100,6 +127,8 @@ def _case(name: str, sq: int, sk: int, device: str) -> tuple:
 
 
 GQA = ["gqa_5d_view", "gqa_repeat_interleave", "gqa_repeat_kv_alibi_causal", "mqa_expand"]
+# a score term over keys alone, rows alone or neither, and the kernel that sums its adjoint
+TERMS = {"key_gate": "key", "row_temperature": "row", "vector_temperature": "scalar", "gqa_key_gate_causal": "key"}
 CASES = ["per_key_bias", "per_row_bias", "full_bias", "alibi_slopes", "temperature", "relative_table", "prefix_lm",
          *GQA]
 
@@ -248,8 +277,26 @@ def test_evoformer_biases_and_gate(device: str):
     assert _scatters_in_backward(evoformer, [q, k, v, mask_bias, pair_bias, gate]) == []
 
 
-def test_two_backward_runs_are_bitwise_equal(device: str):
-    fn, inputs = _case("alibi_slopes", 37, 53, device)
+@pytest.mark.parametrize("name", sorted(TERMS))
+def test_score_terms_over_keys_or_rows_alone(name: str, device: str):
+    """A key gate ``sigmoid(k @ w)`` (its gradient reaches k and w through the score), a per-row
+    temperature ``sigmoid(q @ u)``, a temperature from a parameter vector: the term's adjoint is
+    summed inside the kernel that loops over the other axis (dK/dV for a term over keys or
+    neither, dQ for one over rows), then carried to the loads under it; every input's gradient,
+    the term's own parameter included, against float64."""
+    fn, inputs = _case(name, 37, 53, device)
+    check_generated_gradients(fn, inputs, at_least=4)
+    e = flashlight_hf.explain(fn, *inputs)
+    assert e.backward_kernels == 2 and e.backward_fallbacks == []
+    kind = TERMS[name]
+    dkdv, dq = e.backward_sources
+    assert f"d the {kind} term Σ_" in (dq if kind == "row" else dkdv)
+    assert f"d the {kind} term Σ_" not in (dkdv if kind == "row" else dq)
+
+
+@pytest.mark.parametrize("name", ["alibi_slopes", "key_gate", "gqa_key_gate_causal"])
+def test_two_backward_runs_are_bitwise_equal(name: str, device: str):
+    fn, inputs = _case(name, 37, 53, device)
     compiled = flashlight_hf.compile(fn)
     seed = torch.randn_like(fn(*inputs))
     first = gradients(compiled, inputs, seed)
@@ -264,17 +311,24 @@ def test_two_backward_runs_are_bitwise_equal(device: str):
 
 
 def test_underived_backward_warns_once_and_recomputes_exactly(device: str):
+    """The epilogue reads each row's max score: its gradient flows through the row's argmax,
+    which the derived backward (running maxes held constant) does not give."""
     q, k, v = _qkv(19, 23, device=device)
-    w = torch.randn(D, device=device)
-    compiled = flashlight_hf.compile(key_gate)
-    seed = torch.randn_like(key_gate(q, k, v, w))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        got = gradients(compiled, [q, k, v, w], seed)
-        gradients(compiled, [q, k, v, w], seed)
+    compiled = flashlight_hf.compile(max_logit)
+    seed = torch.randn_like(max_logit(q, k, v))
+    launched: list[str] = []
+    remove = add_launch_hook(launched.append)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            got = gradients(compiled, [q, k, v], seed)
+            gradients(compiled, [q, k, v], seed)
+    finally:
+        remove()
     said = [str(c.message) for c in caught if "backward" in str(c.message)]
-    assert len(said) == 1 and "re-runs it eagerly" in said[0], said
-    ref = gradients(key_gate, [q, k, v, w], seed, dtype=torch.float64)
+    assert len(said) == 1 and "re-runs it eagerly" in said[0] and "running max" in said[0], said
+    assert KERNEL_BWD_DKDV not in launched and KERNEL_BWD_DQ not in launched, launched
+    ref = gradients(max_logit, [q, k, v], seed, dtype=torch.float64)
     assert_gradients_close(got, ref, torch.float32, what="recomputed")
 
 
@@ -285,15 +339,19 @@ def test_explain_shows_the_backward(device: str):
     assert "def flashlight_bwd_dkdv(" in e.backward_sources[0] and "def flashlight_bwd_dq(" in e.backward_sources[1]
     assert "def flashlight_fwd_train(" in e.training_source and "backward kernels: 2" in str(e)
     e = flashlight_hf.explain(key_gate, q, k, v, torch.randn(D, device=device))
+    assert e.num_kernels == 1 and e.backward_kernels == 2 and e.backward_fallbacks == []
+    e = flashlight_hf.explain(max_logit, q, k, v)
     assert e.num_kernels == 1 and e.backward_kernels == 0
     (node, why), = e.backward_fallbacks
-    assert "inputs 1, 3" in node and "not derived" in why
+    assert "running max" in why and "backward fallbacks" in str(e)
 
 
-def test_torch_compile_traces_the_backward_through_fake_implementations(device: str):
+@pytest.mark.parametrize("name", ["per_key_bias", "key_gate"])
+def test_torch_compile_traces_the_backward_through_fake_implementations(name: str, device: str):
     """AOTAutograd (``aot_eager``) traces the training forward and the backward op with their
-    fake implementations; the compiled graph's gradients equal eager's."""
-    fn, inputs = _case("per_key_bias", 21, 30, device)
+    fake implementations (the key gate's ``w``: a gradient only a term's chain gives); the
+    compiled graph's gradients equal eager's."""
+    fn, inputs = _case(name, 21, 30, device)
     compiled = flashlight_hf.compile(fn)
     compiled(*inputs)  # builds the kernel outside tracing
     leaves = [t.detach().requires_grad_() for t in inputs]

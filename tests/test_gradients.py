@@ -2,8 +2,9 @@
 
 The backward runs as generated kernels (issue 13) wherever it can be derived, and recomputes
 the eager program under autograd (exact, N×N in memory) where not (``RECOMPUTED``, one warning
-naming the node). Both are held to the same bar: each floating input's gradient (biases, λ,
-sink logits included) equals float64 autograd of the eager program, for lengths that are not
+naming the node; no program here is left there since the key gate's backward is derived). Both
+are held to the same bar: each floating input's gradient (biases, λ, sink logits, the key
+gate's ``w`` included) equals float64 autograd of the eager program, for lengths that are not
 tile multiples; the launch hooks say which backward ran.
 """
 
@@ -19,8 +20,8 @@ from flashlight_hf.testing import gradients, rel_error, tolerance
 from tests.test_generator import MORE, PROGRAMS, _inputs, _more_inputs
 
 CASES = sorted(PROGRAMS) + sorted(MORE)
-# a score term over keys alone (a key gate ``sigmoid(k @ w)``): its backward is not derived yet
-RECOMPUTED = {"key_gate"}
+# programs of PROGRAMS / MORE whose backward is not derived (the recompute path): none today
+RECOMPUTED: set[str] = set()
 
 
 def _case(name: str, device: str, sq: int, sk: int) -> tuple:

@@ -34,7 +34,7 @@ from flashlight_hf.compiler.codegen.keyloop import TileHelper, merged_body, tile
 from flashlight_hf.compiler.codegen.source import TL_DTYPE
 from flashlight_hf.compiler.ir import (Acc, Adjoint, Const, Load, Node, Pointwise, RunningMax, Unsupported, Var,
                                        walk)
-from flashlight_hf.compiler.rewrite.backward import BackwardPlan, GradStore
+from flashlight_hf.compiler.rewrite.backward import BackwardPlan, GradStore, TermStore
 from flashlight_hf.compiler.rewrite.query_bounds import row_range, triton_expressions
 
 DKDV_INNER = "_attn_bwd_dkdv_inner"
@@ -103,7 +103,7 @@ def _roots(bp: BackwardPlan) -> list[Node]:
         out += [c.scores] + ([c.values] if c.values is not None else [])
     for d in bp.dots:
         out += [d.d_dot, d.row_side, d.key_side]
-    return out + [st.expr for st in bp.stores if st.kind]
+    return out + [st.expr for st in [*bp.stores, *bp.terms] if st.kind]
 
 
 def _mma_dtype(em: Emitter, dtype: torch.dtype) -> tuple[str, str]:
@@ -218,12 +218,12 @@ def _tile(em: Emitter, bp: BackwardPlan, side: str, interior: bool) -> tuple[lis
     return lines[:guard_at], lines[guard_at], lines[guard_at + 1:]
 
 
-def _captured_in_tile(em: Emitter, st: GradStore, full: tuple, inside: str | None) -> None:
-    """A captured tensor's adjoint in this tile: stored per (row, key), or summed into its
-    loop-carried partial."""
+def _captured_in_tile(em: Emitter, st: GradStore | TermStore, full: tuple, inside: str | None) -> None:
+    """A captured tensor's (or a term's) adjoint in this tile: stored per (row, key), or summed
+    into its loop-carried partial."""
     g = em.f32(st.expr, full)
     name = f"dc{st.buffer}"
-    what = em.nm.base.get(st.load.input, f"in{st.load.input}")
+    what = after.label(em, st)
     em.emit(f"{name} = {g if inside is None else f'tl.where({inside}, {g}, 0.0)'}  # d {what} per (row, key)")
     if st.kind == "element":
         terms = after.grid_terms(em, f"stride_g{st.buffer}")

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from flashlight_hf.compiler.ir import Acc, Load, Node, Var
+from flashlight_hf.compiler.ir import Acc, Adjoint, Load, Node, Var
 from flashlight_hf.compiler.rewrite.backward import BackwardPlan
 
 
@@ -60,6 +60,23 @@ class StoreInfo:
 
 
 @dataclass
+class TermInfo:
+    """A term of the scores over keys or rows alone (a key gate's ``k @ w``, see
+    :class:`~flashlight_hf.compiler.rewrite.backward.TermStore`): the kernels store its adjoint
+    into buffer ``buffer`` over ``variables`` (the grid variables, then the keys or the rows;
+    "scalar" ``kind``: one more axis, the key tiles' partials);
+    per float load under the term, ``chains`` holds where the load's gradient lands (a
+    :class:`StoreInfo` over the grid, the keys or rows and the term's head dim, folded like a
+    kernel's buffer) and its expression over ``seed``, which stands for the buffer."""
+
+    buffer: int
+    kind: str
+    seed: Adjoint
+    variables: list[Var]
+    chains: list[tuple[StoreInfo, Node]]
+
+
+@dataclass
 class BackwardInfo:
     """Everything the runtime needs to run the generated backward of one program."""
 
@@ -81,6 +98,12 @@ class BackwardInfo:
     dacc_dtypes: list[torch.dtype] = field(default_factory=list)
     # the block-table kernel the kernels' tiles come from (a KernelSource), where they walk one
     table: Any = None
+    terms: list[TermInfo] = field(default_factory=list)
+
+    def reached(self) -> set[int]:
+        """The inputs the backward gives a gradient through the kernels' buffers (a load's own,
+        or a term's carried to the loads under it)."""
+        return {st.load.input for st in self.stores} | {st.load.input for t in self.terms for st, _ in t.chains}
 
 
 def describe(bp: BackwardPlan, kernels: list[BackwardSource], identity: bool) -> BackwardInfo:
@@ -97,11 +120,17 @@ def describe(bp: BackwardPlan, kernels: list[BackwardSource], identity: bool) ->
         heads = [v for v in kp.tile_vars if v in st.load.vars]
         group = (bp.group.var, bp.group.size) if bp.grouped(st) else None
         stores.append(StoreInfo(st.buffer, st.side, st.load, [*kp.grid_vars, side_var, *heads], group=group))
+    terms = []
+    for tm in bp.terms:
+        along = {"key": [kp.loop_var], "row": [kp.row_var], "scalar": []}[tm.kind]
+        axes = [*kp.grid_vars, *along, tm.node.var]
+        chains = [(StoreInfo(tm.buffer, tm.side, ld, axes), e) for ld, e in tm.chains]
+        terms.append(TermInfo(tm.buffer, tm.kind, tm.seed, [*kp.grid_vars, *along], chains))
     half = (torch.float16, torch.bfloat16)
     dacc_dtypes = [c.values.dtype if c.values is not None and c.values.dtype in half else torch.float32
                    for c in bp.contractions]
     return BackwardInfo(kernels, kp.out_node, list(kp.accs), [c.acc for c in bp.contractions], identity, stores,
                         dict(bp.no_grad), list(kp.grid_vars), kp.row_var, kp.loop_var, list(kp.tile_vars),
-                        dacc_dtypes)
+                        dacc_dtypes, terms=terms)
 
 

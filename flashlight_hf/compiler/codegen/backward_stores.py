@@ -9,8 +9,8 @@ from typing import Any
 
 from flashlight_hf.compiler.abi import BLOCK_M, BLOCK_N
 from flashlight_hf.compiler.codegen.emitter import Emitter
-from flashlight_hf.compiler.ir import Node, Unsupported, Var
-from flashlight_hf.compiler.rewrite.backward import BackwardPlan, GradStore
+from flashlight_hf.compiler.ir import Load, Node, Unsupported, Var, walk
+from flashlight_hf.compiler.rewrite.backward import BackwardPlan, GradStore, TermStore
 
 
 def grid_terms(em: Emitter, stride: str, outer: dict[Var, str] | None = None) -> list[str]:
@@ -66,13 +66,14 @@ def init_carried(em: Emitter, bp: BackwardPlan, side: str, partials: bool | None
                 "# a captured tensor's partial gradients, per query head" if partials else
                 "# loop-carried gradients, fp32, accumulated over the query heads of the group")
     names = []
+    partial_of = {f"db{st.buffer}": st for st in bp.buffers(side)}
     for name, adj in carried(bp, side):
         names.append(name)
         if partials is not None and partials != (adj is None):
             continue
         if adj is None:
             shape = BLOCK_M if side == "row" else BLOCK_N
-            em.emit(f"{name} = tl.zeros([{shape}], tl.float32)  # a captured tensor's partial gradient")
+            em.emit(f"{name} = tl.zeros([{shape}], tl.float32)  # d {label(em, partial_of[name])}, partial sums")
         else:
             lay = em.layout(adj)
             shape = ", ".join(BLOCK_M if v is em.i else BLOCK_N if v is em.j else str(em.pads[v.name]) for v in lay)
@@ -114,13 +115,24 @@ def stores(em: Emitter, bp: BackwardPlan, side: str, captured: bool | None = Non
     return which, ranks
 
 
-def captured_store(em: Emitter, st: GradStore) -> int:
-    """After the loop, a captured tensor's partial gradient into its buffer; returns the
-    buffer's rank past the grid axes (an element-wise buffer was written in the tiles)."""
+def label(em: Emitter, st: GradStore | TermStore) -> str:
+    """What a buffer holds the gradient of, as the source's comments name it: the input a load
+    reads, or a term as its sum and the inputs under it (``the key term Σ_d2(k, w)``)."""
+    if isinstance(st, GradStore):
+        return em.nm.base.get(st.load.input, f"in{st.load.input}")
+    reads = sorted({x.input for x in walk(st.node) if isinstance(x, Load)})
+    names = ", ".join(em.nm.base.get(k, f"in{k}") for k in reads)
+    return f"the {st.kind} term Σ_{em.label(st.node.var)}({names})"
+
+
+def captured_store(em: Emitter, st: GradStore | TermStore) -> int:
+    """After the loop, a captured tensor's partial gradient (or a term's adjoint) into its
+    buffer; returns the buffer's rank past the grid axes (an element-wise buffer was written in
+    the tiles)."""
     if st.kind == "element":
         return 2
     terms = grid_terms(em, f"stride_g{st.buffer}")
-    what = em.nm.base.get(st.load.input, f"in{st.load.input}")
+    what = label(em, st)
     if st.kind == "scalar":
         terms.append(f"tile_n * stride_g{st.buffer}_0")
         em.emit(f"tl.store(g{st.buffer}_ptr + {' + '.join(terms)}, tl.sum(tl.where(mask_n, db{st.buffer}, 0.0), axis=0))  "
@@ -141,4 +153,5 @@ def store_layout(em: Emitter, st: GradStore) -> tuple[Var, ...]:
     return lay
 
 
-__all__ = ["grid_terms", "group_size", "groups", "group_outer", "carried", "init_carried", "stores", "captured_store", "store_layout"]
+__all__ = ["grid_terms", "group_size", "groups", "group_outer", "carried", "init_carried", "stores", "captured_store",
+           "label", "store_layout"]

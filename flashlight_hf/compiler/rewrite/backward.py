@@ -18,7 +18,11 @@ epilogue ``E`` of the accumulators. Given ``dA = ∂E/∂A · dOut`` (the prepro
 
 A softmax stream's running max ``M`` is read as its stored log-sum-exp, a constant: the output
 does not change with ``M`` (numerators and denominators scale together), so no gradient flows
-through it. Anything outside this shape raises :class:`Unsupported` naming it, and the caller
+through it. A sum over a head dim of a term over keys alone (a key gate ``sigmoid(k @ w)``) or
+rows alone (a per-row temperature ``sigmoid(q @ u)``) is a per-key (per-row) vector ``t``: its
+adjoint ``Σ_i dS ∘ ∂S/∂t`` is reduced inside the kernel that loops over the other axis, like a
+captured per-key bias's (:class:`TermStore`), and carried down to the loads under ``t`` after the
+kernels. Anything outside this shape raises :class:`Unsupported` naming it, and the caller
 keeps the exact recompute backward; a captured tensor whose gradient is not generated is
 listed in :attr:`BackwardPlan.no_grad` (the runtime recomputes when one of them needs a grad).
 """
@@ -75,6 +79,28 @@ class GradStore:
     kind: str = ""
 
 
+@dataclass
+class TermStore:
+    """A term of the scores over keys alone or rows alone, ``t = Σ_d a(·, d)`` over a head dim
+    ``d`` (a key gate's ``k @ w``). Why a store of its own: ``t`` is one number per key (row), so
+    its adjoint ``expr`` per (row, key) is summed over the rows (keys) inside the kernel that loops
+    over them (``kind`` "key": dK/dV, "row": dQ) and stored into buffer ``buffer`` ``[grid...,
+    keys or rows]``, the way a captured per-key bias's is (``kind`` "scalar": one number per grid
+    point, one partial per key tile of dK/dV, summed after); what ``t`` reads is not a dot product's
+    operand, so no kernel accumulates it. After the kernels, ``chains`` carry the buffer (``seed``)
+    through ``a``: per float load under it, its gradient as an expression over ``seed`` and the
+    loads, varying along the grid, the keys (rows) and ``d``, which the runtime evaluates densely
+    (O(keys × d), like the loads themselves) and adds into the input's gradient."""
+
+    node: Reduce
+    side: str
+    expr: Node
+    buffer: int
+    kind: str
+    seed: Adjoint
+    chains: list[tuple[Load, Node]]
+
+
 @dataclass(frozen=True)
 class HeadGroup:
     """GQA in the dK/dV kernel: the key-side loads read grid variable ``var`` only as
@@ -112,13 +138,16 @@ class BackwardPlan:
     # the max accumulators whose running max the scores read (their stored statistics)
     streams: list[int] = field(default_factory=list)
     group: HeadGroup | None = None  # the dK/dV kernel's loop over a GQA group's query heads
+    terms: list[TermStore] = field(default_factory=list)  # the scores' terms over keys or rows alone
 
-    def grouped(self, st: GradStore) -> bool:
+    def grouped(self, st: GradStore | TermStore) -> bool:
         """Whether ``st`` is accumulated over the head group (a key-side operand's gradient)."""
         return self.group is not None and st.side == "key" and not st.kind
 
-    def buffers(self, side: str) -> list[GradStore]:
-        return [s for s in self.stores if s.side == side]
+    def buffers(self, side: str) -> list[GradStore | TermStore]:
+        """Every buffer one side's kernel stores: the loads' gradients and the terms' adjoints,
+        in buffer order (the kernel's parameters)."""
+        return sorted((s for s in [*self.stores, *self.terms] if s.side == side), key=lambda s: s.buffer)
 
 
 def _local(x: Node, kp: KernelPlan) -> set[Var]:
@@ -166,8 +195,18 @@ def _sides(dot: Reduce, kp: KernelPlan) -> tuple[Node, Node]:
         return a, b
     if lb == {i, dot.var} and la == {j, dot.var}:
         return b, a
-    raise Unsupported(describe(dot), "a dot product in the scores that is not rows × keys (a term over keys or "
-                      "rows alone, such as a key gate k @ w): its backward is not derived yet")
+    raise Unsupported(describe(dot), "a dot product in the scores that is neither rows × keys nor a term over "
+                      "keys or rows alone (such as a key gate k @ w): its backward is not derived")
+
+
+def _term_kind(dot: Reduce, kp: KernelPlan) -> str | None:
+    """"key" / "row" where ``dot`` sums, over a head dim, a term that varies along the keys
+    (rows) alone, "scalar" where along neither (a temperature from a parameter vector); None
+    otherwise (:class:`TermStore`)."""
+    if dot.op != "sum" or dot.var not in kp.tile_vars:
+        return None
+    kinds = {frozenset({kp.loop_var}): "key", frozenset({kp.row_var}): "row", frozenset(): "scalar"}
+    return kinds.get(frozenset(_local(dot, kp)))
 
 
 def _float_loads(x: Node) -> list[Load]:
@@ -234,17 +273,27 @@ def derive(kp: KernelPlan) -> BackwardPlan:
             continue
         side = "row" if kind == "row" else "key"
         stores.append(GradStore(ld, side, g, len(stores), kind))
-    for t, (d, g) in enumerate(zip(dots, grads[:len(dots)])):
-        if g is None:
+    terms: list[TermStore] = []
+    for d, g in zip(dots, grads[:len(dots)]):
+        kind = _term_kind(d, kp) if g is not None else None
+        if kind is None:
             continue
+        seed = Adjoint(torch.float32, f"dt{len(terms)}", grid | _local(d, kp))
+        chains = _chain(d.arg, seed, f"{kind} term")
+        side = "row" if kind == "row" else "key"  # a scalar's partials: one per key tile of dK/dV
+        terms.append(TermStore(d, side, g, len(stores) + len(terms), kind, seed, chains))
+    for d, g in zip(dots, grads[:len(dots)]):
+        if g is None or any(tm.node is d for tm in terms):
+            continue
+        t = len(out_dots)
         a_side, b_side = _sides(d, kp)
         d_row = Adjoint(torch.float32, f"dq{t}", grid | {i, d.var})
         d_key = Adjoint(torch.float32, f"dk{t}", grid | {j, d.var})
         out_dots.append(Dot(d, a_side, b_side, g, d_row, d_key))
         for ld, e in _chain(a_side, d_row, "query"):
-            stores.append(GradStore(ld, "row", e, len(stores)))
+            stores.append(GradStore(ld, "row", e, len(stores) + len(terms)))
         for ld, e in _chain(b_side, d_key, "key"):
-            stores.append(GradStore(ld, "key", e, len(stores)))
+            stores.append(GradStore(ld, "key", e, len(stores) + len(terms)))
     value_adjoints: dict[int, Adjoint] = {}
     shared: dict[object, Adjoint] = {}
     for n, c in enumerate(contractions):
@@ -261,14 +310,14 @@ def derive(kp: KernelPlan) -> BackwardPlan:
         if key is not None:
             shared[key] = dw
         for ld, e in _chain(c.values, dw, "value"):
-            stores.append(GradStore(ld, "key", e, len(stores)))
+            stores.append(GradStore(ld, "key", e, len(stores) + len(terms)))
     streams = sorted({k for c in contractions for x in walk(c.scores) if isinstance(x, RunningMax)
                       for k in [accs.index(x.acc)]})
     for x in walk_outside_accs(kp.out_node):
         if isinstance(x, RunningMax):
             raise Unsupported("backward", "the epilogue reads a running max inside the loop")
     return BackwardPlan(kp, contractions, out_dots, value_adjoints, stores, no_grad, streams,
-                        head_group(kp, stores))
+                        head_group(kp, stores), terms)
 
 
 def _structure(x: Node) -> object | None:

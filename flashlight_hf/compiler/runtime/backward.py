@@ -13,7 +13,9 @@ Why here: codegen hands over the backward's kernels with their contract
    gradient into a buffer over the load's variables.
 3. **Fold** — each buffer into its input's gradient at the load's indices (a view where the load
    reads the input as it is laid out, ``index_put_(accumulate=True)`` otherwise: GQA's shared
-   key heads). Fixed order, no atomics: the same bits on every run.
+   key heads); a score term over keys or rows alone (a key gate) carried from its stored
+   adjoint to the loads under it (:mod:`.backward_terms`). Fixed order, no atomics: the same
+   bits on every run.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from flashlight_hf.compiler.codegen.source import LN2
 from flashlight_hf.compiler.ir import Acc, Program, Var
 from flashlight_hf.compiler.ir.evaluate import Evaluator
 from flashlight_hf.compiler.runtime.backward_fold import fold, grouped_view, in_place_views
+from flashlight_hf.compiler.runtime.backward_terms import term_gradients
 from flashlight_hf.compiler.runtime.hooks import launch_hooks
 from flashlight_hf.compiler.runtime.launch import Launcher
 from flashlight_hf.compiler.runtime.plan import tensor_args
@@ -173,6 +176,11 @@ class GeneratedBackward:
                 shape.append(-(-ext[info.loop_var] // 16))
             make = torch.zeros if st.kind else torch.empty  # tiles a mask skips are never written
             buffers[st.buffer] = make(shape, dtype=torch.float32, device=device)
+        for term in info.terms:  # a term's adjoint, summed over the rows (keys) in the kernel
+            shape = [ext[v] for v in term.variables]
+            if term.kind == "scalar":  # one partial per key tile, as for a captured scalar
+                shape.append(-(-ext[info.loop_var] // 16))
+            buffers[term.buffer] = torch.zeros(shape, dtype=torch.float32, device=device)
         n_grid = 1
         for g in info.grid_vars:
             n_grid *= ext[g]
@@ -216,6 +224,9 @@ class GeneratedBackward:
             g = grouped[st.buffer] if st.buffer in grouped else \
                 fold(st, buffers[st.buffer], inputs[k], ext, syms, inputs)
             grads[k] = g if grads[k] is None else grads[k] + g
+        for term in info.terms:
+            for k, g in term_gradients(term, buffers[term.buffer], inputs, ext, syms, wanted):
+                grads[k] = g if grads[k] is None else grads[k] + g
         return grads
 
     # -- the preprocess --------------------------------------------------------------------------------

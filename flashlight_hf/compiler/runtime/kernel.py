@@ -263,7 +263,7 @@ class CompiledKernel:
     def reached(self) -> set[int]:
         """The program tensors whose gradient the backward's kernels write (through a load of theirs)."""
         info = self.source.backward
-        loads = {st.load.input for st in info.stores} if info is not None else set()
+        loads = info.reached() if info is not None else set()
         return {b for k, b in enumerate(self.program.bindings) if isinstance(b, int) and k in loads}
 
     def backward_missing(self, wanted: Sequence[bool]) -> tuple[str, str] | None:
