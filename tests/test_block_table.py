@@ -64,9 +64,10 @@ def _expected(keep: torch.Tensor, bm: int, bn: int, key_major: bool) -> list[tup
 @pytest.mark.parametrize("order", ["sorted", "shuffled"])
 @pytest.mark.parametrize("key_major", [False, True])
 @pytest.mark.parametrize("tiles", [(16, 16), (32, 16), (16, 32)])
+@pytest.mark.parametrize("lengths", [(83, 71), (610, 590)], ids=["short", "long"])  # long: several runs per program
 def test_table_lists_exactly_the_tiles_the_mask_keeps(order: str, key_major: bool, tiles: tuple[int, int],
-                                                      device: str):
-    sq, sk = 83, 71
+                                                      lengths: tuple[int, int], device: str):
+    sq, sk = lengths
     q_doc = torch.randint(0, 4, (sq,), device=device)
     k_doc = torch.randint(0, 4, (sk,), device=device)
     if order == "sorted":

@@ -115,7 +115,7 @@ def table_loops(em: "Emitter", helper: "TileHelper", *, key_major: bool, dead: b
 
 def table_kernel(kp: KernelPlan, interpret: bool, input_names=None) -> KernelSource:
     """The kernel that classifies tiles for the block table: one program per (table grid point,
-    outer tile, ``TILES`` inner tiles), writing an int8 state (0: no pair kept, 1: some, 2: every pair kept
+    outer tile, ``ITERS`` runs of ``TILES`` inner tiles), writing an int8 state (0: no pair kept, 1: some, 2: every pair kept
     and the tile whole). The runtime then compacts each outer tile's states into its two lists
     (``runtime/block_table.py``): every tile in parallel, then a prefix sum per row of tiles."""
     from flashlight_hf.compiler.codegen.emitter import Emitter
@@ -125,8 +125,9 @@ def table_kernel(kp: KernelPlan, interpret: bool, input_names=None) -> KernelSou
     rows, keys = em.size(i.extent), em.size(j.extent)
     tvars = table_vars(kp)
     em.emit("# program coordinates: one program per (grid point of the variables the masks read, outer tile,")
-    em.emit("# TILES inner tiles); outer: row tiles, or key tiles when KEY_MAJOR (the dK/dV kernel's table).")
-    em.emit("# Several tiles per program: a program per tile pair costs more to schedule than its work")
+    em.emit("# ITERS runs of TILES inner tiles); outer: row tiles, or key tiles when KEY_MAJOR (the dK/dV")
+    em.emit("# kernel's table). Many tiles per program: the work per tile is a few hundred comparisons,")
+    em.emit("# so a launch is bound by its waves of programs, not by that work")
     em.emit("pid = tl.program_id(0)")
     em.emit(f"n_row_tiles = tl.cdiv({rows}, {BLOCK_M})")
     em.emit(f"n_key_tiles = tl.cdiv({keys}, {BLOCK_N})")
@@ -136,15 +137,19 @@ def table_kernel(kp: KernelPlan, interpret: bool, input_names=None) -> KernelSou
     em.emit("else:")
     em.emit("    n_outer = n_row_tiles")
     em.emit("    n_inner = n_key_tiles")
-    em.emit("n_chunks = tl.cdiv(n_inner, TILES)")
-    em.emit("chunk = pid % n_chunks")
-    em.emit("tile = (pid // n_chunks) % n_outer")
+    em.emit("n_groups = tl.cdiv(tl.cdiv(n_inner, TILES), ITERS)")
+    em.emit("group = pid % n_groups")
+    em.emit("tile = (pid // n_groups) % n_outer")
     if tvars:
-        em.emit("rest = pid // (n_chunks * n_outer)")
+        em.emit("rest = pid // (n_groups * n_outer)")
     for n, g in enumerate(reversed(tvars)):
         em.emit(f"{em.nm.offs[g]} = rest % {em.size(g.extent)}")
         if n < len(tvars) - 1:
             em.emit(f"rest = rest // {em.size(g.extent)}")
+    em.emit("state_row = state_ptr + ((pid // (n_groups * n_outer)) * n_outer + tile) * n_inner")
+    em.emit("for it in range(0, ITERS):")
+    em.indent += 1
+    em.emit("chunk = group * ITERS + it")
     em.emit("u = chunk * TILES + tl.arange(0, TILES)  # the inner tiles this program classifies")
     em.emit(f"if {KEY_MAJOR}:  # TILES query tiles against one key tile")
     em.emit(f"    offs_m = chunk * TILES * {BLOCK_M} + tl.arange(0, TILES * {BLOCK_M})")
@@ -177,8 +182,8 @@ def table_kernel(kp: KernelPlan, interpret: bool, input_names=None) -> KernelSou
         some.append(f"any{s}")
     em.emit(f"is_full = ({' & '.join(whole) if whole else '1'}) & in_range.to(tl.int32)  # whole: no masks, no bounds")
     em.emit(f"is_part = ({' | '.join(some) if some else '1'}) & (1 - is_full)")
-    em.emit("tl.store(state_ptr + tile * n_inner + (pid // (n_chunks * n_outer)) * n_outer * n_inner + u,")
-    em.emit("         (2 * is_full + is_part).to(tl.int8), mask=u < n_inner)")
+    em.emit("tl.store(state_row + u, (2 * is_full + is_part).to(tl.int8), mask=u < n_inner)")
+    em.indent -= 1
     prog, nm = kp.program, em.nm
     params = []
     for k in sorted(em.inputs):
@@ -186,7 +191,7 @@ def table_kernel(kp: KernelPlan, interpret: bool, input_names=None) -> KernelSou
         params += [nm.stride(k, d) for d in range(len(prog.input_shapes[k]))]
     params += ["state_ptr"] + [f"z{k}" for k in range(len(em.sizes))]
     params += [f"{BLOCK_M}: tl.constexpr", f"{BLOCK_N}: tl.constexpr", f"{KEY_MAJOR}: tl.constexpr",
-               "TILES: tl.constexpr"]
+               "TILES: tl.constexpr", "ITERS: tl.constexpr"]
     text = ["import triton", "import triton.language as tl", "", "",
             f"# {KERNEL_BLOCK_TABLE}: per (outer tile, inner tile) whether the masks keep none of its pairs (0),",
             "# some (1) or all of them in a whole tile (2); compacted into the block table after",

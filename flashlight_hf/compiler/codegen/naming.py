@@ -30,7 +30,8 @@ FIXED = {"tl", "triton", "float", "range", "pid", "split", "n_row_tiles", "tile_
          "end_tile", "i_first", "i_last", "interior_start", "interior_end", "dropout_seed", "dropout_p",
          # the block table's (codegen/block_table.py)
          "tbl", "n_full", "n_part", "t", "tile_u", "dead", "tile", "n_outer", "n_inner", "row", "u",
-         "inside", "in_range", "is_full", "is_part", "KEY_MAJOR", "TILES", "n_chunks"}
+         "inside", "in_range", "is_full", "is_part", "KEY_MAJOR", "TILES", "n_chunks", "ITERS", "n_groups",
+         "group", "state_row", "it"}
 _GENERATED = re.compile(r"^(acc|m_new_acc|m_safe_acc|alpha|m_tile|m_part|beta|part|z)\d+$"
                         r"|^(dk|dv|dq|dp|dacc|dx|p|pm|mx|ld|ld_acc|row_mx|nacc|g|dc|db|kept|all|any)\d+$"
                         r"|^(offs|mask)_(m|n|d\d*|dv\d*)$|^off_(b|h|g\d+)$|^stride_|_ptr$")

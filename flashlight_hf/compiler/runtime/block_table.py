@@ -30,6 +30,7 @@ class BlockTable:
         self.source = source
         self.launcher = Launcher(load(source))
         self.compact = Launcher(_compact_kernel())
+        self.iters = 4  # runs of tiles per program (1: a program per run, session 11's v3)
         self._n_grid = len(source.grid_extents)
         self._sizes = SizeFunction(program, [*source.grid_extents, source.row_extent, source.loop_extent,
                                              *source.runtime_sizes])
@@ -52,10 +53,14 @@ class BlockTable:
         args = tensor_args(list(inputs), self.source.input_args) + [state, *runtime]
         for hook in launch_hooks():
             hook(self.source.name)
-        # a program classifies a run of inner tiles about 128 rows or keys long
+        # a program classifies ITERS runs of inner tiles, each about 128 rows or keys long: the
+        # launch is bound by its waves of programs (RESULTS.md, session 11), so few of them
         tiles = max(1, min(128 // (block_m if key_major else block_n), 1 << (inner - 1).bit_length()))
-        self.launcher(points * outer * -(-inner // tiles), args, ((BLOCK_M, block_m), (BLOCK_N, block_n),
-                                                                  ("KEY_MAJOR", key_major), ("TILES", tiles)), 8, 1)
+        runs = -(-inner // tiles)
+        iters = min(self.iters, runs)
+        programs = points * outer * -(-runs // iters)
+        self.launcher(programs, args, ((BLOCK_M, block_m), (BLOCK_N, block_n), ("KEY_MAJOR", key_major),
+                                       ("TILES", tiles), ("ITERS", iters)), 8, 1)
         width = max(16, 1 << (inner - 1).bit_length())
         self.compact(points * outer, [state, table, inner], (("INNER", width),), 4 if width <= 2048 else 8, 1)
         return table
