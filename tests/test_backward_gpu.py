@@ -76,3 +76,22 @@ def test_bf16_programs_with_an_epilogue():
     doc = torch.arange(700, device="cuda") // 150
     q, k, v = (torch.randn(2, 4, 700, 64, device="cuda") for _ in range(3))
     _bf16_gradients_match(document_ids, [q, k, v, doc, doc])
+
+
+@pytest.mark.parametrize("fn", ["causal", "softmax_in_float32", "alibi", "per_key_bias", "gqa_5d_view"])
+def test_bf16_autocast_region(fn: str):
+    """float32 inputs in CUDA's bf16 autocast region (matmuls in bf16, softmax in float32: the
+    build is traced in the region and holds those casts): the output has eager's dtype there and
+    is within bf16's tolerance of float64 at the rounded inputs; every gradient comes from the
+    generated kernels, in float32 (the inputs' dtype, as eager gives), within bf16's tolerance."""
+    from tests import test_autocast as ac
+
+    program = getattr(ac, fn)
+    b, h, s, d = 2, 4, 300, 64
+    hk = h // 2 if fn == "gqa_5d_view" else h
+    inputs = [torch.randn(b, h, s, d, device="cuda"), torch.randn(b, hk, s, d, device="cuda"),
+              torch.randn(b, hk, s, d, device="cuda")]
+    if fn == "per_key_bias":
+        inputs.append(torch.randn(b, 1, 1, s, device="cuda"))
+    ac.check_output_in_region(program, inputs, torch.bfloat16, "cuda")
+    ac.check_gradients_in_region(program, inputs, torch.bfloat16, "cuda")

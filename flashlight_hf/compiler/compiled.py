@@ -3,7 +3,9 @@
 A call finds its build by exact shapes first (one dict lookup), then among the symbolic builds
 (checked against the traced program's shape relations once per set of shapes), then builds a
 new one with :func:`flashlight_hf.compiler.driver.build`. Python values the function reads from
-outside are guarded (:mod:`flashlight_hf.compiler.guards`).
+outside are guarded (:mod:`flashlight_hf.compiler.guards`). Every key holds the autocast state
+of the call's devices (:mod:`flashlight_hf.compiler.runtime.autocast`): a build traced inside a
+``torch.autocast`` region holds its casts and serves only calls in the same state.
 """
 
 from __future__ import annotations
@@ -18,14 +20,14 @@ import torch
 from flashlight_hf.compiler import capture as cap
 from flashlight_hf.compiler.driver import Build, build
 from flashlight_hf.compiler.guards import Guards
-from flashlight_hf.compiler.runtime import EagerTrain, shape_mismatch
+from flashlight_hf.compiler.runtime import EagerTrain, autocast, graphs, shape_mismatch
 
 
 def _spec_key(args: tuple, kwargs: dict) -> Any:
     tensors, constants, spec = cap.split_args(args, kwargs)
     metas = tuple((t.dtype, t.dim(), t.device.type, tuple(int(s) for s in t.shape)) for t in tensors)
     consts = tuple(repr(c) for c in constants if c is not None)
-    return metas, consts, str(spec)
+    return metas, consts, str(spec), autocast.of_tensors(tensors)
 
 
 def _symbolic_key(build_: Build, args: tuple, kwargs: dict) -> Any:
@@ -38,7 +40,7 @@ def _symbolic_key(build_: Build, args: tuple, kwargs: dict) -> Any:
         axes = dyn[k] if k < len(dyn) else {}
         shape = tuple(("dyn", min(int(s), 2)) if a in axes else int(s) for a, s in enumerate(t.shape))
         metas.append((t.dtype, t.dim(), t.device.type, shape))
-    return tuple(metas), tuple(repr(c) for c in constants if c is not None), str(spec)
+    return tuple(metas), tuple(repr(c) for c in constants if c is not None), str(spec), autocast.of_tensors(tensors)
 
 
 def _tracing() -> bool:
@@ -48,17 +50,22 @@ def _tracing() -> bool:
 
 
 def _fast_key(args: tuple, kwargs: dict) -> Any | None:
-    """Exact-shape key for the common call ``f(t0, t1, ..., scalar...)``; None for nested args."""
+    """Exact-shape key for the common call ``f(t0, t1, ..., scalar...)``; None for nested args.
+    Its last element is the autocast state of the tensors' devices."""
     key = []
+    types = set()
     for a in args:
         if isinstance(a, torch.Tensor):
-            key.append((a.dtype, a.shape, a.device))
+            device = a.device
+            key.append((a.dtype, a.shape, device))
+            types.add(device.type)
         elif isinstance(a, (int, float, bool, str, type(None))):
             key.append((type(a), a))
         else:
             return None
     if kwargs:
         return None
+    key.append(autocast.state(types))
     return tuple(key)
 
 
@@ -118,12 +125,18 @@ class CompiledAttention:
                 if shape_mismatch(b.kernel.program, b.kernel.bound_inputs(tensors)) is None:
                     self._remember(self._checked, k, b)  # these shapes fit it: not checked again
                     return b
+        tensors = cap.split_args(args, kwargs)[0] if tensors is None else tensors
+        state = autocast.describe(autocast.of_tensors(tensors))
         if _tracing():
             raise RuntimeError(
-                f"flashlight: {getattr(self.fn, '__name__', 'the program')} has no kernel for these input "
-                "shapes yet, and it cannot be generated while torch.compile / torch.export is tracing. "
-                "Call the compiled function once eagerly with inputs of the same shapes and dtypes "
-                "before compiling or exporting the code that uses it.")
+                f"flashlight: {self._name()} has no kernel for these input shapes yet, and it cannot be generated "
+                "while torch.compile / torch.export is tracing. Call the compiled function once eagerly with inputs "
+                f"of the same shapes and dtypes, in the same autocast state (this call: {state}), before compiling "
+                "or exporting the code that uses it.")
+        if tensors:
+            graphs.refuse_cold(tensors[0].device, f"{self._name()} has no kernel for these input shapes, dtypes and "
+                                                  f"autocast state ({state}) yet: building one traces the program "
+                                                  "and compiles it")
         before = self._guard_vals
         b = build(self.fn, args, kwargs, training=True)
         if self._guards is not None:
@@ -172,11 +185,18 @@ class CompiledAttention:
                           f"(eager PyTorch): node {b.fallback[0]!r}: {b.fallback[1]}", stacklevel=3)
         return out
 
-    def _first_launch(self, b: Build, launch: Callable[[], Any]) -> Any:
+    def _name(self) -> str:
+        return getattr(self.fn, "__name__", "the program")
+
+    def _first_launch(self, b: Build, launch: Callable[[], Any], device: torch.device) -> Any:
         """A build's first launch: an error there (Triton cannot compile the source, a kernel
-        rule that fails at run time) turns the build into a fallback instead of a crash."""
+        rule that fails at run time) turns the build into a fallback instead of a crash. Not
+        under CUDA graph capture (it compiles and tunes): that raises, naming the warm-up."""
+        graphs.refuse_cold(device, f"the first launch of {self._name()}'s kernel compiles and tunes it")
         try:
             out = launch()
+        except graphs.GraphCaptureError:
+            raise
         except Exception as exc:  # noqa: BLE001 - the generated kernel failed: run the program as written
             b.kernel, b.fallback = None, ("launch", f"the generated kernel failed: {type(exc).__name__}: {exc}")
             return _FAILED
@@ -203,6 +223,9 @@ class CompiledAttention:
                 raise NotImplementedError(f"flashlight: attention dropout cannot run inside the kernels of "
                                           f"{getattr(self.fn, '__name__', 'the program')}: node {why[0]!r}: {why[1]}")
             tensors = cap.split_args(args, kwargs)[0]
+            graphs.refuse(tensors[0].device, f"attention dropout in {self._name()} draws its mask's seed on the host "
+                                             "at every call, so a captured CUDA graph would replay one dropout mask at "
+                                             "every step: capture the step without dropout, or run it uncaptured")
             seed = int(torch.randint(0, 2**31 - 1, (1,)).item())  # PyTorch's CPU generator: no device sync
             return _train_forward(b.op_key, tensors, float(p), seed)
         return call
@@ -227,7 +250,7 @@ class CompiledAttention:
             run = functools.partial(_train_forward, b.op_key, tensors)
             if b.launched:
                 return run()
-            out = self._first_launch(b, run)
+            out = self._first_launch(b, run, tensors[0].device)
             return self._eager(b, args, kwargs) if out is _FAILED else out
         if b.launched:
             # nothing to differentiate, trace or export: launch directly (the custom op's
@@ -235,7 +258,7 @@ class CompiledAttention:
             return b.kernel(tensors) if direct else torch.ops.flashlight.fused(b.op_key, tensors)
         run = functools.partial(b.kernel, tensors) if direct else \
             functools.partial(torch.ops.flashlight.fused, b.op_key, tensors)
-        out = self._first_launch(b, run)
+        out = self._first_launch(b, run, tensors[0].device)
         return self._eager(b, args, kwargs) if out is _FAILED else out
 
     def _warn_recompute(self, b: Build) -> None:
@@ -248,13 +271,15 @@ class CompiledAttention:
 
     def into(self, out: torch.Tensor, *args: Any) -> torch.Tensor:
         """``out.copy_(self(*args))`` without the copy where the kernel can write ``out`` itself
-        (any strides: a caller's final layout). ``args`` are flat positional arguments."""
+        (any strides: a caller's final layout; ``out`` of the dtype the call returns, which an
+        autocast region may change). ``args`` are flat positional arguments."""
         fast, b = self._lookup(args, {})
         tensors = [a for a in args if isinstance(a, torch.Tensor)]
-        if fast is not None and b.kernel is not None and _plain_eager_call(tensors + [out]):
+        if fast is not None and b.kernel is not None and out.dtype == b.kernel.program.out_dtype and \
+                _plain_eager_call(tensors + [out]):
             if b.launched:
                 return b.kernel(tensors, out=out)
-            if self._first_launch(b, functools.partial(b.kernel, tensors, out=out)) is not _FAILED:
+            if self._first_launch(b, functools.partial(b.kernel, tensors, out=out), out.device) is not _FAILED:
                 return out
         return out.copy_(self(*args))
 

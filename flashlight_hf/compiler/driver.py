@@ -20,7 +20,7 @@ from flashlight_hf.compiler import capture as cap
 from flashlight_hf.compiler.codegen import KernelSource, generate
 from flashlight_hf.compiler.ir import Program, Unsupported, Var, build_ir
 from flashlight_hf.compiler.rewrite import KernelPlan, plan
-from flashlight_hf.compiler.runtime import CompiledKernel, register_kernel
+from flashlight_hf.compiler.runtime import CompiledKernel, autocast, register_kernel
 
 
 @dataclass
@@ -37,6 +37,8 @@ class Build:
     op_key: str | None = None  # the kernel's key for the flashlight::fused custom op
     from_disk: bool = False  # loaded from the on-disk build cache
     launched: bool = False  # its kernel has run once (launch errors after that are the caller's)
+    # the autocast state it was traced in (its program holds that region's casts)
+    autocast_state: autocast.AutocastState = ()
 
 
 def dynamic_axes(p: KernelPlan) -> list[dict[int, str]]:
@@ -110,16 +112,19 @@ def build(fn: Callable, args: tuple, kwargs: dict, *, interpret: bool | None = N
     interpret = settings.current().interpret if interpret is None else interpret
     if problem is not None:
         return Build(None, None, None, None, ("inputs", problem))
+    state = autocast.of_tensors(tensors)  # both traces run in it and record its casts
     try:
-        return _build(fn, args, kwargs, tensors, constants, spec, interpret, training)
+        b = _build(fn, args, kwargs, tensors, constants, spec, interpret, training, state)
     except Unsupported as exc:
-        return Build(None, None, None, None, (exc.node, exc.reason))
+        b = Build(None, None, None, None, (exc.node, exc.reason))
     except Exception as exc:  # noqa: BLE001 - an error of the compiler's own: never the user's problem
-        return Build(None, None, None, None, ("compiler", f"internal error: {type(exc).__name__}: {exc}"))
+        b = Build(None, None, None, None, ("compiler", f"internal error: {type(exc).__name__}: {exc}"))
+    b.autocast_state = state
+    return b
 
 
 def _build(fn: Callable, args: tuple, kwargs: dict, tensors: list, constants: list, spec: Any,
-           interpret: bool, training: bool = False) -> Build:
+           interpret: bool, training: bool, state: autocast.AutocastState) -> Build:
     try:
         static = cap.trace_static(fn, args, kwargs)
     except cap.CaptureError as exc:
@@ -131,9 +136,12 @@ def _build(fn: Callable, args: tuple, kwargs: dict, tensors: list, constants: li
                                    warp_specialize=ws, names=arg_names, training=training) \
         if diskcache.enabled() else None
     cached = diskcache.load(disk_key) if disk_key else None
+    # the program as written, for the op's shape fallback and the recompute backward: re-run in
+    # the autocast state it was traced in (the disk key needs no state: the graph holds the casts)
+    eager = autocast.replaying(state, cap.tensor_function(fn, constants, spec))
     if cached is not None:
         kernel = CompiledKernel(cached["program"], cached["source"], name_file=diskcache.kernel_file)
-        op_key = register_kernel(kernel, cap.tensor_function(fn, constants, spec))
+        op_key = register_kernel(kernel, eager)
         return Build(kernel, cached["program"], None, cached["source"], None, cached["symbolic"],
                      cached["dynamic_axes"], op_key, from_disk=True)
     try:
@@ -161,5 +169,5 @@ def _build(fn: Callable, args: tuple, kwargs: dict, tensors: list, constants: li
         return Build(None, prog, kplan, None, (exc.node, exc.reason))
     if disk_key:
         diskcache.store(disk_key, {"program": prog, "source": src, "symbolic": symbolic, "dynamic_axes": dyn})
-    op_key = register_kernel(kernel, cap.tensor_function(fn, constants, spec))
+    op_key = register_kernel(kernel, eager)
     return Build(kernel, prog, kplan, src, None, symbolic, dyn, op_key)

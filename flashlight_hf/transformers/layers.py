@@ -22,6 +22,7 @@ import torch
 
 from flashlight_hf import settings
 from flashlight_hf.compiler.compiled import CompiledAttention
+from flashlight_hf.compiler.runtime import autocast
 from flashlight_hf.transformers.masks import MaskSpec, SafeSoftmax, keep_from_structure
 from flashlight_hf.transformers.registry import FamilyAttention, warn_once
 
@@ -222,6 +223,9 @@ def _gqa_rows(fam: FamilyAttention, module: torch.nn.Module, query: torch.Tensor
     groups = int(getattr(module, "num_key_value_groups", 1) or 1)
     if query.shape[-2] != 1 or groups <= 1 or kw.tensors or key.shape[1] * groups != query.shape[1]:
         return False
+    cast = dict(autocast.state([query.device.type])).get(query.device.type)
+    if cast is not None and cast != query.dtype:
+        return False  # an autocast region changes the output's dtype: the plain layout returns eager's
     if any(True for _ in module.named_parameters(recurse=False)):
         return False
     return fam.gqa_rows and settings.current().gqa_rows
@@ -241,7 +245,8 @@ def run_layer_structured(module: torch.nn.Module, fam: FamilyAttention, query: t
         memo = _layer_memo[module] = {}
     memo_key = (fam.eager, scaling, sig, len(mask_tensors),
                 tuple([(n, v) if type(v) in _PLAIN else (n, type(v)) for n, v in kwargs.items()]),
-                query.shape[1], query.shape[2], key.shape[1], settings.current().gqa_rows)
+                query.shape[1], query.shape[2], key.shape[1], settings.current().gqa_rows,
+                autocast.state([query.device.type]))
     hit = memo.get(memo_key)
     if hit is not None and hit[0].fits(module):
         prog, rows, tensor_names = hit

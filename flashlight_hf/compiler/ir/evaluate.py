@@ -82,8 +82,8 @@ class Evaluator:
         if e.op == "var":
             return self._axis(e.args[0])
         if e.op in ("const", "sym"):
-            return torch.tensor(self._int(e.args[0]), device=self.device)
-        parts = [self.index(a) if isinstance(a, IExpr) else torch.tensor(self._int(a), device=self.device)
+            return torch.full((), self._int(e.args[0]), device=self.device)
+        parts = [self.index(a) if isinstance(a, IExpr) else torch.full((), self._int(a), device=self.device)
                  for a in e.args]
         out = parts[0]
         for p in parts[1:]:
@@ -104,7 +104,9 @@ class Evaluator:
                         raise Unsupported("evaluate", f"symbolic constant {value} has no value here")
                     value = value.subs(self.sizes)
                 value = float(value) if x.dtype.is_floating_point else int(value)
-            return torch.tensor(value, dtype=self._float(x.dtype), device=self.device)
+            # torch.full, not torch.tensor: no host-to-device copy (which syncs, and which a CUDA
+            # graph cannot capture) for a constant of the backward's epilogue
+            return torch.full((), value, dtype=self._float(x.dtype), device=self.device)
         if isinstance(x, Index):
             return self.index(x.expr).to(self._float(x.dtype))
         if isinstance(x, Load):

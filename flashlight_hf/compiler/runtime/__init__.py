@@ -14,9 +14,12 @@
 | :mod:`.hooks` | :func:`add_launch_hook`: be told every generated kernel launched |
 | :mod:`.launch` | the one module touching Triton's private launch API (kept kernels, direct launches) |
 | :mod:`.custom_op` | ``flashlight::fused`` / ``fused_train`` / ``fused_bwd`` (``torch.library`` custom ops), :class:`EagerTrain` |
+| :mod:`.autocast` | the ``torch.autocast`` state builds are keyed on; replaying it for the eager program |
+| :mod:`.graphs` | :class:`GraphCaptureError`: what a call refuses while a CUDA graph is being captured |
 """
 
 from flashlight_hf.compiler.runtime.custom_op import EagerTrain, fused, register_kernel
+from flashlight_hf.compiler.runtime.graphs import GraphCaptureError
 from flashlight_hf.compiler.runtime.hooks import add_launch_hook
 from flashlight_hf.compiler.runtime.kernel import CompiledKernel
 from flashlight_hf.compiler.runtime.launch import DirectLaunch, Launcher, current_stream, specialization_key
@@ -31,7 +34,7 @@ from flashlight_hf.compiler.runtime.tune import (CONFIGS, DECODE_CONFIG, DECODE_
                                                  candidate_configs, gpu_ms, hold_gpu)
 
 __all__ = [
-    "CONFIGS", "DECODE_CONFIG", "DECODE_CONFIGS", "MAX_SPLITS", "CompiledKernel", "EagerTrain", "DirectLaunch", "LaunchConfig",
+    "CONFIGS", "DECODE_CONFIG", "DECODE_CONFIGS", "MAX_SPLITS", "CompiledKernel", "EagerTrain", "DirectLaunch", "GraphCaptureError", "LaunchConfig",
     "LaunchSwitches", "Launcher", "PartialsLayout", "ShapeError", "ShapePlan", "SizeFunction", "SplitKV", "TrainingForward", "Tuner",
     "add_launch_hook", "candidate_configs", "constexprs", "current_stream", "fused", "gpu_ms", "hold_gpu",
     "launch_switches", "load_kernel", "num_splits", "register_kernel", "row_tiles", "shape_mismatch",

@@ -30,6 +30,7 @@ from flashlight_hf.compiler.codegen.backward_info import BackwardInfo, BackwardS
 from flashlight_hf.compiler.codegen.source import LN2
 from flashlight_hf.compiler.ir import Acc, Program, Var
 from flashlight_hf.compiler.ir.evaluate import Evaluator
+from flashlight_hf.compiler.runtime import graphs
 from flashlight_hf.compiler.runtime.backward_fold import fold, grouped_view, in_place_views
 from flashlight_hf.compiler.runtime.backward_terms import term_gradients
 from flashlight_hf.compiler.runtime.hooks import launch_hooks
@@ -82,7 +83,8 @@ class GeneratedBackward:
         self._chosen: dict[tuple, LaunchConfig] = {}
         self._dims: dict[int, list[int]] = {}
 
-    def _config(self, side: str, ext: dict, n_grid: int, launch: Callable[[LaunchConfig], None]) -> LaunchConfig:
+    def _config(self, side: str, ext: dict, n_grid: int, launch: Callable[[LaunchConfig], None],
+                device: torch.device) -> LaunchConfig:
         """The tiles of one side's launch: timed once per (rows, keys) power-of-two bucket."""
         if self.interpret:
             return _INTERPRET
@@ -90,6 +92,8 @@ class GeneratedBackward:
         got = self._chosen.get(key)
         if got is not None:
             return got
+        graphs.refuse_cold(device, f"the backward kernels of {self.train.name} have not run for {ext[self.info.row_var]} "
+                                   f"rows and {ext[self.info.loop_var]} keys yet: a first launch tunes and compiles them")
         cands = _CANDIDATES[side]
         if not settings.current().autotune:
             self._chosen[key] = cands[0]
@@ -212,7 +216,7 @@ class GeneratedBackward:
                          cfg.num_warps, cfg.num_stages)
             for hook in launch_hooks():
                 hook(bs.name)
-            launch(self._config(bs.side, ext, n_grid, launch))
+            launch(self._config(bs.side, ext, n_grid, launch, device))
         grads: list[torch.Tensor | None] = [None] * len(inputs)
         for st in info.stores:
             k = st.load.input

@@ -214,7 +214,8 @@ def _index_values(e: Any, variables: list[Var], ext: dict, syms: dict, device: t
         return torch.arange(ext[v], device=device).reshape(shape)
     if e.op in ("const", "sym"):
         c = e.args[0]
-        return torch.tensor(int(c.subs(syms)) if isinstance(c, sympy.Expr) else int(c), device=device)
+        # torch.full: a fill on the device, not a synchronising host copy (CUDA graph capture)
+        return torch.full((), int(c.subs(syms)) if isinstance(c, sympy.Expr) else int(c), device=device)
     parts = [_index_values(a, variables, ext, syms, device, inputs) for a in e.args]
     out = parts[0]
     for p in parts[1:]:

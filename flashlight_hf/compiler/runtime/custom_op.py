@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 import sympy
 import torch
 
+from flashlight_hf.compiler.runtime import autocast
 from flashlight_hf.compiler.runtime.kernel import CompiledKernel
 from flashlight_hf.compiler.runtime.shapes import ShapeError, shape_mismatch
 from flashlight_hf.compiler.runtime.sizes import sum_extent
@@ -106,7 +107,8 @@ def _setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
 
 
 def _recompute(key: str, tensors: Sequence[torch.Tensor], grad_out: torch.Tensor) -> list:
-    """The exact backward of the program as written: its eager code re-run under autograd."""
+    """The exact backward of the program as written: its eager code re-run under autograd (in
+    the autocast state it was traced in: the registered function replays it)."""
     eager = _entry(key).eager
     with torch.enable_grad():
         leaves = [t.detach().requires_grad_(t.is_floating_point()) for t in tensors]
@@ -243,8 +245,11 @@ def train_gradients(key: str, tensors: list[torch.Tensor], out: torch.Tensor, sa
     if grad_out is None:
         return [None] * len(tensors)
     drop = _dropout(dropout_p, seed)
-    daccs, epi = kernel.backward_preprocess(tensors, out, saved, grad_out, wanted, drop)
-    grads = kernels(key, tensors, saved, daccs, wanted, dropout_p, seed)
+    # the captured program already holds the casts of the region its forward ran in: an
+    # autocast region around loss.backward() must not re-cast the backward's own maths
+    with autocast.off(grad_out.device.type):
+        daccs, epi = kernel.backward_preprocess(tensors, out, saved, grad_out, wanted, drop)
+        grads = kernels(key, tensors, saved, daccs, wanted, dropout_p, seed)
     out_grads: list[torch.Tensor | None] = []
     for g, e, t, w in zip(grads, epi, tensors, wanted):
         if not w:

@@ -16,6 +16,7 @@ import torch
 
 from flashlight_hf.compiler.codegen import KernelSource
 from flashlight_hf.compiler.ir import Program
+from flashlight_hf.compiler.runtime import graphs
 from flashlight_hf.compiler.runtime.block_table import BlockTable
 from flashlight_hf.compiler.runtime.hooks import launch_hooks
 from flashlight_hf.compiler.runtime.launch import Launcher
@@ -79,7 +80,18 @@ class CompiledKernel:
         if self._direct:
             return [tensors[b] for b in bindings]
         device = tensors[0].device if tensors else torch.device("cpu")
-        return [tensors[b] if isinstance(b, int) else b.to(device) for b in bindings]
+        return [tensors[b] if isinstance(b, int) else self._constant(b, device) for b in bindings]
+
+    def _constant(self, t: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """A tensor the program holds as a constant, on the inputs' device: a copy at every call
+        where it lives elsewhere, which a CUDA graph cannot capture (a synchronising host copy)."""
+        if t.device == device:
+            return t
+        graphs.refuse(device, f"{self.source.name} reads a {t.device} tensor of shape {tuple(t.shape)} that its "
+                              f"program holds as a constant (created on the host inside it, or closed over) and "
+                              f"copies it to {device} at every call, which a CUDA graph cannot capture: create "
+                              f"that tensor on {device}, or pass it as an argument")
+        return t.to(device)
 
     # -- public hooks (benchmarks, tests) -----------------------------------------------------------
     def plans(self) -> list[ShapePlan]:
@@ -139,6 +151,8 @@ class CompiledKernel:
         if plan.empty:
             return out
         if plan.choice is None:  # tuned (or looked up) once per set of shapes
+            graphs.refuse_cold(first.device, f"{self.source.name} has not run on inputs of shapes "
+                                             f"{[tuple(t.shape) for t in inputs]} yet: a first launch tunes and compiles it")
             plan.choice = self._choose(inputs, out, plan, switches)
         cfg, splits = plan.choice
         hooks = launch_hooks()
@@ -191,6 +205,9 @@ class CompiledKernel:
             raise ValueError(f"flashlight: out= is {tuple(out.shape)} {out.dtype}; this call writes "
                              f"{tuple(plan.out_shape)} {self.program.out_dtype}")
         if plan.choice is None:
+            graphs.refuse_cold(out.device, f"the training forward of {self.source.name} has not run on inputs of "
+                                           f"shapes {[tuple(t.shape) for t in inputs]} yet: a first launch tunes and "
+                                           "compiles it")
             if self._train_tuner is None:
                 self._train_tuner = Tuner(self.source.tile_pads)
             plan.choice = self._train_tuner.choose(plan.rows, plan.keys, plan.n_grid, 1, out.device, switches,
