@@ -169,3 +169,24 @@ def test_forward_through_the_table_poisoned_output(device: str):
     ref = document_ids(q.double(), k.double(), v.double(), doc, doc)
     assert not torch.isnan(out).any()
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_decode_steps_launch_no_table(device: str):
+    """A decode step (a few query rows) walks every key tile with the masks applied, from a table
+    made once per shape: no table launch per call, and the output still equals float64."""
+    s_k = 90
+    keep = torch.ones(2, s_k, dtype=torch.bool, device=device)
+    keep[0, 50:] = False
+    q, k, v = _qkv(3, s_k, device=device)
+    build = driver.build(padded_keys, (q, k, v, keep), {})
+    assert build.kernel is not None and build.kernel.source.table is not None
+    launched: list[str] = []
+    remove = add_launch_hook(launched.append)
+    try:
+        for _ in range(2):
+            out = build.kernel([q, k, v, keep])
+    finally:
+        remove()
+    assert KERNEL_BLOCK_TABLE not in launched, launched
+    ref = padded_keys(q.double(), k.double(), v.double(), keep)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)

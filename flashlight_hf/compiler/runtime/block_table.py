@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from flashlight_hf.compiler.abi import BLOCK_M, BLOCK_N
+from flashlight_hf.compiler.abi import BLOCK_M, BLOCK_N, DECODE_MAX_ROWS
 from flashlight_hf.compiler.codegen import KernelSource
 from flashlight_hf.compiler.ir import Program
 from flashlight_hf.compiler.runtime.hooks import launch_hooks
@@ -30,6 +30,7 @@ class BlockTable:
         self.source = source
         self.launcher = Launcher(load(source))
         self.compact = Launcher(_compact_kernel())
+        self._static: dict[tuple, torch.Tensor] = {}  # decode steps' tables, per shape
         self.iters = 4  # runs of tiles per program (1: a program per run, session 11's v3)
         self._n_grid = len(source.grid_extents)
         self._sizes = SizeFunction(program, [*source.grid_extents, source.row_extent, source.loop_extent,
@@ -45,6 +46,8 @@ class BlockTable:
         row_tiles, key_tiles = -(-rows // block_m), -(-keys // block_n)
         outer, inner = (key_tiles, row_tiles) if key_major else (row_tiles, key_tiles)
         device = inputs[0].device
+        if not key_major and rows <= DECODE_MAX_ROWS:
+            return self._every_tile(points * outer, inner, device)
         table = torch.empty((points * outer, inner + 2), dtype=torch.int32, device=device)
         if table.numel() == 0 or inner == 0:
             table.zero_()
@@ -63,6 +66,23 @@ class BlockTable:
                                        ("TILES", tiles), ("ITERS", iters)), 8, 1)
         width = max(16, 1 << (inner - 1).bit_length())
         self.compact(points * outer, [state, table, inner], (("INNER", width),), 4 if width <= 2048 else 8, 1)
+        return table
+
+
+    def _every_tile(self, n_outer: int, inner: int, device: torch.device) -> torch.Tensor:
+        """A decode step's table: every key tile listed as partial (the masks applied), made once
+        per shape and kept. Why: a decode step's few rows are one row tile per grid point, so
+        the table would save little, and its two launches per call would add host time to every
+        layer of every step (the masks still drop what they drop, tile by tile)."""
+        key = (n_outer, inner, device)
+        table = self._static.get(key)
+        if table is None:
+            table = torch.zeros((n_outer, inner + 2), dtype=torch.int32, device=device)
+            table[:, 1] = inner
+            table[:, 2:] = torch.arange(inner - 1, -1, -1, dtype=torch.int32, device=device)
+            if len(self._static) >= 64:
+                self._static.clear()
+            self._static[key] = table
         return table
 
 
