@@ -52,22 +52,24 @@ def table_vars(kp: KernelPlan) -> list[Var]:
     return [g for g in kp.grid_vars if g in read]
 
 
-def table_index(em: "Emitter") -> str:
-    """The table grid point of the program (its grid offsets, mixed radix), as source text."""
+def _mixed_radix(em: "Emitter", grid: list[Var]) -> str:
+    """The program's point of ``grid`` (its offsets along those variables, outermost first) as
+    one number, in source text."""
     out = "0"
-    for g in table_vars(em.kp):
+    for g in grid:
         off = em.nm.offs[g]
         out = off if out == "0" else f"({out}) * {em.size(g.extent)} + {off}"
     return out
+
+
+def table_index(em: "Emitter") -> str:
+    """The program's point of the table's grid (the variables the masks read)."""
+    return _mixed_radix(em, table_vars(em.kp))
 
 
 def grid_index(em: "Emitter") -> str:
-    """The program's point of the whole grid (mixed radix over every grid variable)."""
-    out = "0"
-    for g in em.kp.grid_vars:
-        off = em.nm.offs[g]
-        out = off if out == "0" else f"({out}) * {em.size(g.extent)} + {off}"
-    return out
+    """The program's point of the whole grid."""
+    return _mixed_radix(em, em.kp.grid_vars)
 
 
 def table_loops(em: "Emitter", helper: "TileHelper", *, key_major: bool, dead: bool = False,
