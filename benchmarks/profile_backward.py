@@ -72,6 +72,9 @@ def _profile(label: str, step: Callable[[], None]) -> None:
     for n, (c, t) in sorted(rows.items(), key=lambda x: -x[1][1])[:12]:
         print(f"  {t:8.1f} µs  {c // 5:3d}×  {n}", flush=True)
     print(f"  backward tiles chosen: {_chosen_tiles()}", flush=True)
+    for key, timed in _tuning_times():
+        print(f"  tuned {key}: " + ", ".join(f"({c.block_m},{c.block_n},{c.num_warps},{c.num_stages}) "
+                                             + ("fail" if ms is None else f"{ms * 1e3:.0f}") for c, ms in timed))
 
 
 def _chosen_tiles() -> list:
@@ -81,6 +84,25 @@ def _chosen_tiles() -> list:
     from flashlight_hf.compiler.runtime.backward import GeneratedBackward
 
     return [o.chosen_tiles() for o in gc.get_objects() if isinstance(o, GeneratedBackward) and o.chosen_tiles()]
+
+
+def _tuning_times() -> list:
+    """(key, [(config, ms)]) of every backward launch the autotuner timed so far."""
+    import gc
+
+    from flashlight_hf.compiler.runtime.backward import GeneratedBackward
+
+    got = []
+    for o in gc.get_objects():
+        if isinstance(o, GeneratedBackward):
+            for key, timed in o.tuning_times().items():
+                if (id(o), key) not in _REPORTED:
+                    _REPORTED.add((id(o), key))
+                    got.append((key, timed))
+    return got
+
+
+_REPORTED: set = set()  # (backward, key) already printed: each table shows its own variant's tuning
 
 
 def main() -> None:

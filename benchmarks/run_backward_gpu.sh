@@ -2,7 +2,7 @@
 # The generated backward on the GPU (issue 13): its tests, then forward + backward against cuDNN
 # SDPA and FlexAttention, the programs, the training step and long-context memory. Each stage
 # writes its log under $OUT as it goes and has its own time limit, so a call cut short keeps
-# what finished. Usage: benchmarks/run_backward_gpu.sh [tests|dense|profile|profile_more|doc|variants|programs|training]...
+# what finished. Usage: benchmarks/run_backward_gpu.sh [tests|table|dense|profile|profile128|profile_more|doc|variants|programs|training]...
 set -u
 out=${OUT:-benchmarks/out}
 mkdir -p "$out"
@@ -16,11 +16,13 @@ stage() {  # stage NAME SECONDS COMMAND...
 }
 for what in "${@:-dense}"; do
   case $what in
-    tests) FLASHLIGHT_AUTOTUNE=0 stage tests 240 python -m pytest -q -p no:cacheprovider -p no:logging --tb=line \
-             tests/test_backward_gpu.py tests/test_gradients.py tests/test_training_forward.py tests/test_block_table.py ;;
+    tests) FLASHLIGHT_AUTOTUNE=0 stage tests 330 python -m pytest -q -p no:cacheprovider -p no:logging --tb=line \
+             tests/test_backward_gpu.py tests/test_cuda_graphs.py tests/test_autocast.py tests/test_block_table.py tests/test_gradients.py tests/test_training_forward.py ;;
     dense) stage dense 300 python benchmarks/bench_attention.py --backward --variants full causal --head-dim 64 128 \
              --impls sdpa_cudnn flex flashlight --no-plot --warmup 10 --rep 40 --out "$out/bwd_dense" ;;
-    profile) stage profile 120 python benchmarks/profile_backward.py --variants full causal sliding_window ;;
+    table) stage table 90 python benchmarks/bench_block_table.py ;;
+    profile128) stage profile128 200 python benchmarks/profile_backward.py --variants full causal --head-dim 128 ;;
+    profile) stage profile 200 python benchmarks/profile_backward.py --variants full causal document_mask ;;
     profile_more) stage profile_more 200 python benchmarks/profile_backward.py --variants document_mask \
                --programs diffllama evoformer ;;
     doc) stage doc 300 python benchmarks/bench_attention.py --backward --variants document_mask causal --head-dim 64 128 \

@@ -50,10 +50,12 @@ _CANDIDATES = {
             LaunchConfig(32, 64, 4, 3), LaunchConfig(64, 128, 4, 2), LaunchConfig(128, 128, 8, 2),
             LaunchConfig(32, 128, 4, 5), LaunchConfig(16, 128, 4, 4),
             # many loop-carried gradients (two streams, a wide V): small tiles that do not spill
-            LaunchConfig(16, 64, 4, 3), LaunchConfig(32, 64, 8, 2)],
+            LaunchConfig(16, 64, 4, 3), LaunchConfig(32, 64, 8, 2),
+            LaunchConfig(64, 128, 8, 2), LaunchConfig(32, 128, 8, 3)],
     "row": [LaunchConfig(128, 32, 4, 3), LaunchConfig(128, 64, 8, 3), LaunchConfig(64, 64, 4, 3),
             LaunchConfig(128, 64, 4, 2), LaunchConfig(64, 32, 4, 3), LaunchConfig(128, 128, 8, 2),
-            LaunchConfig(128, 32, 4, 5), LaunchConfig(128, 16, 4, 4)],
+            LaunchConfig(128, 32, 4, 5), LaunchConfig(128, 16, 4, 4),
+            LaunchConfig(128, 64, 8, 2), LaunchConfig(64, 128, 4, 3)],
 }
 _INTERPRET = LaunchConfig(16, 16, 1, 1)
 
@@ -81,6 +83,7 @@ class GeneratedBackward:
         # data-dependent masks: each kernel walks a block table for its own tiles
         self._table = BlockTable(program, info.table, load) if info.table is not None else None
         self._chosen: dict[tuple, LaunchConfig] = {}
+        self._timed: dict[tuple, list[tuple[LaunchConfig, float | None]]] = {}  # per key, each candidate's ms
         self._dims: dict[int, list[int]] = {}
 
     def _config(self, side: str, ext: dict, n_grid: int, launch: Callable[[LaunchConfig], None],
@@ -99,19 +102,28 @@ class GeneratedBackward:
             self._chosen[key] = cands[0]
             return cands[0]
         best, best_ms = cands[0], float("inf")
+        timed: list[tuple[LaunchConfig, float | None]] = []
         for cfg in cands:
             try:
                 ms = gpu_ms(lambda: launch(cfg), reps=5)
             except Exception:  # noqa: BLE001 - a configuration Triton cannot compile or run (resources)
+                timed.append((cfg, None))
                 continue
+            timed.append((cfg, ms))
             if ms < best_ms:
                 best, best_ms = cfg, ms
         self._chosen[key] = best
+        self._timed[key] = timed
         return best
 
     def chosen_tiles(self) -> dict[tuple, LaunchConfig]:
         """The launch configuration picked per (side, rows bucket, keys bucket, grid) so far."""
         return dict(self._chosen)
+
+    def tuning_times(self) -> dict[tuple, list[tuple[LaunchConfig, float | None]]]:
+        """Per (side, rows bucket, keys bucket, grid) each candidate's GPU ms when it was tuned
+        (None: Triton could not compile or launch it), for benchmark reports."""
+        return {k: list(v) for k, v in self._timed.items()}
 
     def _syms(self, inputs: Sequence[torch.Tensor]) -> dict:
         return _symbols(self.program, inputs)
