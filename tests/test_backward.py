@@ -277,6 +277,28 @@ def test_evoformer_biases_and_gate(device: str):
     assert _scatters_in_backward(evoformer, [q, k, v, mask_bias, pair_bias, gate]) == []
 
 
+def test_evoformer_bf16_pair_bias_buffer_and_no_whole_input_copies():
+    """bf16 (the interpreter upcasts its dots): the pair bias's adjoint per (row, key) over every
+    (b, n) is kept in bf16, as eager rounds it, and summed over N in fp32; every gradient within
+    bf16's tolerance of float64. The epilogue's autograd reads the gate as a view without narrows
+    of whole axes, whose backward would zero-fill and copy the whole gate once per axis."""
+    b, n, s, h, d = 1, 3, 21, 2, 16
+    q, k, v, gate = (torch.randn(b, n, s, h, d, dtype=torch.bfloat16) for _ in range(4))
+    mask_bias = torch.randn(b, n, 1, 1, s, dtype=torch.bfloat16)
+    pair_bias = torch.randn(b, 1, h, s, s, dtype=torch.bfloat16)
+    inputs = [q, k, v, mask_bias, pair_bias, gate]
+    compiled = flashlight_hf.compile(evoformer)
+    seed = torch.randn_like(evoformer(*inputs))
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
+        got = gradients(compiled, inputs, seed)
+    ref = gradients(evoformer, inputs, seed, dtype=torch.float64)
+    assert assert_gradients_close(got, ref, torch.bfloat16) == 6
+    assert all(g.dtype == torch.bfloat16 for g in got)
+    zeroed = [e for e in prof.events() if e.name == "aten::zero_" and e.input_shapes
+              and list(e.input_shapes[0]) == list(gate.shape)]
+    assert zeroed == [], [e.name for e in zeroed]
+
+
 @pytest.mark.parametrize("name", sorted(TERMS))
 def test_score_terms_over_keys_or_rows_alone(name: str, device: str):
     """A key gate ``sigmoid(k @ w)`` (its gradient reaches k and w through the score), a per-row

@@ -231,7 +231,8 @@ def _captured_in_tile(em: Emitter, st: GradStore | TermStore, full: tuple, insid
                   f"{em.broadcast('offs_n', (em.j,), full)} * stride_g{st.buffer}_1"]
         # interior tiles skip the loop's bounds, not the program's own: its tile may end past the end
         fixed = em.broadcast("mask_n", (em.j,), full) if em.loop is em.i else em.broadcast("mask_m", (em.i,), full)
-        em.emit(f"tl.store(g{st.buffer}_ptr + {' + '.join(terms)}, {name}, mask={inside or fixed})  # d {what}, this tile")
+        em.emit(f"tl.store(g{st.buffer}_ptr + {' + '.join(terms)}, {name}.to(g{st.buffer}_ptr.dtype.element_ty), "
+                f"mask={inside or fixed})  # d {what}, this tile")
         return
     keep = em.j if st.kind in ("key", "scalar") else em.i
     other = em.i if keep is em.j else em.j

@@ -158,7 +158,8 @@ class Evaluator:
             size = self._int(v.extent)
             if start < 0 or start + size > t.shape[a]:
                 return None
-            t = t.narrow(a, start, size)
+            if start != 0 or size != t.shape[a]:  # a whole axis stays as it is: narrow's backward
+                t = t.narrow(a, start, size)  # zero-fills and copies the whole input, per axis
             names.insert(0, v)
         t = t.permute([names.index(v) for v in self.variables if v in names])
         return t.reshape([self._int(v.extent) if v in names else 1 for v in self.variables])

@@ -191,7 +191,7 @@ class GeneratedBackward:
             if st.kind == "scalar":  # one partial per key tile (of the smallest tile any launch uses)
                 shape.append(-(-ext[info.loop_var] // 16))
             make = torch.zeros if st.kind else torch.empty  # tiles a mask skips are never written
-            buffers[st.buffer] = make(shape, dtype=torch.float32, device=device)
+            buffers[st.buffer] = make(shape, dtype=_buffer_dtype(st, inputs[k]), device=device)
         for term in info.terms:  # a term's adjoint, summed over the rows (keys) in the kernel
             shape = [ext[v] for v in term.variables]
             if term.kind == "scalar":  # one partial per key tile, as for a captured scalar
@@ -330,6 +330,16 @@ class GeneratedBackward:
                 if g is not None:
                     epilogue_grads[k] = g.float()
         return daccs, epilogue_grads
+
+
+def _buffer_dtype(st: Any, like: torch.Tensor) -> torch.dtype:
+    """A gradient buffer's dtype: fp32, but a captured tensor's adjoint per (row, key) in its own
+    16-bit dtype. Why: that buffer is as big as the scores over every grid point (Evoformer's pair
+    bias, broadcast over N: 1 GiB in fp32 at B4 N256 S256 H4), and eager autograd rounds that
+    adjoint to the tensor's dtype too before summing it over the broadcast axes."""
+    if st.kind == "element" and like.dtype in (torch.bfloat16, torch.float16):
+        return like.dtype
+    return torch.float32
 
 
 _ROW_DOT: Any = None

@@ -127,7 +127,7 @@ def fold(st: StoreInfo, buffer: torch.Tensor, like: torch.Tensor, ext: dict, sym
     was = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)  # a sorted scatter: the same bits every run
     try:
-        grad.index_put_(tuple(i.long() for i in idx), buffer, accumulate=True)
+        grad.index_put_(tuple(i.long() for i in idx), buffer.float(), accumulate=True)
     finally:
         torch.use_deterministic_algorithms(was)
     return grad
@@ -186,7 +186,7 @@ def _structured_fold(st: StoreInfo, buffer: torch.Tensor, like: torch.Tensor, ex
     keep = [n for n in picks if n is not None]
     drop = [k for k, n in enumerate(names) if n not in keep]
     if drop:
-        t = t.sum(dim=drop)
+        t = t.sum(dim=drop, dtype=torch.float32)  # a 16-bit buffer summed in fp32
         names = [n for n in names if n in keep]
     t = t.permute([names.index(n) for n in keep])
     sizes = [ext[n] if n is not None and not isinstance(n, tuple) else like.shape[a] if n is not None else 1
