@@ -31,7 +31,7 @@ class BlockTable:
         self.launcher = Launcher(load(source))
         self.compact = Launcher(_compact_kernel())
         self._static: dict[tuple, torch.Tensor] = {}  # decode steps' tables, per shape
-        self.iters = 4  # runs of tiles per program (1: a program per run, session 11's v3)
+        self.iters = 1  # runs of tiles per program: 1 was fastest at every tile size (RESULTS.md, session 12)
         self._n_grid = len(source.grid_extents)
         self._sizes = SizeFunction(program, [*source.grid_extents, source.row_extent, source.loop_extent,
                                              *source.runtime_sizes])
