@@ -77,28 +77,28 @@ def _profile(label: str, step: Callable[[], None]) -> None:
                                              + ("fail" if ms is None else f"{ms * 1e3:.0f}") for c, ms in timed))
 
 
-def _chosen_tiles() -> list:
-    """The launch configurations the backward autotuner picked so far (for the report)."""
+def _backwards() -> list:
+    """Every generated backward alive now (the autotuner's choices and timings live on them)."""
     import gc
 
     from flashlight_hf.compiler.runtime.backward import GeneratedBackward
 
-    return [o.chosen_tiles() for o in gc.get_objects() if isinstance(o, GeneratedBackward) and o.chosen_tiles()]
+    return [o for o in gc.get_objects() if isinstance(o, GeneratedBackward)]
+
+
+def _chosen_tiles() -> list:
+    """The launch configurations the backward autotuner picked so far (for the report)."""
+    return [o.chosen_tiles() for o in _backwards() if o.chosen_tiles()]
 
 
 def _tuning_times() -> list:
-    """(key, [(config, ms)]) of every backward launch the autotuner timed so far."""
-    import gc
-
-    from flashlight_hf.compiler.runtime.backward import GeneratedBackward
-
+    """(key, [(config, ms)]) of every backward launch the autotuner timed since the last report."""
     got = []
-    for o in gc.get_objects():
-        if isinstance(o, GeneratedBackward):
-            for key, timed in o.tuning_times().items():
-                if (id(o), key) not in _REPORTED:
-                    _REPORTED.add((id(o), key))
-                    got.append((key, timed))
+    for o in _backwards():
+        for key, timed in o.tuning_times().items():
+            if (id(o), key) not in _REPORTED:
+                _REPORTED.add((id(o), key))
+                got.append((key, timed))
     return got
 
 

@@ -26,7 +26,7 @@ import sympy
 import torch
 
 from flashlight_hf.compiler.codegen import KernelSource
-from flashlight_hf.compiler.codegen.backward_info import BackwardInfo, BackwardSource
+from flashlight_hf.compiler.codegen.backward_info import BackwardInfo, BackwardSource, StoreInfo
 from flashlight_hf.compiler.codegen.source import LN2
 from flashlight_hf.compiler.ir import Acc, Program, Var
 from flashlight_hf.compiler.ir.evaluate import Evaluator
@@ -332,7 +332,7 @@ class GeneratedBackward:
         return daccs, epilogue_grads
 
 
-def _buffer_dtype(st: Any, like: torch.Tensor) -> torch.dtype:
+def _buffer_dtype(st: StoreInfo, like: torch.Tensor) -> torch.dtype:
     """A gradient buffer's dtype: fp32, but a captured tensor's adjoint per (row, key) in its own
     16-bit dtype. Why: that buffer is as big as the scores over every grid point (Evoformer's pair
     bias, broadcast over N: 1 GiB in fp32 at B4 N256 S256 H4), and eager autograd rounds that
