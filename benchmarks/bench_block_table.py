@@ -1,8 +1,8 @@
 """The block table's cost on the GPU: ``flashlight_block_table`` + ``block_table_compact`` for
 bench_attention's document mask (ids ``[B, S]``, causal inside documents), per launch's tiles and
-``BlockTable.iters`` (runs of tiles per program). Each table is checked first against the tiles
+``BlockTable.span`` (rows or keys a program classifies) and ``BlockTable.warps``. Each table is checked first against the tiles
 a dense mask keeps (counts of whole and partial tiles per outer tile). Usage: python
-benchmarks/bench_block_table.py [--batch 4] [--seqlen 4096] [--iters 1 2 4 8]"""
+benchmarks/bench_block_table.py [--batch 4] [--seqlen 4096] [--spans 128 256 512] [--warps 4 8]"""
 
 from __future__ import annotations
 
@@ -47,7 +47,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--heads", type=int, default=16)
     p.add_argument("--seqlen", type=int, default=4096)
-    p.add_argument("--iters", type=int, nargs="*", default=[1, 2, 4, 8])
+    p.add_argument("--spans", type=int, nargs="*", default=[128, 256, 512])
+    p.add_argument("--warps", type=int, nargs="*", default=[4, 8])
     a = p.parse_args()
     b, h, s, d = a.batch, a.heads, a.seqlen, 64
     q, k, v = (torch.randn(b, h, s, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
@@ -55,18 +56,18 @@ def main() -> None:
     build = driver.build(attention, (q, k, v, ids), {})
     table = BlockTable(build.kernel.program, build.kernel.source.table, load_kernel)
     inputs = build.kernel.bound_inputs([q, k, v, ids])
-    print("| tiles (bm, bn) | key major | iters | wall µs | GPU µs | counts ok |")
-    print("|---|---|---:|---:|---:|---|")
+    print("| tiles (bm, bn) | key major | span | warps | wall µs | GPU µs | counts ok |")
+    print("|---|---|---:|---:|---:|---:|---|")
     for bm, bn, km in [(128, 64, False), (128, 128, False), (64, 64, False), (128, 32, False),
                        (32, 128, True), (64, 128, True), (16, 64, True), (64, 64, True)]:
         want = dense_counts(ids, bm, bn, km)
-        for it in a.iters:
-            table.iters = it
+        for span, warps in [(sp, w) for sp in a.spans for w in a.warps]:
+            table.span, table.warps = span, warps
             got = table(inputs, bm, bn, km)
             ok = bool(torch.equal(got[:, :2].cpu(), want.cpu()))
             us = triton.testing.do_bench(lambda: table(inputs, bm, bn, km), warmup=20, rep=100) * 1e3
             gpu = gpu_ms(lambda: table(inputs, bm, bn, km), reps=20) * 1e3
-            print(f"| ({bm}, {bn}) | {km} | {it} | {us:.1f} | {gpu:.1f} | {ok} |", flush=True)
+            print(f"| ({bm}, {bn}) | {km} | {span} | {warps} | {us:.1f} | {gpu:.1f} | {ok} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ tile's loads under a branch, and Triton does not software-pipeline loads inside 
 document mask then ran slower than a causal one with twice its work (RESULTS.md, session 10).
 So, as FlexAttention's block masks do, one small kernel (:func:`table_kernel`) evaluates the
 masks of the plan's ``block_table`` per (row tile, key tile) before the launch, and the runtime
-compacts that into, per row tile (or per key tile for the dK/dV kernel, ``KEY_MAJOR``), two lists: the tiles every mask
+compacts that into, per row tile (or per key tile for the dK/dV kernel, "key major"), two lists: the tiles every mask
 keeps whole and in range (run with no mask arithmetic, as interior tiles are) and the tiles some
 mask keeps in part. The attention kernels walk the lists (:func:`table_loops`); tiles in
 neither are never visited.
@@ -30,9 +30,6 @@ from flashlight_hf.compiler.rewrite import KernelPlan
 if TYPE_CHECKING:
     from flashlight_hf.compiler.codegen.emitter import Emitter
     from flashlight_hf.compiler.codegen.keyloop import TileHelper
-
-KEY_MAJOR = "KEY_MAJOR"
-
 
 def table_plan(kp: KernelPlan) -> KernelPlan:
     """The plan the table-walking kernels are generated from: every mask the table evaluates is
@@ -117,56 +114,46 @@ def table_loops(em: "Emitter", helper: "TileHelper", *, key_major: bool, dead: b
 
 def table_kernel(kp: KernelPlan, interpret: bool, input_names=None) -> KernelSource:
     """The kernel that classifies tiles for the block table: one program per (table grid point,
-    outer tile, ``ITERS`` runs of ``TILES`` inner tiles), writing an int8 state (0: no pair kept, 1: some, 2: every pair kept
-    and the tile whole). The runtime then compacts each outer tile's states into its two lists
-    (``runtime/block_table.py``): every tile in parallel, then a prefix sum per row of tiles."""
+    row tile, run of ``TILES`` key tiles), writing an int8 state per (row tile, key tile) (0: no
+    pair kept, 1: some, 2: every pair kept and the tile whole). The runtime then compacts each
+    outer tile's states into its two lists (``runtime/block_table.py``), reading the same states
+    by key tile for the dK/dV kernel's table.
+
+    Why always row tiles against a run of key tiles: the per-tile reduction is then a plain
+    reduction over the rows followed by one over a short run of keys. A key tile against a run
+    of query tiles reduced over keys first and then reshaped the result, and that reshape cost
+    up to 40x the row-major kernel (RESULTS.md, session 13)."""
     from flashlight_hf.compiler.codegen.emitter import Emitter
 
     em = Emitter(kp, interpret, False, input_names)
     i, j = em.i, em.j
     rows, keys = em.size(i.extent), em.size(j.extent)
     tvars = table_vars(kp)
-    em.emit("# program coordinates: one program per (grid point of the variables the masks read, outer tile,")
-    em.emit("# ITERS runs of TILES inner tiles); outer: row tiles, or key tiles when KEY_MAJOR (the dK/dV")
-    em.emit("# kernel's table). Many tiles per program: the work per tile is a few hundred comparisons,")
-    em.emit("# so a launch is bound by its waves of programs, not by that work")
+    em.emit("# program coordinates: one program per (grid point of the variables the masks read, row tile,")
+    em.emit("# run of TILES key tiles). Many tiles per program: the work per tile is a few thousand")
+    em.emit("# comparisons, so a launch is bound by its waves of programs, not by that work")
     em.emit("pid = tl.program_id(0)")
     em.emit(f"n_row_tiles = tl.cdiv({rows}, {BLOCK_M})")
     em.emit(f"n_key_tiles = tl.cdiv({keys}, {BLOCK_N})")
-    em.emit(f"if {KEY_MAJOR}:")
-    em.emit("    n_outer = n_key_tiles")
-    em.emit("    n_inner = n_row_tiles")
-    em.emit("else:")
-    em.emit("    n_outer = n_row_tiles")
-    em.emit("    n_inner = n_key_tiles")
-    em.emit("n_groups = tl.cdiv(tl.cdiv(n_inner, TILES), ITERS)")
-    em.emit("group = pid % n_groups")
-    em.emit("tile = (pid // n_groups) % n_outer")
+    em.emit("n_runs = tl.cdiv(n_key_tiles, TILES)")
+    em.emit("run = pid % n_runs")
+    em.emit("tile_m = (pid // n_runs) % n_row_tiles")
     if tvars:
-        em.emit("rest = pid // (n_groups * n_outer)")
+        em.emit("rest = pid // (n_runs * n_row_tiles)")
     for n, g in enumerate(reversed(tvars)):
         em.emit(f"{em.nm.offs[g]} = rest % {em.size(g.extent)}")
         if n < len(tvars) - 1:
             em.emit(f"rest = rest // {em.size(g.extent)}")
-    em.emit("state_row = state_ptr + ((pid // (n_groups * n_outer)) * n_outer + tile) * n_inner")
-    em.emit("for it in range(0, ITERS):")
-    em.indent += 1
-    em.emit("chunk = group * ITERS + it")
-    em.emit("u = chunk * TILES + tl.arange(0, TILES)  # the inner tiles this program classifies")
-    em.emit(f"if {KEY_MAJOR}:  # TILES query tiles against one key tile")
-    em.emit(f"    offs_m = chunk * TILES * {BLOCK_M} + tl.arange(0, TILES * {BLOCK_M})")
-    em.emit(f"    offs_n = tile * {BLOCK_N} + tl.arange(0, {BLOCK_N})")
-    em.emit(f"    in_range = ((u + 1) * {BLOCK_M} <= {rows}) & ((tile + 1) * {BLOCK_N} <= {keys})")
-    em.emit("else:  # one row tile against TILES key tiles")
-    em.emit(f"    offs_m = tile * {BLOCK_M} + tl.arange(0, {BLOCK_M})")
-    em.emit(f"    offs_n = chunk * TILES * {BLOCK_N} + tl.arange(0, TILES * {BLOCK_N})")
-    em.emit(f"    in_range = ((tile + 1) * {BLOCK_M} <= {rows}) & ((u + 1) * {BLOCK_N} <= {keys})")
+    em.emit("state_row = state_ptr + (pid // n_runs) * n_key_tiles  # this row tile's states")
+    em.emit("u = run * TILES + tl.arange(0, TILES)  # the key tiles this program classifies")
+    em.emit(f"offs_m = tile_m * {BLOCK_M} + tl.arange(0, {BLOCK_M})")
+    em.emit(f"offs_n = run * TILES * {BLOCK_N} + tl.arange(0, TILES * {BLOCK_N})")
+    em.emit(f"in_range = ((tile_m + 1) * {BLOCK_M} <= {rows}) & ((u + 1) * {BLOCK_N} <= {keys})")
     em.emit(f"mask_m = offs_m < {rows}")
     em.emit(f"mask_n = offs_n < {keys}")
     em.emit("inside = mask_m[:, None] & mask_n[None, :]")
     em.phase = "loop"
     whole, some = [], []
-    shape4 = f"[offs_m.shape[0] // {BLOCK_M}, {BLOCK_M}, offs_n.shape[0] // {BLOCK_N}, {BLOCK_N}]"
     for s, chain in enumerate(kp.block_table):
         parts = []
         for _, pred, keep, _ in chain:
@@ -176,24 +163,22 @@ def table_kernel(kp: KernelPlan, interpret: bool, input_names=None) -> KernelSou
             continue
         kept = f"kept{s}"
         em.emit(f"{kept} = {' & '.join(parts)}  # softmax stream {s}: its masks keep (row, key)")
-        em.emit(f"all{s} = tl.reshape((({kept}) | (inside == 0)).to(tl.int32), {shape4})")
-        em.emit(f"all{s} = tl.reshape(tl.min(tl.min(all{s}, axis=3), axis=1), [TILES])  # keeps every pair in range")
-        em.emit(f"any{s} = tl.reshape((({kept}) & inside).to(tl.int32), {shape4})")
-        em.emit(f"any{s} = tl.reshape(tl.max(tl.max(any{s}, axis=3), axis=1), [TILES])  # keeps some pair")
-        whole.append(f"all{s}")
-        some.append(f"any{s}")
+        em.emit(f"miss{s} = ((({kept}) == 0) & inside).to(tl.int32)  # a pair in range its masks drop")
+        em.emit(f"miss{s} = tl.max(tl.reshape(tl.max(miss{s}, axis=0), [TILES, {BLOCK_N}]), axis=1)  # per key tile")
+        em.emit(f"hit{s} = (({kept}) & inside).to(tl.int32)  # a pair in range its masks keep")
+        em.emit(f"hit{s} = tl.max(tl.reshape(tl.max(hit{s}, axis=0), [TILES, {BLOCK_N}]), axis=1)  # per key tile")
+        whole.append(f"(1 - miss{s})")
+        some.append(f"hit{s}")
     em.emit(f"is_full = ({' & '.join(whole) if whole else '1'}) & in_range.to(tl.int32)  # whole: no masks, no bounds")
     em.emit(f"is_part = ({' | '.join(some) if some else '1'}) & (1 - is_full)")
-    em.emit("tl.store(state_row + u, (2 * is_full + is_part).to(tl.int8), mask=u < n_inner)")
-    em.indent -= 1
+    em.emit("tl.store(state_row + u, (2 * is_full + is_part).to(tl.int8), mask=u < n_key_tiles)")
     prog, nm = kp.program, em.nm
     params = []
     for k in sorted(em.inputs):
         params.append(nm.ptr(k))
         params += [nm.stride(k, d) for d in range(len(prog.input_shapes[k]))]
     params += ["state_ptr"] + [f"z{k}" for k in range(len(em.sizes))]
-    params += [f"{BLOCK_M}: tl.constexpr", f"{BLOCK_N}: tl.constexpr", f"{KEY_MAJOR}: tl.constexpr",
-               "TILES: tl.constexpr", "ITERS: tl.constexpr"]
+    params += [f"{BLOCK_M}: tl.constexpr", f"{BLOCK_N}: tl.constexpr", "TILES: tl.constexpr"]
     text = ["import triton", "import triton.language as tl", "", "",
             f"# {KERNEL_BLOCK_TABLE}: per (outer tile, inner tile) whether the masks keep none of its pairs (0),",
             "# some (1) or all of them in a whole tile (2); compacted into the block table after",

@@ -29,11 +29,10 @@ FIXED = {"tl", "triton", "float", "range", "pid", "split", "n_row_tiles", "tile_
          "n_key_tiles", "tile_n", "start_m", "col_lo", "col_hi", "row_first", "row_last", "q_start", "q_end",
          "end_tile", "i_first", "i_last", "interior_start", "interior_end", "dropout_seed", "dropout_p",
          # the block table's (codegen/block_table.py)
-         "tbl", "n_full", "n_part", "t", "tile_u", "dead", "tile", "n_outer", "n_inner", "row", "u",
-         "inside", "in_range", "is_full", "is_part", "KEY_MAJOR", "TILES", "n_chunks", "ITERS", "n_groups",
-         "group", "state_row", "it"}
+         "tbl", "n_full", "n_part", "t", "tile_u", "dead", "tile", "u", "inside", "in_range", "is_full",
+         "is_part", "TILES", "n_runs", "run", "state_row"}
 _GENERATED = re.compile(r"^(acc|m_new_acc|m_safe_acc|alpha|m_tile|m_part|beta|part|z)\d+$"
-                        r"|^(dk|dv|dq|dp|dacc|dx|p|pm|mx|ld|ld_acc|row_mx|nacc|g|dc|db|kept|all|any)\d+$"
+                        r"|^(dk|dv|dq|dp|dacc|dx|p|pm|mx|ld|ld_acc|row_mx|nacc|g|dc|db|kept|miss|hit)\d+$"
                         r"|^(offs|mask)_(m|n|d\d*|dv\d*)$|^off_(b|h|g\d+)$|^stride_|_ptr$")
 
 

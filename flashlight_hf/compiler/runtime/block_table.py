@@ -31,7 +31,9 @@ class BlockTable:
         self.launcher = Launcher(load(source))
         self.compact = Launcher(_compact_kernel())
         self._static: dict[tuple, torch.Tensor] = {}  # decode steps' tables, per shape
-        self.iters = 1  # runs of tiles per program: 1 was fastest at every tile size (RESULTS.md, session 12)
+        # keys a program classifies, and its warps: 256 and 4 were the fastest (RESULTS.md, session 13)
+        self.span = 256
+        self.warps = 4
         self._n_grid = len(source.grid_extents)
         self._sizes = SizeFunction(program, [*source.grid_extents, source.row_extent, source.loop_extent,
                                              *source.runtime_sizes])
@@ -52,22 +54,20 @@ class BlockTable:
         if table.numel() == 0 or inner == 0:
             table.zero_()
             return table
-        state = torch.empty(points * outer * inner, dtype=torch.int8, device=device)
+        # states per (grid point, row tile, key tile); the dK/dV kernel's table reads them by key tile
+        state = torch.empty(points * row_tiles * key_tiles, dtype=torch.int8, device=device)
         args = tensor_args(list(inputs), self.source.input_args) + [state, *runtime]
         for hook in launch_hooks():
             hook(self.source.name)
-        # a program classifies ITERS runs of inner tiles, each about 128 rows or keys long: the
-        # launch is bound by its waves of programs (RESULTS.md, session 11), so few of them
-        tiles = max(1, min(128 // (block_m if key_major else block_n), 1 << (inner - 1).bit_length()))
-        runs = -(-inner // tiles)
-        iters = min(self.iters, runs)
-        programs = points * outer * -(-runs // iters)
-        self.launcher(programs, args, ((BLOCK_M, block_m), (BLOCK_N, block_n), ("KEY_MAJOR", key_major),
-                                       ("TILES", tiles), ("ITERS", iters)), 8, 1)
+        # a program classifies one row tile against a run of key tiles ``span`` keys long
+        tiles = max(1, min(self.span // block_n, 1 << (key_tiles - 1).bit_length()))
+        programs = points * row_tiles * -(-key_tiles // tiles)
+        self.launcher(programs, args, ((BLOCK_M, block_m), (BLOCK_N, block_n), ("TILES", tiles)), self.warps, 1)
         width = max(16, 1 << (inner - 1).bit_length())
-        self.compact(points * outer, [state, table, inner], (("INNER", width),), 4 if width <= 2048 else 8, 1)
+        along_outer, along_inner = (1, key_tiles) if key_major else (key_tiles, 1)
+        self.compact(points * outer, [state, table, outer, inner, along_outer, along_inner], (("INNER", width),),
+                     4 if width <= 2048 else 8, 1)
         return table
-
 
     def _every_tile(self, n_outer: int, inner: int, device: torch.device) -> torch.Tensor:
         """A decode step's table: every key tile listed as partial (the masks applied), made once
@@ -90,7 +90,8 @@ _COMPACT: Any = None
 
 
 def _compact_kernel() -> Any:
-    """Per outer tile, its inner tiles' states (int8: 0 none kept, 1 some, 2 whole) into the
+    """Per outer tile, its inner tiles' states (int8: 0 none kept, 1 some, 2 whole; laid out per
+    grid point as [row tiles, key tiles], read along ``along_inner`` for key-major tables) into the
     table's row: the counts, the whole tiles in order from the front, the partial ones from the
     back (exclusive prefix sums give each tile its slot). Built on first use: ``triton.jit``
     reads ``TRITON_INTERPRET`` when it wraps the function."""
@@ -100,10 +101,12 @@ def _compact_kernel() -> Any:
         import triton.language as tl
 
         @triton.jit
-        def block_table_compact(state_ptr, tbl_ptr, n_inner, INNER: tl.constexpr):
+        def block_table_compact(state_ptr, tbl_ptr, n_outer, n_inner, along_outer, along_inner,
+                                INNER: tl.constexpr):
             pid = tl.program_id(0)
             u = tl.arange(0, INNER)
-            state = tl.load(state_ptr + pid * n_inner + u, mask=u < n_inner, other=0).to(tl.int32)
+            states = state_ptr + (pid // n_outer) * n_outer * n_inner + (pid % n_outer) * along_outer
+            state = tl.load(states + u * along_inner, mask=u < n_inner, other=0).to(tl.int32)
             full = tl.where(state == 2, 1, 0)
             part = tl.where(state == 1, 1, 0)
             at_full = tl.cumsum(full, 0) - full
