@@ -6,7 +6,10 @@ evoformer]. Prints one table per variant (kernel, calls, µs) and the backward t
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
+import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -29,9 +32,12 @@ def training_step(name: str, batch: int, heads: int, seqlen: int, head_dim: int,
     fn = flashlight_hf.compile(var.program)
     args = var.program_args()
 
-    def step() -> None:
+    def step(marks: list | None = None) -> None:
         q.grad = k.grad = v.grad = None
-        fn(q, k, v, *args).backward(seed)
+        out = fn(q, k, v, *args)
+        if marks is not None:
+            marks.append(time.perf_counter())
+        out.backward(seed)
     return step
 
 
@@ -46,14 +52,17 @@ def program_step(name: str, device: str, diff_shape: tuple = (4, 32, 4096, 64),
     fn = flashlight_hf.compile(bp.PROGRAMS[name])
     seed = torch.randn_like(fn(*inputs))
 
-    def step() -> None:
+    def step(marks: list | None = None) -> None:
         for t in inputs:
             t.grad = None
-        fn(*inputs).backward(seed)
+        out = fn(*inputs)
+        if marks is not None:
+            marks.append(time.perf_counter())
+        out.backward(seed)
     return step
 
 
-def _profile(label: str, step: Callable[[], None]) -> None:
+def _profile(label: str, step: Callable[[], None], cprofile: bool = False) -> None:
     for _ in range(3):
         step()
     torch.cuda.synchronize()
@@ -71,10 +80,63 @@ def _profile(label: str, step: Callable[[], None]) -> None:
     print(f"\n{label}: {total:.0f} µs of GPU time per step", flush=True)
     for n, (c, t) in sorted(rows.items(), key=lambda x: -x[1][1])[:12]:
         print(f"  {t:8.1f} µs  {c // 5:3d}×  {n}", flush=True)
+    _host_report(step)
+    if cprofile:
+        _cprofile(step)
     print(f"  backward tiles chosen: {_chosen_tiles()}", flush=True)
     for key, timed in _tuning_times():
         print(f"  tuned {key}: " + ", ".join(f"({c.block_m},{c.block_n},{c.num_warps},{c.num_stages}) "
                                              + ("fail" if ms is None else f"{ms * 1e3:.0f}") for c, ms in timed))
+
+
+def _host_report(step: Callable, n: int = 20) -> None:
+    """Host time of a step against its wall time, each step started on an idle GPU: the time
+    until the forward returns, until the backward returns (no synchronisation inside, so this is
+    the host's own work), and until the GPU is done. Then one step under CUDA's sync debug mode:
+    any operation that waits for the GPU inside the step is named (it serialises host and GPU)."""
+    fwd, host, wall = [], [], []
+    for _ in range(n):
+        torch.cuda.synchronize()
+        marks = [time.perf_counter()]
+        step(marks)
+        marks.append(time.perf_counter())
+        torch.cuda.synchronize()
+        marks.append(time.perf_counter())
+        fwd.append(marks[1] - marks[0])
+        host.append(marks[2] - marks[0])
+        wall.append(marks[3] - marks[0])
+    med = lambda xs: statistics.median(xs) * 1e6  # noqa: E731
+    print(f"  host: forward returns at {med(fwd):.0f} µs, backward at {med(host):.0f} µs; "
+          f"GPU done at {med(wall):.0f} µs (median of {n}, each from an idle GPU)", flush=True)
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    syncs = [f"{w.filename}:{w.lineno}: {str(w.message).splitlines()[0][:120]}" for w in caught
+             if "synchroniz" in str(w.message).lower()]
+    print(f"  synchronising calls inside one step: {len(syncs)}" + "".join(f"\n    {m}" for m in syncs), flush=True)
+
+
+def _cprofile(step: Callable, n: int = 20) -> None:
+    """Where the host time of a step goes (real launches, nothing stubbed): cProfile over ``n``
+    steps, the top functions by own time and by cumulative time."""
+    import cProfile
+    import pstats
+
+    torch.cuda.synchronize()
+    pr = cProfile.Profile()
+    pr.enable()
+    for _ in range(n):
+        step()
+    pr.disable()
+    torch.cuda.synchronize()
+    st = pstats.Stats(pr)
+    st.sort_stats("tottime").print_stats(30)
+    st.sort_stats("cumtime").print_stats(50)
 
 
 def _backwards() -> list:
@@ -113,11 +175,13 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--heads", type=int, default=16)
     p.add_argument("--seqlen", type=int, default=4096)
+    p.add_argument("--cprofile", action="store_true", help="also print where the host time goes")
     a = p.parse_args()
     for name in a.variants:
-        _profile(f"{name} D{a.head_dim}", training_step(name, a.batch, a.heads, a.seqlen, a.head_dim, "cuda"))
+        _profile(f"{name} D{a.head_dim}", training_step(name, a.batch, a.heads, a.seqlen, a.head_dim, "cuda"),
+                 a.cprofile)
     for name in a.programs:
-        _profile(name, program_step(name, "cuda"))
+        _profile(name, program_step(name, "cuda"), a.cprofile)
 
 
 if __name__ == "__main__":

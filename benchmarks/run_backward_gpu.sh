@@ -2,7 +2,7 @@
 # The generated backward on the GPU (issue 13): its tests, then forward + backward against cuDNN
 # SDPA and FlexAttention, the programs, the training step and long-context memory. Each stage
 # writes its log under $OUT as it goes and has its own time limit, so a call cut short keeps
-# what finished. Usage: benchmarks/run_backward_gpu.sh [tests|table|dense|profile|profile128|profile_more|doc|variants|programs|training]...
+# what finished. Usage: benchmarks/run_backward_gpu.sh [tests|table|dense|profile|host|profile128|profile_more|doc|variants|programs|training]...
 set -u
 out=${OUT:-benchmarks/out}
 mkdir -p "$out"
@@ -23,6 +23,7 @@ for what in "${@:-dense}"; do
     table) stage table 90 python benchmarks/bench_block_table.py ;;
     profile128) stage profile128 200 python benchmarks/profile_backward.py --variants full causal --head-dim 128 ;;
     profile) stage profile 200 python benchmarks/profile_backward.py --variants full causal document_mask ;;
+    host) FLASHLIGHT_AUTOTUNE=0 stage host 200 python benchmarks/profile_backward.py --variants document_mask causal --cprofile ;;
     profile_more) stage profile_more 200 python benchmarks/profile_backward.py --variants document_mask \
                --programs diffllama evoformer ;;
     doc) stage doc 300 python benchmarks/bench_attention.py --backward --variants document_mask causal --head-dim 64 128 \

@@ -27,7 +27,7 @@ from flashlight_hf.compiler.abi import BLOCK_M, BLOCK_N, KERNEL_BWD_DKDV, KERNEL
 from flashlight_hf.compiler.codegen.backward_info import BackwardInfo, BackwardSource, StoreInfo, describe
 from flashlight_hf.compiler.codegen import backward_stores as after
 from flashlight_hf.compiler.codegen.block_table import table_loops, table_plan
-from flashlight_hf.compiler.codegen.bounds import emit_key_range, offset_text
+from flashlight_hf.compiler.codegen.bounds import emit_key_range, offset_text, work_falls_with_row
 from flashlight_hf.compiler.codegen.emitter import Emitter
 from flashlight_hf.compiler.codegen.kernels import Options, coordinates
 from flashlight_hf.compiler.codegen.keyloop import TileHelper, merged_body, tile_skip_guard
@@ -292,7 +292,10 @@ def dkdv_kernel(bp: BackwardPlan, opt: Options) -> BackwardSource:
             (", the query heads of a key head's group looping inside)" if group else ")"))
     em.emit("pid = tl.program_id(0)")
     em.emit(f"n_key_tiles = tl.cdiv({em.size(j.extent)}, {BLOCK_N})")
-    em.emit("tile_n = pid % n_key_tiles")
+    if work_falls_with_row(kp):
+        em.emit("tile_n = n_key_tiles - 1 - pid % n_key_tiles  # the longest key tiles (most rows) first")
+    else:
+        em.emit("tile_n = pid % n_key_tiles")
     if kp.grid_vars:
         em.emit("rest = pid // n_key_tiles")
     for n, g in enumerate(reversed(kp.grid_vars)):

@@ -66,6 +66,25 @@ def _bound(em: "Emitter", kind: str, alts: tuple, row: str, plus_one: bool) -> s
     return f"{out} + 1" if plus_one and not fold_one else out
 
 
+def _rising(kp: Any, kind: str) -> bool:
+    """Some bound of ``kind`` moves up with the row: every alternative's row coefficient is
+    positive (``key_hi = min(...)`` and ``key_lo = max(...)`` then rise with it)."""
+    return any(k == kind and all(a > 0 for a, _ in alts) for k, alts in kp.key_bounds)
+
+
+def work_rises_with_row(kp: Any) -> bool:
+    """Later row tiles visit more key tiles (causal, PrefixLM): their key end rises with the
+    row and their start does not. Such kernels launch their row tiles last-first, so the
+    longest programs start first and the launch does not end on a tail of long programs."""
+    return _rising(kp, "hi") and not _rising(kp, "lo")
+
+
+def work_falls_with_row(kp: Any) -> bool:
+    """Later row tiles visit fewer key tiles (a mask keeping keys at or after the row): the
+    dK/dV kernel, whose work per key tile is the opposite, then launches its key tiles last-first."""
+    return _rising(kp, "lo") and not _rising(kp, "hi")
+
+
 def emit_key_range(em: "Emitter", split: bool) -> None:
     """``key_lo``, ``key_hi``, ``interior_lo``, ``interior_hi`` (and, split-KV, narrowed to this
     program's share of the keys)."""

@@ -18,7 +18,7 @@ from typing import Sequence
 from flashlight_hf.compiler.abi import (BLOCK_M, BLOCK_N, KERNEL_COMBINE, KERNEL_SINGLE, KERNEL_SPLIT,
                                         KERNEL_SPLIT_FUSED, KERNEL_TRAIN, NUM_SPLITS)
 from flashlight_hf.compiler.codegen.block_table import table_loops, table_plan
-from flashlight_hf.compiler.codegen.bounds import emit_key_range
+from flashlight_hf.compiler.codegen.bounds import emit_key_range, work_rises_with_row
 from flashlight_hf.compiler.codegen.emitter import Emitter, atom, has_running_max
 from flashlight_hf.compiler.codegen.keyloop import InnerHelper, running_max
 from flashlight_hf.compiler.codegen.lse import lse_stores, softmax_streams
@@ -123,7 +123,10 @@ def coordinates(em: Emitter, *, split: bool, partials: bool) -> None:
         em.emit(f"split = pid % {NUM_SPLITS}  # which share of the key axis this program reduces")
         em.emit(f"pid = pid // {NUM_SPLITS}")
     em.emit(f"n_row_tiles = tl.cdiv({em.size(i.extent)}, {BLOCK_M})")
-    em.emit("tile_m = pid % n_row_tiles")
+    if not split and not partials and work_rises_with_row(kp):
+        em.emit("tile_m = n_row_tiles - 1 - pid % n_row_tiles  # the longest row tiles (most keys) first")
+    else:
+        em.emit("tile_m = pid % n_row_tiles")
     if kp.grid_vars or partials:
         em.emit("rest = pid // n_row_tiles")
     if partials:
