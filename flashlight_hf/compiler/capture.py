@@ -36,7 +36,8 @@ class Captured:
     """A traced program: the FX graph and what feeds each of its placeholders.
 
     ``bindings[k]`` is an ``int`` (the index of the flat tensor argument feeding placeholder
-    ``k``) or a ``torch.Tensor`` (a constant the program closed over, lifted by the tracer).
+    ``k``) or a ``torch.Tensor`` (a constant the program created, lifted by the tracer; tensors it
+    reads from outside are arguments by then: :mod:`flashlight_hf.compiler.state`).
     """
 
     graph_module: torch.fx.GraphModule

@@ -18,6 +18,8 @@ from typing import Any, Callable
 import torch
 
 from flashlight_hf.compiler import capture as cap
+from flashlight_hf.compiler import guards as guards_
+from flashlight_hf.compiler import state as state_
 from flashlight_hf.compiler.driver import Build, build
 from flashlight_hf.compiler.guards import Guards
 from flashlight_hf.compiler.runtime import EagerTrain, autocast, graphs, shape_mismatch
@@ -82,19 +84,37 @@ class CompiledAttention:
     values the function reads from outside (:class:`~flashlight_hf.compiler.guards.Guards`)
     are read at every call; other values select another table of builds.
 
-    ``guard=False`` skips reading them: for programs built by this package whose outside
+    Tensors it reads from outside (closures, globals, attributes, a module's parameters and
+    buffers: :mod:`~flashlight_hf.compiler.state`) are read at every call too and appended to
+    its tensors: kernel inputs, never constants.
+
+    ``guard=False`` skips reading either: for programs built by this package whose outside
     values are part of the key they are cached under (the registry's layer programs)."""
 
     def __init__(self, fn: Callable, *, guard: bool = True):
         self.fn = fn
         self._warned: set[tuple[str, str]] = set()
-        self._guards = Guards(fn) if guard else None
+        scanned = guards_.scan(fn) if guard else None
+        self._guards = Guards(fn, scanned) if guard else None
         if self._guards is not None and not self._guards:
             self._guards = None
+        state = state_.find(fn, scanned) if guard else None
+        self._state = state if state else None
+        # what the compiler traces and replays: fn reading its state from trailing arguments
+        self._traced = self._state.functional() if self._state is not None else fn
         self._tables: dict[Any, tuple[dict, list, dict, dict]] = {}
         self._guard_vals: Any = None
         self._use_table(self._guards.values() if self._guards is not None else None)
-        functools.update_wrapper(self, fn)
+        # a module's __dict__ holds its parameters and submodules: not this wrapper's to copy
+        functools.update_wrapper(self, fn, updated=() if isinstance(fn, torch.nn.Module) else ("__dict__",))
+
+    def with_state(self, args: tuple) -> tuple | None:
+        """``args`` followed by the state tensors as they are now; None when the state can no
+        longer be read (a deleted attribute: the function then runs as written)."""
+        if self._state is None:
+            return args
+        values = self._state.read()
+        return None if values is None else args + values
 
     def _use_table(self, vals: Any) -> None:
         table = self._tables.get(vals)
@@ -138,7 +158,7 @@ class CompiledAttention:
                                                   f"autocast state ({state}) yet: building one traces the program "
                                                   "and compiles it")
         before = self._guard_vals
-        b = build(self.fn, args, kwargs, training=True)
+        b = build(self._traced, args, kwargs, training=True)
         if self._guards is not None:
             after = self._guards.values()
             if after != before:  # tracing itself changed what the function reads: key the table by that
@@ -176,17 +196,34 @@ class CompiledAttention:
         return fast, b
 
     def _eager(self, b: Build, args: tuple, kwargs: dict) -> Any:
-        """The program as written; a fallback warns once, after eager ran (when eager itself
-        rejects the inputs, its error is what the caller sees)."""
-        out = self.fn(*args, **kwargs)
+        """The program as written (``args`` hold the state last); a fallback warns once, after
+        eager ran (when eager itself rejects the inputs, its error is what the caller sees)."""
+        out = self._traced(*args, **kwargs)
         if b.fallback is not None and b.fallback not in self._warned:
             self._warned.add(b.fallback)
-            warnings.warn(f"flashlight: running {getattr(self.fn, '__name__', 'the program')} unfused "
-                          f"(eager PyTorch): node {b.fallback[0]!r}: {b.fallback[1]}", stacklevel=3)
+            warnings.warn(f"flashlight: running {self._name()} unfused "
+                          f"(eager PyTorch): node {b.fallback[0]!r}: {self._advice(b.fallback)}", stacklevel=3)
         return out
 
+    def _advice(self, fallback: tuple[str, str]) -> str:
+        """The fallback's reason, with what the user can change where the reason is a tensor
+        the function reads from a place no value can be put for a call."""
+        node, why = fallback
+        if node == "capture" and "FakeTensor" in why:
+            where = f" ({', '.join(self._state_left_out())})" if self._state_left_out() else ""
+            return (f"the program reads a tensor from outside its arguments{where} that flashlight cannot pass "
+                    "to the kernel (it is read through a property, a call, or a container it cannot write for "
+                    "a call). Pass it as an argument, or keep it in a closure variable, a global, an instance "
+                    "attribute, a module parameter or buffer, or a list or dict: those are read at every call. "
+                    f"[{why}]")
+        return why
+
+    def _state_left_out(self) -> list[str]:
+        return self._state.left_out if self._state is not None else []
+
     def _name(self) -> str:
-        return getattr(self.fn, "__name__", "the program")
+        fn = getattr(self.fn, "func", self.fn)  # a functools.partial: its function's name
+        return getattr(fn, "__name__", None) or type(fn).__name__
 
     def _first_launch(self, b: Build, launch: Callable[[], Any], device: torch.device) -> Any:
         """A build's first launch: an error there (Triton cannot compile the source, a kernel
@@ -216,6 +253,11 @@ class CompiledAttention:
             return self
 
         def call(*args: Any, **kwargs: Any) -> Any:
+            full = self.with_state(args)
+            if full is None:
+                raise RuntimeError(f"flashlight: {self._name()} reads a tensor from outside its arguments that is "
+                                   "no longer there (a deleted attribute or global)")
+            args = full
             _, b = self._lookup(args, kwargs)
             if b.kernel is None or not b.kernel.supports_dropout():
                 why = b.fallback or ("backward", b.source.backward_error if b.source is not None and
@@ -232,10 +274,18 @@ class CompiledAttention:
 
     def supports_dropout(self, *args: Any, **kwargs: Any) -> bool:
         """Whether :meth:`dropout` runs in the kernels for arguments like these."""
-        _, b = self._lookup(args, kwargs)
+        full = self.with_state(args)
+        if full is None:
+            return False
+        _, b = self._lookup(full, kwargs)
         return b.kernel is not None and b.kernel.supports_dropout()
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self._state is not None:
+            full = self.with_state(args)
+            if full is None:  # its state is gone: what the function as written does (raises, mostly)
+                return self.fn(*args, **kwargs)
+            args = full
         fast, b = self._lookup(args, kwargs)
         if b.kernel is None:
             return self._eager(b, args, kwargs)
@@ -273,6 +323,10 @@ class CompiledAttention:
         """``out.copy_(self(*args))`` without the copy where the kernel can write ``out`` itself
         (any strides: a caller's final layout; ``out`` of the dtype the call returns, which an
         autocast region may change). ``args`` are flat positional arguments."""
+        full = self.with_state(args)
+        if full is None:
+            return out.copy_(self(*args))
+        args = full
         fast, b = self._lookup(args, {})
         tensors = [a for a in args if isinstance(a, torch.Tensor)]
         if fast is not None and b.kernel is not None and out.dtype == b.kernel.program.out_dtype and \
@@ -281,7 +335,12 @@ class CompiledAttention:
                 return b.kernel(tensors, out=out)
             if self._first_launch(b, functools.partial(b.kernel, tensors, out=out), out.device) is not _FAILED:
                 return out
-        return out.copy_(self(*args))
+        return out.copy_(self._call_full(args))
+
+    def _call_full(self, args: tuple) -> Any:
+        """A call whose ``args`` already hold the state."""
+        n = len(self._state.refs) if self._state is not None else 0
+        return self(*args[:len(args) - n]) if n else self(*args)
 
 
 _FAILED = object()
@@ -353,10 +412,14 @@ class Explanation:
 
 def explain(fn: Callable, *example_args: Any, **example_kwargs: Any) -> Explanation:
     """Compile ``fn`` for the example inputs and report kernels, fallbacks, IR and sources."""
-    b = build(fn if not isinstance(fn, CompiledAttention) else fn.fn, example_args, example_kwargs, training=True)
+    c = fn if isinstance(fn, CompiledAttention) else CompiledAttention(fn)
+    args = c.with_state(example_args)
+    if args is None:
+        raise RuntimeError(f"flashlight: {c._name()} reads a tensor from outside its arguments that is no longer there")
+    b = build(c._traced, args, example_kwargs, training=True)
     ir_text = b.program.describe() if b.program is not None else ""
     if b.kernel is None:
-        why = [b.fallback] if b.fallback else []
+        why = [(b.fallback[0], c._advice(b.fallback))] if b.fallback else []
         return Explanation(0, why, ir_text, [], 0, list(why))
     src = b.source
     if src.backward is None:

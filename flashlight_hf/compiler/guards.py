@@ -16,7 +16,10 @@ What is guarded is found from the function's bytecode, never by running it:
 * the function's default arguments; for a bound method, the attribute chains read off ``self``;
   for a ``functools.partial``, its function.
 
-Tensors read from outside are not guarded here: tracing rejects them (the program runs eager).
+Tensors read from outside are not guarded: they are the function's *state*, read at every call
+and passed to the kernel as inputs (:mod:`flashlight_hf.compiler.state`). The scan that finds
+the guarded values also records where each tensor (or module, or small container of tensors)
+was read from (:attr:`Reads.state`), so the two never disagree about what the function reads.
 
 The reads are compiled into one small Python function, so a call with guards costs a few
 hundred nanoseconds; a function that reads nothing from outside costs nothing.
@@ -91,20 +94,28 @@ class _Scanner:
         self.seen_exprs: set[str] = set()
         self.seen_code: set[int] = set()
         self.descriptions: list[str] = []
+        # (root, attribute chain, description) of every tensor, module or container of tensors
+        # read: root is ("cell", cell) | ("global", globals dict, name) | ("self", object)
+        self.state: list[tuple[tuple, tuple[str, ...], str]] = []
+        self.seen_state: set[tuple] = set()
 
     def bind(self, obj: Any) -> str:
         name = f"_o{len(self.scope)}"
         self.scope[name] = obj
         return name
 
-    def add(self, expr: str, value: Any, what: str, depth: int) -> None:
+    def add(self, expr: str, value: Any, what: str, depth: int, ref: tuple | None = None) -> None:
         if expr in self.seen_exprs:
             return
         self.seen_exprs.add(expr)
         if isinstance(value, types.ModuleType) or isinstance(value, type):
             return  # modules and classes: only attribute chains through them matter
-        if isinstance(value, torch.Tensor) or isinstance(value, torch.nn.Module):
-            return  # tensors: rejected by tracing; modules: their attribute chains are guarded
+        if isinstance(value, torch.Tensor) or isinstance(value, torch.nn.Module) or _holds_tensors(value):
+            # state, read at every call (compiler/state.py); a module's attribute chains are guarded
+            if ref is not None and (id(ref[0][1]),) + ref[0][2:] + ref[1] not in self.seen_state:
+                self.seen_state.add((id(ref[0][1]),) + ref[0][2:] + ref[1])
+                self.state.append((ref[0], ref[1], what))
+            return
         if isinstance(value, _PLAIN) and not (isinstance(value, float) and value != value):
             self.exprs.append(expr)  # compared as is: a tuple compare of numbers costs nothing
             self.descriptions.append(what)
@@ -149,21 +160,30 @@ class _Scanner:
              label: str, depth: int) -> None:
         globs = fn.__globals__
         chain: list[str] | None = None
-        root_expr, root_val = "", None
+        root_expr, root_val, root_ref = "", None, ()
 
         def flush() -> None:
             if chain is None:
                 return
+            if isinstance(root_val, types.ModuleType) and _is_library(root_val):
+                return  # torch.float32, math.pi: library constants
             expr, val = root_expr, root_val
+            walked: list[str] = []
             for attr in chain:
+                if isinstance(val, torch.Tensor):
+                    break  # ``slopes.sum()``, ``self.tril[:T]``: the tensor is what is read
                 nxt = getattr(val, attr, _MISSING)
                 if nxt is _MISSING or not attr.isidentifier():
                     return
+                if isinstance(nxt, types.MethodType) and isinstance(val, torch.nn.Module):
+                    # ``self.rel_bias(x)``, ``self.proj.forward(x)``: the module's tensors are read
+                    self.add(expr, val, f"{label}: {root_expr_desc}{''.join('.' + a for a in walked)}", depth,
+                             (root_ref, tuple(walked)))
                 expr, val = f"getattr({expr}, {attr!r}, _MISSING)", nxt
-            if chain or not isinstance(val, types.ModuleType):
-                if isinstance(root_val, types.ModuleType) and _is_library(root_val):
-                    return  # torch.float32, math.pi: library constants
-                self.add(expr, val, f"{label}: {root_expr_desc}{''.join('.' + a for a in chain)}", depth)
+                walked.append(attr)
+            if walked or not isinstance(val, types.ModuleType):
+                self.add(expr, val, f"{label}: {root_expr_desc}{''.join('.' + a for a in walked)}", depth,
+                         (root_ref, tuple(walked)))
 
         root_expr_desc = ""
         for ins in dis.get_instructions(code):
@@ -178,6 +198,7 @@ class _Scanner:
                 if name in globs:
                     g = self.bind(globs)
                     root_expr, root_val, root_expr_desc = f"{g}.get({name!r}, _MISSING)", globs[name], name
+                    root_ref = ("global", globs, name)
                     chain = []
                 elif not hasattr(builtins, name):
                     continue
@@ -188,9 +209,11 @@ class _Scanner:
                     continue
                 c = self.bind(cells[name])
                 root_expr, root_val, root_expr_desc = f"{c}.cell_contents", val, name
+                root_ref = ("cell", cells[name], name)
                 chain = []
             elif op == "LOAD_FAST" and self_name is not None and name == code.co_varnames[0]:
                 root_expr, root_val, root_expr_desc = self_name, self.scope[self_name], "self"
+                root_ref = ("self", self.scope[self_name])
                 chain = []
         flush()
         for const in code.co_consts:  # nested functions and lambdas: their global reads
@@ -199,15 +222,33 @@ class _Scanner:
                 self.code(const, fn, cells, None, label, depth)
 
 
+def _holds_tensors(value: Any, depth: int = 2) -> bool:
+    """A small list / tuple / dict holding tensors (a table of biases, per-layer slopes)."""
+    if depth < 0:
+        return False
+    if isinstance(value, (list, tuple)) and len(value) <= _MAX_ITEMS:
+        return any(isinstance(x, torch.Tensor) or _holds_tensors(x, depth - 1) for x in value)
+    if isinstance(value, dict) and len(value) <= _MAX_ITEMS:
+        return any(isinstance(x, torch.Tensor) or _holds_tensors(x, depth - 1) for x in value.values())
+    return False
+
+
+def scan(fn: Callable[..., Any]) -> _Scanner:
+    """What ``fn`` reads from outside: guard expressions and state references (empty where its
+    bytecode cannot be read)."""
+    s = _Scanner()
+    try:
+        s.function(fn.forward if isinstance(fn, torch.nn.Module) else fn)
+    except Exception:  # noqa: BLE001 - bytecode we cannot read: guard the function object only
+        s.exprs, s.descriptions, s.state = [], [], []
+    return s
+
+
 class Guards:
     """``values()``: what the function reads from outside now; equal values, the same build."""
 
-    def __init__(self, fn: Callable[..., Any]):
-        s = _Scanner()
-        try:
-            s.function(fn)
-        except Exception:  # noqa: BLE001 - bytecode we cannot read: guard the function object only
-            s.exprs, s.descriptions = [], []
+    def __init__(self, fn: Callable[..., Any], scanned: _Scanner | None = None):
+        s = scanned if scanned is not None else scan(fn)
         self.descriptions = s.descriptions
         if not s.exprs:
             self.values: Callable[[], tuple] = tuple
