@@ -270,7 +270,7 @@ def test_state_that_cannot_be_passed_falls_back_saying_what_to_do(device: str):
         return torch.softmax(_scores(q, k) - holder.slopes[:, None, None] * (i - j).abs(), dim=-1) @ v
 
     inputs = _qkv(device=device)
-    with pytest.warns(UserWarning, match="Pass it as an argument"):
+    with pytest.warns(UserWarning, match="pass the tensor as an argument"):
         out = flashlight_hf.compile(alibi_property)(*inputs)
     assert_close(out, alibi_property(*[t.double() for t in inputs]), torch.float32, what="eager fallback")
 

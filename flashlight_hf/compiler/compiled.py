@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import torch
 
+from flashlight_hf.compiler import advice
 from flashlight_hf.compiler import capture as cap
 from flashlight_hf.compiler import guards as guards_
 from flashlight_hf.compiler import state as state_
@@ -206,17 +207,14 @@ class CompiledAttention:
         return out
 
     def _advice(self, fallback: tuple[str, str]) -> str:
-        """The fallback's reason, with what the user can change where the reason is a tensor
-        the function reads from a place no value can be put for a call."""
+        """The fallback's reason followed by what the user can change (:mod:`..advice`), naming
+        the tensors the function reads from places no value can be put for a call."""
         node, why = fallback
-        if node == "capture" and "FakeTensor" in why:
-            where = f" ({', '.join(self._state_left_out())})" if self._state_left_out() else ""
-            return (f"the program reads a tensor from outside its arguments{where} that flashlight cannot pass "
-                    "to the kernel (it is read through a property, a call, or a container it cannot write for "
-                    "a call). Pass it as an argument, or keep it in a closure variable, a global, an instance "
-                    "attribute, a module parameter or buffer, or a list or dict: those are read at every call. "
-                    f"[{why}]")
-        return why
+        left = self._state_left_out()
+        if left and node == "capture":
+            why = (f"it reads {', '.join(left)} from outside its arguments through a place no value can be put "
+                   f"for a call (a property, a call's result, a tuple); {why}")
+        return advice.with_advice(node, why)
 
     def _state_left_out(self) -> list[str]:
         return self._state.left_out if self._state is not None else []
