@@ -11,6 +11,7 @@ of the call's devices (:mod:`flashlight_hf.compiler.runtime.autocast`): a build 
 from __future__ import annotations
 
 import functools
+import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -228,14 +229,18 @@ class CompiledAttention:
         rule that fails at run time) turns the build into a fallback instead of a crash. Not
         under CUDA graph capture (it compiles and tunes): that raises, naming the warm-up."""
         graphs.refuse_cold(device, f"the first launch of {self._name()}'s kernel compiles and tunes it")
+        t0 = time.perf_counter()
         try:
             out = launch()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)  # the first result, not its launch: what a user waits for
         except graphs.GraphCaptureError:
             raise
         except Exception as exc:  # noqa: BLE001 - the generated kernel failed: run the program as written
             b.kernel, b.fallback = None, ("launch", f"the generated kernel failed: {type(exc).__name__}: {exc}")
             return _FAILED
         b.launched = True
+        b.timings["first_launch"] = time.perf_counter() - t0  # Triton compiles (and tunes) here
         return out
 
     def dropout(self, p: float) -> Callable[..., Any]:

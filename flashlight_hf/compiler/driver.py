@@ -9,7 +9,8 @@ its own eager code, with one warning naming the node and the reason — never a 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -39,6 +40,9 @@ class Build:
     launched: bool = False  # its kernel has run once (launch errors after that are the caller's)
     # the autocast state it was traced in (its program holds that region's casts)
     autocast_state: autocast.AutocastState = ()
+    # seconds per stage of this build (trace, ir_plan, trace_symbolic, codegen_load, and the first
+    # launch's Triton compile + tuning once it ran): what benchmarks/first_call.py prints
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def dynamic_axes(p: KernelPlan) -> list[dict[int, str]]:
@@ -113,20 +117,36 @@ def build(fn: Callable, args: tuple, kwargs: dict, *, interpret: bool | None = N
     if problem is not None:
         return Build(None, None, None, None, ("inputs", problem))
     state = autocast.of_tensors(tensors)  # both traces run in it and record its casts
+    timings: dict[str, float] = {}
     try:
-        b = _build(fn, args, kwargs, tensors, constants, spec, interpret, training, state)
+        b = _build(fn, args, kwargs, tensors, constants, spec, interpret, training, state, timings)
     except Unsupported as exc:
         b = Build(None, None, None, None, (exc.node, exc.reason))
     except Exception as exc:  # noqa: BLE001 - an error of the compiler's own: never the user's problem
         b = Build(None, None, None, None, ("compiler", f"internal error: {type(exc).__name__}: {exc}"))
     b.autocast_state = state
+    b.timings = timings
     return b
 
 
+class _Stage:
+    """Times one stage into ``timings[name]`` (added up where a stage runs twice)."""
+
+    def __init__(self, timings: dict[str, float], name: str):
+        self.timings, self.name = timings, name
+
+    def __enter__(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.timings[self.name] = self.timings.get(self.name, 0.0) + time.perf_counter() - self.t0
+
+
 def _build(fn: Callable, args: tuple, kwargs: dict, tensors: list, constants: list, spec: Any,
-           interpret: bool, training: bool, state: autocast.AutocastState) -> Build:
+           interpret: bool, training: bool, state: autocast.AutocastState, timings: dict[str, float]) -> Build:
     try:
-        static = cap.trace_static(fn, args, kwargs)
+        with _Stage(timings, "trace"):
+            static = cap.trace_static(fn, args, kwargs)
     except cap.CaptureError as exc:
         return Build(None, None, None, None, ("capture", str(exc)))
     tf32 = torch.backends.cuda.matmul.allow_tf32
@@ -135,7 +155,8 @@ def _build(fn: Callable, args: tuple, kwargs: dict, tensors: list, constants: li
     disk_key = diskcache.build_key(static, tensors, constants, interpret=interpret, allow_tf32=tf32,
                                    warp_specialize=ws, names=arg_names, training=training) \
         if diskcache.enabled() else None
-    cached = diskcache.load(disk_key) if disk_key else None
+    with _Stage(timings, "disk_cache"):
+        cached = diskcache.load(disk_key) if disk_key else None
     # the program as written, for the op's shape fallback and the recompute backward: re-run in
     # the autocast state it was traced in (the disk key needs no state: the graph holds the casts)
     eager = autocast.replaying(state, cap.tensor_function(fn, constants, spec))
@@ -145,8 +166,9 @@ def _build(fn: Callable, args: tuple, kwargs: dict, tensors: list, constants: li
         return Build(kernel, cached["program"], None, cached["source"], None, cached["symbolic"],
                      cached["dynamic_axes"], op_key, from_disk=True)
     try:
-        prog = build_ir(static)
-        kplan = plan(prog)
+        with _Stage(timings, "ir_plan"):
+            prog = build_ir(static)
+            kplan = plan(prog)
     except Unsupported as exc:
         return Build(None, None, None, None, (exc.node, exc.reason))
     symbolic = False
@@ -154,17 +176,21 @@ def _build(fn: Callable, args: tuple, kwargs: dict, tensors: list, constants: li
     dyn += [{}] * (len(tensors) - len(dyn))
     if any(dyn):
         try:
-            sym = cap.trace_symbolic(fn, args, kwargs, dyn)
-            prog2 = build_ir(sym)
-            kplan2 = plan(prog2)
+            with _Stage(timings, "trace_symbolic"):
+                sym = cap.trace_symbolic(fn, args, kwargs, dyn)
+            with _Stage(timings, "ir_plan"):
+                prog2 = build_ir(sym)
+                kplan2 = plan(prog2)
             prog, kplan, symbolic = prog2, kplan2, True
         except (cap.CaptureError, Unsupported):
             pass  # keep the static specialisation: exact shapes become part of the cache key
     try:
         names = [arg_names[b] if isinstance(b, int) else None for b in prog.bindings]
-        src = generate(kplan, interpret=interpret, allow_tf32=tf32, warp_specialize=ws, input_names=names,
-                       training=training)
-        kernel = CompiledKernel(prog, src, name_file=diskcache.kernel_file)
+        with _Stage(timings, "codegen"):
+            src = generate(kplan, interpret=interpret, allow_tf32=tf32, warp_specialize=ws, input_names=names,
+                           training=training)
+        with _Stage(timings, "load"):
+            kernel = CompiledKernel(prog, src, name_file=diskcache.kernel_file)
     except Unsupported as exc:
         return Build(None, prog, kplan, None, (exc.node, exc.reason))
     if disk_key:
