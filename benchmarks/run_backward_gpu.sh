@@ -4,6 +4,7 @@
 # writes its log under $OUT as it goes and has its own time limit, so a call cut short keeps
 # what finished. Usage: benchmarks/run_backward_gpu.sh [tests|table|dense|profile|host|profile128|profile_more|doc|variants|programs|training]...
 set -u
+export FLASHLIGHT_TUNE_ON_CALL=${FLASHLIGHT_TUNE_ON_CALL:-1}  # tune at a bucket's first call: timed calls run tuned tiles
 out=${OUT:-benchmarks/out}
 mkdir -p "$out"
 stage() {  # stage NAME SECONDS COMMAND...

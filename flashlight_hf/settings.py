@@ -12,6 +12,7 @@ change a switch for a block of code).
 | ``FLASHLIGHT_DISK_CACHE`` | ``disk_cache`` | on | ``0``: the on-disk build cache is neither read nor written |
 | ``FLASHLIGHT_CACHE_DIR`` | ``cache_dir`` | ``$XDG_CACHE_HOME/flashlight_hf`` | where that cache lives |
 | ``FLASHLIGHT_AUTOTUNE`` | ``autotune`` | on | ``0``: no timing, the default tile configuration |
+| ``FLASHLIGHT_TUNE_ON_CALL`` | ``tune_on_call`` | 2 | the call of a shape bucket that tunes it (earlier: the default tiles) |
 | ``FLASHLIGHT_CONFIGS`` | ``configs`` | none | ``BM,BN,warps,stages;...``: tune over these only |
 | ``FLASHLIGHT_SPLIT_KV`` | ``split_kv`` | none | force this many key shares (1: no split) |
 | ``FLASHLIGHT_FUSED_SPLIT`` | ``fused_split`` | on | ``0``: split-KV as a partials + combine pair |
@@ -41,6 +42,7 @@ class Settings:
     disk_cache: bool = True
     cache_dir: str = ""
     autotune: bool = True
+    tune_on_call: int = 2  # the N-th call in a shape bucket times the candidates (1: the first)
     configs: tuple[Tiles, ...] | None = None  # forced tile configurations
     split_kv: int | None = None
     fused_split: bool = True
@@ -95,6 +97,7 @@ def from_environment(env: Mapping[str, str] | None = None) -> Settings:
         disk_cache=_on(env, "FLASHLIGHT_DISK_CACHE", True),
         cache_dir=cache_dir,
         autotune=_on(env, "FLASHLIGHT_AUTOTUNE", True),
+        tune_on_call=_positive(env.get("FLASHLIGHT_TUNE_ON_CALL"), "FLASHLIGHT_TUNE_ON_CALL", 2),
         configs=_configs(env.get("FLASHLIGHT_CONFIGS")),
         split_kv=_split_kv(env.get("FLASHLIGHT_SPLIT_KV")),
         fused_split=_on(env, "FLASHLIGHT_FUSED_SPLIT", True),
@@ -102,6 +105,19 @@ def from_environment(env: Mapping[str, str] | None = None) -> Settings:
         warp_specialize=_on(env, "FLASHLIGHT_WARP_SPECIALIZE", False) and not interpret,
         gqa_rows=_on(env, "FLASHLIGHT_GQA_ROWS", True),
     )
+
+
+def _positive(value: str | None, name: str, default: int) -> int:
+    """A positive integer switch; unset or empty is ``default``."""
+    if value is None or not value.strip():
+        return default
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ValueError(f"{name}={value!r}: expected a positive integer")
+    return n
 
 
 _current: Settings | None = None

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import hmac
 import os
 import pickle
@@ -107,7 +108,7 @@ def root() -> Path | None:
     if not enabled():
         return None
     base = location()
-    for path in (base, base / "builds", base / "kernels"):
+    for path in (base, base / "builds", base / "kernels", base / "tuning"):
         why = _private_dir(path)
         if why is not None:
             _warn_once(f"dir:{path}:{why}", f"not using the disk cache at {path}: {why}; compiled "
@@ -293,3 +294,74 @@ def kernel_file(source: str) -> str | None:
         _warn_once(f"kernel:{path}", f"the kernel copy {path} does not match the source it is named after "
                    "(edited or truncated); it was never run and is rewritten")
     return str(path) if _write_atomic(path, data) else None
+
+
+class TuningChoices:
+    """Tuning choices kept on disk (``tuning/<kernel id>.json``, one file per kernel source),
+    so a new process launches the tiles an earlier one timed instead of timing them again.
+
+    The same trust rules as the builds: a file whose HMAC does not verify is ignored (warned
+    once); values are plain integer lists, and the tuner takes one only when it is among the
+    candidates it would time itself. Read once per kernel per process; written atomically
+    (concurrent writers may drop each other's newest entry: that bucket is tuned again)."""
+
+    def __init__(self) -> None:
+        self._files: dict[str, dict] = {}
+
+    def _path(self, kernel_id: str) -> tuple[Path, bytes] | None:
+        base = root()
+        secret = _secret(base) if base is not None else None
+        if base is None or secret is None:
+            return None
+        return base / "tuning" / f"{kernel_id}.json", secret
+
+    def _read(self, kernel_id: str) -> dict:
+        got = self._files.get(kernel_id)
+        if got is not None:
+            return got
+        entries: dict = {}
+        where = self._path(kernel_id)
+        if where is not None:
+            path, secret = where
+            try:
+                with open(path, "rb") as f:
+                    data = f.read()
+            except OSError:
+                data = b""
+            mac, payload = data[:_MAC_BYTES], data[_MAC_BYTES:]
+            if data and hmac.compare_digest(mac, _mac(secret, "tuning:" + kernel_id, payload)):
+                try:
+                    loaded = json.loads(payload)
+                    entries = loaded if isinstance(loaded, dict) else {}
+                except ValueError:
+                    entries = {}
+            elif data:
+                _warn_once(f"mac:{path}", f"the tuning choices {path} were not written by this user's "
+                           "flashlight-hf (or are truncated or edited); they are ignored and tuned again")
+        self._files[kernel_id] = entries
+        return entries
+
+    def get(self, kernel_id: str, key: str) -> list | None:
+        return self._read(kernel_id).get(key)
+
+    def put(self, kernel_id: str, key: str, value: list) -> None:
+        entries = self._read(kernel_id)
+        entries[key] = list(value)
+        where = self._path(kernel_id)
+        if where is not None:
+            path, secret = where
+            payload = json.dumps(entries, sort_keys=True).encode()
+            _write_atomic(path, _mac(secret, "tuning:" + kernel_id, payload) + payload)
+
+
+_choices: TuningChoices | None = None
+
+
+def tuning_choices() -> TuningChoices | None:
+    """The process's store of tuning choices on disk; None with the disk cache off."""
+    global _choices
+    if not enabled():
+        return None
+    if _choices is None:
+        _choices = TuningChoices()
+    return _choices

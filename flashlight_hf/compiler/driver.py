@@ -161,7 +161,8 @@ def _build(fn: Callable, args: tuple, kwargs: dict, tensors: list, constants: li
     # the autocast state it was traced in (the disk key needs no state: the graph holds the casts)
     eager = autocast.replaying(state, cap.tensor_function(fn, constants, spec))
     if cached is not None:
-        kernel = CompiledKernel(cached["program"], cached["source"], name_file=diskcache.kernel_file)
+        kernel = CompiledKernel(cached["program"], cached["source"], name_file=diskcache.kernel_file,
+                                choices=diskcache.tuning_choices())
         op_key = register_kernel(kernel, eager)
         return Build(kernel, cached["program"], None, cached["source"], None, cached["symbolic"],
                      cached["dynamic_axes"], op_key, from_disk=True)
@@ -190,7 +191,7 @@ def _build(fn: Callable, args: tuple, kwargs: dict, tensors: list, constants: li
             src = generate(kplan, interpret=interpret, allow_tf32=tf32, warp_specialize=ws, input_names=names,
                            training=training)
         with _Stage(timings, "load"):
-            kernel = CompiledKernel(prog, src, name_file=diskcache.kernel_file)
+            kernel = CompiledKernel(prog, src, name_file=diskcache.kernel_file, choices=diskcache.tuning_choices())
     except Unsupported as exc:
         return Build(None, prog, kplan, None, (exc.node, exc.reason))
     if disk_key:

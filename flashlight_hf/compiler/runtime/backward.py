@@ -20,6 +20,8 @@ Why here: codegen hands over the backward's kernels with their contract
 
 from __future__ import annotations
 
+import hashlib
+
 from typing import Any, Callable, Sequence
 
 import sympy
@@ -39,7 +41,8 @@ from flashlight_hf.compiler.runtime.plan import tensor_args
 from flashlight_hf.compiler.runtime.block_table import BlockTable, dead_rows
 from flashlight_hf.compiler.runtime.sizes import SizeFunction
 from flashlight_hf import settings
-from flashlight_hf.compiler.runtime.tune import LaunchConfig, bucket, gpu_ms
+from flashlight_hf.compiler.runtime.tune import (ChoiceStore, LaunchConfig, bucket, device_id, gpu_ms, keep_choice,
+                                                 stored_choice, time_options, tune_on_call)
 
 # tile candidates of the backward launches, per kernel side: the dK/dV kernel keeps a key tile
 # (BLOCK_N) resident and streams query tiles (BLOCK_M), the dQ kernel the other way round. Timed
@@ -73,7 +76,7 @@ class GeneratedBackward:
     """One program's backward kernels, loaded on first use."""
 
     def __init__(self, program: Program, info: BackwardInfo, train: KernelSource, load: Callable[[Any], Any],
-                 interpret: bool):
+                 interpret: bool, choices: ChoiceStore | None = None):
         self.program, self.info, self.train = program, info, train
         self.launchers = [(bs, Launcher(load(bs))) for bs in info.kernels]
         self.interpret = interpret
@@ -85,6 +88,9 @@ class GeneratedBackward:
         self._chosen: dict[tuple, LaunchConfig] = {}
         self._timed: dict[tuple, list[tuple[LaunchConfig, float | None]]] = {}  # per key, each candidate's ms
         self._dims: dict[int, list[int]] = {}
+        self._calls: dict[tuple, int] = {}  # calls per key not yet tuned (tuning waits, as the forward's)
+        self._choices = choices
+        self._kernel_id = hashlib.sha256("".join(bs.source for bs in info.kernels).encode()).hexdigest()[:32]
 
     def _config(self, side: str, ext: dict, n_grid: int, launch: Callable[[LaunchConfig], None],
                 device: torch.device) -> LaunchConfig:
@@ -101,19 +107,24 @@ class GeneratedBackward:
         if not settings.current().autotune:
             self._chosen[key] = cands[0]
             return cands[0]
-        best, best_ms = cands[0], float("inf")
-        timed: list[tuple[LaunchConfig, float | None]] = []
-        for cfg in cands:
-            try:
-                ms = gpu_ms(lambda: launch(cfg), reps=5)
-            except Exception:  # noqa: BLE001 - a configuration Triton cannot compile or run (resources)
-                timed.append((cfg, None))
-                continue
-            timed.append((cfg, ms))
-            if ms < best_ms:
-                best, best_ms = cfg, ms
+        options = [(c, 1) for c in cands]
+        where = f"{device_id(device)}|{key!r}"
+        stored = stored_choice(self._choices, self._kernel_id, where, options)
+        if stored is not None:
+            self._chosen[key] = stored[0]
+            return stored[0]
+        self._calls[key] = self._calls.get(key, 0) + 1
+        if self._calls[key] < tune_on_call():
+            return cands[0]  # the default tiles: tuning waits for a later call in this bucket
+        timings: dict[LaunchConfig, float] = {}
+
+        def time_one(cfg: LaunchConfig, _: int) -> float:
+            timings[cfg] = gpu_ms(lambda: launch(cfg), reps=5)
+            return timings[cfg]
+        _, (best, _) = min(time_options(options, time_one), key=lambda t: t[0])
+        keep_choice(self._choices, self._kernel_id, where, (best, 1))
         self._chosen[key] = best
-        self._timed[key] = timed
+        self._timed[key] = [(c, timings.get(c)) for c in cands]  # None: Triton could not compile or run it
         return best
 
     def chosen_tiles(self) -> dict[tuple, LaunchConfig]:

@@ -9,6 +9,7 @@ those shapes look the plan up and, on a GPU, relaunch directly with only the poi
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -28,7 +29,7 @@ from flashlight_hf.compiler.runtime.split_kv import SplitKV
 from flashlight_hf.compiler.runtime.switches import LaunchSwitches, launch_switches
 from flashlight_hf.compiler.runtime.backward import GeneratedBackward
 from flashlight_hf.compiler.runtime.training import TrainingForward, lse_of
-from flashlight_hf.compiler.runtime.tune import LaunchConfig, Tuner
+from flashlight_hf.compiler.runtime.tune import ChoiceStore, LaunchConfig, Tuner, tune_on_call
 
 _MAX_PLANS = 256  # a dynamic cache's decode loop makes one new set of shapes per step
 
@@ -49,6 +50,7 @@ class CompiledKernel:
     source: KernelSource
     # the file name each generated source is known by (the driver's readable copy), or None
     name_file: Callable[[str], str | None] | None = None
+    choices: ChoiceStore | None = None  # where tuning choices outlive the process (the disk cache)
     _plans: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -59,7 +61,7 @@ class CompiledKernel:
         exprs = out_extents + list(src.runtime_sizes) + [src.row_extent, src.loop_extent] + list(src.grid_extents)
         self._sizes = SizeFunction(self.program, exprs)
         self._n_out, self._n_rt = len(out_extents), len(src.runtime_sizes)
-        self._tuner = Tuner(src.tile_pads)
+        self._tuner = Tuner(src.tile_pads, self.choices, _kernel_id(src.source))
         # data-dependent masks: the key tiles of each launch come from a block table built first
         self._table = BlockTable(self.program, src.table, self._load) if src.table is not None else None
         self._split = None
@@ -150,10 +152,18 @@ class CompiledKernel:
                              f"writes {tuple(plan.out_shape)} {self.program.out_dtype} on {first.device}")
         if plan.empty:
             return out
-        if plan.choice is None:  # tuned (or looked up) once per set of shapes
+        if plan.choice is None or plan.provisional:  # tuned (or looked up) once per set of shapes
             graphs.refuse_cold(first.device, f"{self.source.name} has not run on inputs of shapes "
-                                             f"{[tuple(t.shape) for t in inputs]} yet: a first launch tunes and compiles it")
-            plan.choice = self._choose(inputs, out, plan, switches)
+                                             f"{[tuple(t.shape) for t in inputs]} yet" if plan.choice is None else
+                               f"{self.source.name} tunes its tiles for inputs of shapes "
+                               f"{[tuple(t.shape) for t in inputs]} at their call number {tune_on_call()} "
+                               "(FLASHLIGHT_TUNE_ON_CALL): warm up with that many calls, or set it to 1, "
+                               "before capturing")
+            choice = self._choose(inputs, out, plan, switches)
+            if choice != plan.choice:  # the direct launches hold the old tiles
+                plan.direct, plan.no_direct, plan.kernel_names = None, False, None
+            plan.choice = choice
+            plan.provisional = not self._tuner.tuned(plan.rows, plan.keys, plan.n_grid, switches)
         cfg, splits = plan.choice
         hooks = launch_hooks()
         if hooks:
@@ -204,15 +214,16 @@ class CompiledKernel:
         elif out.shape != plan.out_shape or out.dtype != self.program.out_dtype:
             raise ValueError(f"flashlight: out= is {tuple(out.shape)} {out.dtype}; this call writes "
                              f"{tuple(plan.out_shape)} {self.program.out_dtype}")
-        if plan.choice is None:
+        if plan.choice is None or plan.provisional:
             graphs.refuse_cold(out.device, f"the training forward of {self.source.name} has not run on inputs of "
-                                           f"shapes {[tuple(t.shape) for t in inputs]} yet: a first launch tunes and "
-                                           "compiles it")
+                                           f"shapes {[tuple(t.shape) for t in inputs]} yet (or tunes its tiles at "
+                                           f"call number {tune_on_call()}, FLASHLIGHT_TUNE_ON_CALL)")
             if self._train_tuner is None:
-                self._train_tuner = Tuner(self.source.tile_pads)
+                self._train_tuner = Tuner(self.source.tile_pads, self.choices, _kernel_id(self.source.train.source))
             plan.choice = self._train_tuner.choose(plan.rows, plan.keys, plan.n_grid, 1, out.device, switches,
                                                    lambda c: launch(inputs, out, c, saved, dropout),
                                                    lambda c, s: None)
+            plan.provisional = not self._train_tuner.tuned(plan.rows, plan.keys, plan.n_grid, switches)
         return out, launch(inputs, out, plan.choice[0], saved, dropout)
 
     def supports_dropout(self) -> bool:
@@ -234,7 +245,7 @@ class CompiledKernel:
             from flashlight_hf import settings
             src = self.source.train_dropout if dropout else self.source
             self._backward[dropout] = GeneratedBackward(self.program, src.backward, src.train if not dropout else src,
-                                                        self._load, settings.current().interpret)
+                                                        self._load, settings.current().interpret, self.choices)
         return self._backward[dropout]
 
     def _bound_wanted(self, wanted: Sequence[bool]) -> list[bool]:
@@ -337,6 +348,11 @@ class CompiledKernel:
             return None
         which = self.source.input_args
         return lambda ins, o: single(n_tiles, [ins[k].data_ptr() for k in which] + [o.data_ptr()])
+
+
+def _kernel_id(source: str) -> str:
+    """A kernel's identity for its stored tuning choices: its source text's hash."""
+    return hashlib.sha256(source.encode()).hexdigest()[:32]
 
 
 def _add(a: torch.Tensor | None, b: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:

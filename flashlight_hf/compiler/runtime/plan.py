@@ -32,6 +32,7 @@ class ShapePlan:
     fused_sizes: list = field(default_factory=list)
     empty: bool = False  # the output has no elements: nothing to launch
     choice: tuple | None = None  # (LaunchConfig, splits), once chosen
+    provisional: bool = False  # the default tiles while the bucket's tuning waits for a later call
     kernel_names: list | None = None  # what one call launches, for launch hooks
     direct: Callable | None = None  # relaunch with new pointers only (after the first launch)
     no_direct: bool = False  # direct launches are not possible for this plan

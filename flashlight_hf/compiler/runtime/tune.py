@@ -3,13 +3,21 @@ launches, chosen once per shape bucket by timing the candidates on the GPU.
 
 Sequence lengths are run-time arguments, so a bucket never recompiles the source; the interpreter
 and ``FLASHLIGHT_AUTOTUNE=0`` (``settings.autotune``) take a fixed default without timing.
+
+Why tuning waits for a bucket's second call (``FLASHLIGHT_TUNE_ON_CALL``, default 2): timing
+every candidate means compiling every candidate, seconds of a new program's first call that a
+user waits for (issue 14: the first result in under 2 s). The first call launches the default
+tiles (one compile); a bucket used again is worth tuning, and its later calls run the tuned
+tiles. A choice is kept on disk (a :class:`ChoiceStore`, keyed by the kernel's source, the GPU
+and the bucket), so the next process starts tuned; a stored choice is used only when it is one
+of the candidates the call would time.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Protocol, Sequence
 
 import torch
 
@@ -51,6 +59,41 @@ def candidate_configs(tile_pads: Mapping[str, int], switches: LaunchSwitches) ->
     return CONFIGS
 
 
+class ChoiceStore(Protocol):
+    """Where tuning choices outlive the process (the driver passes the disk cache's)."""
+
+    def get(self, kernel_id: str, key: str) -> list | None: ...
+
+    def put(self, kernel_id: str, key: str, value: list) -> None: ...
+
+
+def device_id(device: torch.device) -> str:
+    """The GPU a choice was timed on: a choice serves the same model of GPU only."""
+    import triton
+
+    major, minor = torch.cuda.get_device_capability(device)
+    return f"{torch.cuda.get_device_name(device)}:sm{major}{minor}:triton{triton.__version__}"
+
+
+def stored_choice(store: ChoiceStore | None, kernel_id: str, key: str,
+                  options: Sequence[tuple[LaunchConfig, int]]) -> tuple[LaunchConfig, int] | None:
+    """A choice kept on disk for ``key``, if it is one of ``options`` (anything else is ignored:
+    a stored value never launches tiles the tuner would not have tried)."""
+    if store is None:
+        return None
+    got = store.get(kernel_id, key)
+    if not isinstance(got, list) or len(got) != 5 or not all(isinstance(x, int) for x in got):
+        return None
+    choice = (LaunchConfig(*got[:4]), got[4])
+    return choice if choice in options else None
+
+
+def keep_choice(store: ChoiceStore | None, kernel_id: str, key: str, choice: tuple[LaunchConfig, int]) -> None:
+    if store is not None:
+        cfg, splits = choice
+        store.put(kernel_id, key, [cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages, int(splits)])
+
+
 def bucket(n: int) -> int:
     """The power of two at or above ``n``: calls in one bucket share a tuning choice."""
     return 1 << max(0, int(n) - 1).bit_length()
@@ -59,9 +102,16 @@ def bucket(n: int) -> int:
 class Tuner:
     """(tile configuration, key splits) per shape bucket and launch switches, chosen once."""
 
-    def __init__(self, tile_pads: Mapping[str, int]):
+    def __init__(self, tile_pads: Mapping[str, int], store: ChoiceStore | None = None, kernel_id: str = ""):
         self.tile_pads = tile_pads
         self.chosen: dict[tuple, tuple[LaunchConfig, int]] = {}
+        self.calls: dict[tuple, int] = {}  # calls seen per bucket not yet tuned (tuning waits for one)
+        self.store, self.kernel_id = store, kernel_id
+
+    def tuned(self, rows: int, keys: int, n_grid: int, switches: LaunchSwitches) -> bool:
+        """Whether this bucket's choice is final (tuned, stored or untimed by the switches);
+        False: the call ran the default tiles while tuning waits for a later call."""
+        return self._key(rows, keys, n_grid, switches) in self.chosen
 
     def choose(self, rows: int, keys: int, n_grid: int, splits: int, device: torch.device,
                switches: LaunchSwitches, launch_one: Callable[[LaunchConfig], None],
@@ -80,37 +130,34 @@ class Tuner:
             cfg, chosen_splits = self.chosen[key]
             return cfg, (splits if chosen_splits > 1 or forced_splits else 1)
         cands = DECODE_CONFIGS if decode else candidate_configs(self.tile_pads, switches)
+        untuned = (DECODE_CONFIG, splits) if splits > 1 else (_untuned(cands), 1)
         if device.type != "cuda" or not switches.autotune:
-            best = _untuned(cands)
-            choice = (DECODE_CONFIG, splits) if splits > 1 else (best, 1)
-        elif decode:
-            options: list[tuple[LaunchConfig, int]] = []
+            self.chosen[key] = untuned
+            return untuned
+        options: list[tuple[LaunchConfig, int]] = []
+        if not decode:
+            options = [(c, 1) for c in cands]
+        else:
             if not forced_splits or splits <= 1:
                 options += [(c, 1) for c in cands]
             if splits > 1:
                 options += [(c, splits) for c in DECODE_CONFIGS]  # the split's tiles are tuned too
-            timings = []
-            for cfg, s in options:
-                run = (lambda c=cfg: launch_one(c)) if s == 1 else (lambda c=cfg, s=s: launch_split(c, s))
-                try:
-                    timings.append((gpu_ms(run), (cfg, s)))
-                except Exception:  # noqa: BLE001 - a tile that does not fit this GPU: skip it
-                    continue
-            if not timings:
-                raise RuntimeError("flashlight: no launch configuration fits this kernel on this GPU")
-            choice = min(timings, key=lambda t: t[0])[1]
-        else:
-            from triton.testing import do_bench
-            timings = []
-            for cfg in cands:
-                try:
-                    ms = do_bench(lambda: launch_one(cfg), warmup=5, rep=20, return_mode="median")
-                    timings.append((ms, cfg))
-                except Exception:  # out of shared memory / registers for this tile: skip it
-                    continue
-            if not timings:
-                raise RuntimeError("flashlight: no launch configuration fits this kernel on this GPU")
-            choice = (min(timings, key=lambda t: t[0])[1], 1)
+        where = f"{device_id(device)}|{key!r}"
+        choice = stored_choice(self.store, self.kernel_id, where, options)
+        if choice is None:
+            self.calls[key] = self.calls.get(key, 0) + 1
+            if self.calls[key] < tune_on_call():
+                return untuned  # tuning waits for a later call in this bucket
+            if decode:  # GPU time alone: a decode call's host time would rank bookkeeping
+                timed = time_options(options, lambda c, s: gpu_ms((lambda: launch_one(c)) if s == 1 else
+                                                                   (lambda: launch_split(c, s))))
+            else:
+                from triton.testing import do_bench
+                timed = time_options(options, lambda c, s: do_bench(lambda: launch_one(c), warmup=5, rep=20,
+                                                                    return_mode="median"))
+            choice = min(timed, key=lambda t: t[0])[1]
+            keep_choice(self.store, self.kernel_id, where, choice)
+        self.calls.pop(key, None)
         self.chosen[key] = choice
         return choice[0], (splits if choice[1] > 1 else 1)
 
@@ -129,6 +176,28 @@ class Tuner:
             return choice[0]
         decode = rows <= DECODE_MAX_ROWS and not switches.configs
         return _untuned(DECODE_CONFIGS if decode else candidate_configs(self.tile_pads, switches))
+
+
+def tune_on_call() -> int:
+    """Which call of a shape bucket times its candidates (``FLASHLIGHT_TUNE_ON_CALL``)."""
+    from flashlight_hf import settings
+
+    return settings.current().tune_on_call
+
+
+def time_options(options: Sequence[tuple[LaunchConfig, int]],
+                 time_one: Callable[[LaunchConfig, int], float]) -> list[tuple[float, tuple[LaunchConfig, int]]]:
+    """Each option's time (milliseconds); an option that does not fit this GPU (shared memory,
+    registers) is skipped. Raises when none fits."""
+    timings = []
+    for cfg, s in options:
+        try:
+            timings.append((time_one(cfg, s), (cfg, s)))
+        except Exception:  # noqa: BLE001 - a tile that does not fit this GPU: skip it
+            continue
+    if not timings:
+        raise RuntimeError("flashlight: no launch configuration fits this kernel on this GPU")
+    return timings
 
 
 def _untuned(cands: list[LaunchConfig]) -> LaunchConfig:
