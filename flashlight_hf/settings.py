@@ -18,6 +18,7 @@ change a switch for a block of code).
 | ``FLASHLIGHT_FUSED_SPLIT`` | ``fused_split`` | on | ``0``: split-KV as a partials + combine pair |
 | ``FLASHLIGHT_FAST_LAUNCH`` | ``fast_launch`` | on | ``0``: every launch through Triton's own launcher |
 | ``FLASHLIGHT_WARP_SPECIALIZE`` | ``warp_specialize`` | off | ``1``: warp-specialised key loops (sm_90+) |
+| ``FLASHLIGHT_FAST_TRACE`` | ``fast_trace`` | on | ``0``: the symbolic trace always through ``torch.export`` |
 | ``FLASHLIGHT_GQA_ROWS`` | ``gqa_rows`` | on | ``0``: GQA query heads are not folded into rows |
 """
 
@@ -49,6 +50,7 @@ class Settings:
     fast_launch: bool = True
     warp_specialize: bool = False
     gqa_rows: bool = True
+    fast_trace: bool = True  # the symbolic trace by one make_fx pass where it holds
 
 
 def _on(env: Mapping[str, str], name: str, default: bool) -> bool:
@@ -104,6 +106,7 @@ def from_environment(env: Mapping[str, str] | None = None) -> Settings:
         fast_launch=_on(env, "FLASHLIGHT_FAST_LAUNCH", True),
         warp_specialize=_on(env, "FLASHLIGHT_WARP_SPECIALIZE", False) and not interpret,
         gqa_rows=_on(env, "FLASHLIGHT_GQA_ROWS", True),
+        fast_trace=_on(env, "FLASHLIGHT_FAST_TRACE", True),
     )
 
 

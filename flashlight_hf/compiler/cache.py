@@ -169,10 +169,12 @@ def _constants_digest(gm: torch.fx.GraphModule) -> str:
 
 def build_key(static: Captured, tensors: Sequence[torch.Tensor], constants: Sequence[Any], *,
               interpret: bool, allow_tf32: bool, warp_specialize: bool = False,
-              names: Sequence[str | None] = (), training: bool = False) -> str:
+              names: Sequence[str | None] = (), training: bool = False, code: str = "") -> str:
     """The build's key: everything its generated source and program depend on (``training``: the
-    entry also holds the training-mode kernel)."""
+    entry also holds the training-mode kernel; ``code``: the function's code fingerprint, since
+    a symbolic build answers for shapes the trace above did not see)."""
     h = hashlib.sha256()
+    h.update(code.encode())
     h.update(repr(list(names)).encode())  # the source names its pointers after the arguments
     gm = static.graph_module
     h.update(gm.code.encode())

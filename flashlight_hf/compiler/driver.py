@@ -18,6 +18,7 @@ import torch
 from flashlight_hf import settings
 from flashlight_hf.compiler import cache as diskcache
 from flashlight_hf.compiler import capture as cap
+from flashlight_hf.compiler import guards
 from flashlight_hf.compiler.codegen import KernelSource, generate
 from flashlight_hf.compiler.ir import Program, Unsupported, Var, build_ir
 from flashlight_hf.compiler.rewrite import KernelPlan, plan
@@ -153,7 +154,8 @@ def _build(fn: Callable, args: tuple, kwargs: dict, tensors: list, constants: li
     ws = settings.current().warp_specialize and not interpret
     arg_names = cap.argument_names(fn, args, kwargs)
     disk_key = diskcache.build_key(static, tensors, constants, interpret=interpret, allow_tf32=tf32,
-                                   warp_specialize=ws, names=arg_names, training=training) \
+                                   warp_specialize=ws, names=arg_names, training=training,
+                                   code=guards.code_fingerprint(fn)) \
         if diskcache.enabled() else None
     with _Stage(timings, "disk_cache"):
         cached = diskcache.load(disk_key) if disk_key else None

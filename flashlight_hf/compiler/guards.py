@@ -30,6 +30,7 @@ from __future__ import annotations
 import builtins
 import dis
 import functools
+import hashlib
 import sys
 import types
 from typing import Any, Callable
@@ -93,6 +94,8 @@ class _Scanner:
         self.exprs: list[str] = []
         self.seen_exprs: set[str] = set()
         self.seen_code: set[int] = set()
+        self.codes: list[types.CodeType] = []  # every code object read, in the order met
+        self.values: list[str] = []  # the plain values read (reprs, in the order met)
         self.descriptions: list[str] = []
         # (root, attribute chain, description) of every tensor, module or container of tensors
         # read: root is ("cell", cell) | ("global", globals dict, name) | ("self", object)
@@ -119,13 +122,16 @@ class _Scanner:
         if isinstance(value, _PLAIN) and not (isinstance(value, float) and value != value):
             self.exprs.append(expr)  # compared as is: a tuple compare of numbers costs nothing
             self.descriptions.append(what)
+            self.values.append(f"{what}={value!r}")
             return
         if type(value) is tuple and all(type(i) in _PLAIN_TYPES for i in value):
             self.exprs.append(f"id({expr})")  # immutable all the way down: a new value is a new tuple
             self.descriptions.append(what)
+            self.values.append(f"{what}={value!r}")
             return
         frozen = freeze(value)
         if frozen is not _MISSING:
+            self.values.append(f"{what}={frozen!r}")
             self.exprs.append(f"_freeze({expr})")
             self.descriptions.append(what)
             return
@@ -147,6 +153,7 @@ class _Scanner:
         if not isinstance(fn, types.FunctionType) or id(fn.__code__) in self.seen_code:
             return
         self.seen_code.add(id(fn.__code__))
+        self.codes.append(fn.__code__)
         fn_ref = self.bind(fn)
         label = getattr(fn, "__qualname__", "the function")
         if fn.__defaults__:
@@ -219,6 +226,7 @@ class _Scanner:
         for const in code.co_consts:  # nested functions and lambdas: their global reads
             if isinstance(const, types.CodeType) and id(const) not in self.seen_code:
                 self.seen_code.add(id(const))
+                self.codes.append(const)
                 self.code(const, fn, cells, None, label, depth)
 
 
@@ -242,6 +250,27 @@ def scan(fn: Callable[..., Any]) -> _Scanner:
     except Exception:  # noqa: BLE001 - bytecode we cannot read: guard the function object only
         s.exprs, s.descriptions, s.state = [], [], []
     return s
+
+
+def code_fingerprint(fn: Callable[..., Any]) -> str:
+    """A digest of the code ``fn`` runs: its bytecode and that of every function it reaches
+    (helpers, nested functions, a module's ``forward``), constants and names included.
+
+    Why: the disk cache keys a build on the program's trace at the example's shapes; a symbolic
+    build also answers for other shapes, where two functions with the same trace at one size
+    can differ (``arange(q.shape[-2])`` against ``arange(50)``, a branch on a size). Two
+    functions share a build only when their code is the same too."""
+    target = getattr(fn, "__flashlight_code__", fn)
+    s = scan(target)
+    h = hashlib.sha256()
+    for code in s.codes:
+        consts = tuple(c for c in code.co_consts if not isinstance(c, types.CodeType))
+        h.update(code.co_code)
+        h.update(repr((consts, code.co_names, code.co_varnames, code.co_freevars, code.co_cellvars)).encode())
+    h.update(repr(s.values).encode())  # a closure's window, a global's threshold: the branches they steer
+    if not s.codes:  # bytecode not read (a builtin, a callable object): its type at least
+        h.update(repr(type(target)).encode())
+    return h.hexdigest()[:32]
 
 
 class Guards:

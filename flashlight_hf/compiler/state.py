@@ -248,6 +248,7 @@ class State:
         def with_state(*args: Any, **kwargs: Any) -> Any:
             return self.call(args[:len(args) - n], kwargs, args[len(args) - n:])
 
+        with_state.__flashlight_code__ = self.fn  # type: ignore[attr-defined]  # whose code keys the disk cache
         with_state.__name__ = getattr(self.fn, "__name__", type(self.fn).__name__)
         with_state.__qualname__ = getattr(self.fn, "__qualname__", with_state.__name__)
         sig = _signature(self.fn.forward if isinstance(self.fn, torch.nn.Module) else self.fn, self.names)

@@ -290,6 +290,18 @@ class GeneratedBackward:
             got = self._dims[id(acc)] = [n for n, v in enumerate(lay) if v in vs]
         return got
 
+    def _stored_dims(self, acc: Acc, rank: int) -> list[int]:
+        """The preprocess's axes of a stored statistic or accumulator of ``rank`` axes: the
+        accumulator's own (:meth:`_acc_dims`), or, where the kernel stored it per grid point
+        along a grid axis it does not vary on (a batch of one indexed as 0), every grid axis,
+        the rows and its value column."""
+        own = self._acc_dims(acc)
+        if rank == len(own):
+            return own
+        info = self.info
+        return [n for n, v in enumerate(self._layout_vars())
+                if v in info.grid_vars or v is info.row_var or (v in info.tile_vars and v in acc.vars)]
+
     def _preprocess(self, inputs: list[torch.Tensor], out: torch.Tensor, grad_out: torch.Tensor, stats: dict,
                     naccs: dict, ext: dict, wanted: Sequence[bool]) -> tuple[list[torch.Tensor], dict]:
         info = self.info
@@ -315,11 +327,11 @@ class GeneratedBackward:
         for k, a in enumerate(info.accs):
             if a.kind == "max":
                 mx, ld = stats[k]
-                given[id(a)] = _expand_to(((mx + ld) * LN2), self._acc_dims(a), len(lay))
+                given[id(a)] = _expand_to(((mx + ld) * LN2), self._stored_dims(a, mx.dim()), len(lay))
             else:
                 t = naccs[k].detach().requires_grad_(True)
                 leaves.append(t)
-                given[id(a)] = _expand_to(t, self._acc_dims(a), len(lay))
+                given[id(a)] = _expand_to(t, self._stored_dims(a, t.dim()), len(lay))
         inputs_req = [t.detach().requires_grad_(want and t.is_floating_point()) for t, want in zip(inputs, wanted)]
         ev = Evaluator(lay, inputs_req, dtype=torch.float32, sizes=self._syms(inputs), given=given, device=device)
         value = ev(info.epilogue)
