@@ -17,7 +17,7 @@ import re
 from typing import Sequence
 
 from flashlight_hf.compiler.abi import BLOCK_M, BLOCK_N, NUM_SPLITS
-from flashlight_hf.compiler.ir import IExpr, Load, Var, walk
+from flashlight_hf.compiler.ir import IExpr, Load, Var, is_one, walk
 from flashlight_hf.compiler.rewrite import KernelPlan
 
 # Names the kernels spell out; a program's argument never takes one of them.
@@ -69,9 +69,12 @@ class Names:
 
     # -- inputs ---------------------------------------------------------------------------------
     def _axis_vars(self) -> dict[int, list[set]]:
-        """Per input, per axis: the variables its loads index that axis by (None: not one variable)."""
+        """Per input, per axis: the variables its loads index that axis by (None: not one variable).
+        A digit of extent 1 beside another variable (the row of a program without a query axis,
+        ``row·D + d``) does not change which axis the index walks; it is kept in ``digits``."""
         shapes = self.kp.program.input_shapes
         out: dict[int, list[set]] = {k: [set() for _ in s] for k, s in enumerate(shapes)}
+        self.digits: dict[int, set] = {k: set() for k in out}
         roots = [self.kp.out_node] + [a.init for a in self.kp.accs if a.init is not None]
         for root in roots:
             for x in walk(root):
@@ -79,11 +82,16 @@ class Names:
                     continue
                 for d, e in enumerate(x.index):
                     vs = e.vars() if isinstance(e, IExpr) else None
+                    if vs is not None and len(vs) > 1:
+                        ones = {v for v in vs if is_one(v.extent)}
+                        if len(vs - ones) == 1:
+                            self.digits[x.input] |= ones
+                            vs = vs - ones
                     out[x.input][d].add(next(iter(vs)) if vs is not None and len(vs) == 1 else None)
         return out
 
     def input_vars(self, k: int) -> set:
-        return {v for per in self.axis_vars.get(k, []) for v in per if v is not None}
+        return {v for per in self.axis_vars.get(k, []) for v in per if v is not None} | self.digits.get(k, set())
 
     def role(self, k: int) -> str:
         """What input ``k`` is to the attention, from the axes its loads walk."""
@@ -138,6 +146,8 @@ class Names:
     def out_stride(self, d: int) -> str:
         ax = self.kp.program.out_axes[d]
         vs = [v for v, _ in ax if v is not None]
+        if len(vs) > 1 and len([v for v in vs if not is_one(v.extent)]) == 1:
+            vs = [v for v in vs if not is_one(v.extent)]  # a row digit of extent 1 beside the value dim
         suffix = self.letter[vs[0]] if len(vs) == 1 and vs[0] in self.letter else str(d)
         letters = [self.letter.get(v) for a in self.kp.program.out_axes for v, _ in a[:1] if len(a) == 1]
         return _stride("o", suffix if letters.count(suffix) <= 1 else str(d))

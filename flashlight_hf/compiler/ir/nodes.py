@@ -333,10 +333,13 @@ def walk_outside_accs(root: Node) -> Iterator[Node]:
 
 
 def map_indices(root: Node, on_expr: Callable[[IExpr], IExpr],
-                on_reduce: Callable[[Var], Var | None]) -> Node:
+                on_reduce: Callable[[Var], Var | None],
+                on_load: Callable[[Load, Load], Load] | None = None) -> Node:
     """Rebuild ``root`` with every index expression mapped by ``on_expr`` and every reduction
-    variable by ``on_reduce`` (``None`` drops the reduction: it runs over a single element).
-    The one tree rewriter behind slicing, canonicalisation and renaming."""
+    variable by ``on_reduce`` (``None`` drops the reduction: it runs over a single element);
+    ``on_load(old, new)``, where given, may replace each rebuilt load (a rewrite that changes
+    some loads' indices and not others'). The one tree rewriter behind slicing,
+    canonicalisation, renaming and the rewrite's synthetic row axis."""
     memo: dict[int, Node] = {}
 
     def go(x: Node) -> Node:
@@ -344,6 +347,8 @@ def map_indices(root: Node, on_expr: Callable[[IExpr], IExpr],
             return memo[id(x)]
         if isinstance(x, Load):
             r: Node = Load(x.dtype, x.input, tuple(on_expr(e) if isinstance(e, IExpr) else go(e) for e in x.index))
+            if on_load is not None:
+                r = on_load(x, r)
         elif isinstance(x, Index):
             r = Index(x.dtype, on_expr(x.expr))
         elif isinstance(x, Pointwise):

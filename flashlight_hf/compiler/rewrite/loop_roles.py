@@ -4,7 +4,9 @@ head dims, the grid, and the small contracted axes that fit one tile.
 **Dimension demotion.** The key variable ``j`` is parallel in ``QKᵀ`` but reduced by everything
 downstream; it becomes the kernel's sequential loop. It is found structurally: the one reduced
 variable (not in the output) whose reductions contain another reduction. Side-by-side softmax
-streams over keys of equal extent (differential attention) are renamed onto one key loop.
+streams over keys of equal extent (differential attention) are renamed onto one key loop. An
+output with no query-row axis (decode written with ``q [H, D]``) gets one of extent 1
+(:mod:`.row_axis`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import replace
 from flashlight_hf.compiler.ir import (IExpr, Node, Program, Reduce, Unsupported, Var, contains, is_one,
                                        map_indices, mul_factors, size_eq, walk)
 from flashlight_hf.compiler.rewrite.kernel_plan import KernelPlan
+from flashlight_hf.compiler.rewrite.row_axis import add_row_axis
 
 MAX_TILE_EXTENT = 256
 
@@ -62,6 +65,14 @@ def assign_roles(program: Program) -> KernelPlan:
 
     # rows (i) and value dims (e): from the contraction that takes j away (…ᵀ · V)
     row, value_dims = rows_and_value_dims(out, j, out_set)
+    if row is None:
+        # no query axis (a decode step written with q [H, D]): a row axis of extent 1
+        program, row = add_row_axis(program, out, j, value_dims, tile_vars)
+        out = program.output
+        got, _ = rows_and_value_dims(out, j, out_set | {row})
+        if got is not row:
+            raise Unsupported("program", "the output has no query-row axis, and the scores do not vary along "
+                              "the one given to them")
     tile_vars += [v for v in value_dims if v not in tile_vars]
     for v in value_dims:
         if not isinstance(v.extent, int) or v.extent > MAX_TILE_EXTENT:
@@ -76,8 +87,11 @@ def rename_bound(root: Node, m: dict[Var, Var]) -> Node:
     return map_indices(root, lambda e: e.subst(sub), lambda v: m.get(v, v))
 
 
-def rows_and_value_dims(out: Node, j: Var, out_set: set[Var]) -> tuple[Var, list[Var]]:
-    """The row variable and the value head dims, read off the ``scores × values`` sum over ``j``."""
+def rows_and_value_dims(out: Node, j: Var, out_set: set[Var]) -> tuple[Var | None, list[Var]]:
+    """The row variable and the value head dims, read off the ``scores × values`` sum over ``j``.
+    The row is None where that sum has value head dims but the output no row axis (a decode
+    step written without a query axis: ``softmax(k @ q) @ v`` with ``q [D]``)."""
+    no_rows: list[Var] | None = None
     for r in walk(out):
         if not (isinstance(r, Reduce) and r.var is j and r.op == "sum"):
             continue
@@ -96,5 +110,9 @@ def rows_and_value_dims(out: Node, j: Var, out_set: set[Var]) -> tuple[Var, list
                 # the one that varies at run time, else the longest.
                 return max(rows, key=lambda v: (not isinstance(v.extent, int),
                                                 v.extent if isinstance(v.extent, int) else 0, -v.uid)), value_dims
+            if j in f.vars and value_dims and no_rows is None and any(j in g.vars for g in others):
+                no_rows = value_dims  # values times weights over the keys (not a softmax's own sum)
+    if no_rows is not None:
+        return None, no_rows
     raise Unsupported("program", "no `scores @ V` contraction over the key axis found (the rows and value "
                       "head dim of the output could not be identified)")

@@ -17,8 +17,38 @@ import sympy
 import torch
 
 from flashlight_hf.compiler.codegen.backward_info import StoreInfo
-from flashlight_hf.compiler.ir import IExpr, Var
+from flashlight_hf.compiler.ir import IExpr, Var, is_one
 from flashlight_hf.compiler.ir.evaluate import Evaluator
+
+
+def _index(st: StoreInfo) -> list[Any]:
+    """The load's index, each compound expression without its digits of static extent 1
+    (``row·D + d`` -> ``d``: the row the rewrite gives a program without a query axis is always
+    0). The buffer keeps that variable's axis, of size 1: the folds below sum it away, or view
+    the gradient with it."""
+    return [_without_unit_digits(e) if isinstance(e, IExpr) and e.op not in ("var", "const", "sym") else e
+            for e in st.load.index]
+
+
+def _without_unit_digits(e: IExpr) -> IExpr:
+    if e.op == "var":
+        return IExpr.const(0) if is_one(e.args[0].extent) else e
+    if e.op in ("const", "sym"):
+        return e
+    args = [_without_unit_digits(a) if isinstance(a, IExpr) else a for a in e.args]
+    zero = [isinstance(a, IExpr) and a.op == "const" and a.args[0] == 0 for a in args]
+    if e.op == "mul" and any(zero):
+        return IExpr.const(0)
+    if e.op == "add":
+        args = [a for a, z in zip(args, zero) if not z]
+        if len(args) <= 1:
+            return args[0] if args else IExpr.const(0)
+    return IExpr(e.op, tuple(args))
+
+
+def _unit(v: Var, ext: dict) -> bool:
+    """A variable of static extent 1: a buffer axis no index needs to read."""
+    return is_one(v.extent) and ext.get(v, 1) == 1
 
 
 def _box(st: StoreInfo, like: torch.Tensor, ext: dict, syms: dict) -> list[tuple[int, int, Var]] | None:
@@ -27,7 +57,7 @@ def _box(st: StoreInfo, like: torch.Tensor, ext: dict, syms: dict) -> list[tuple
     if st.kind or st.group is not None:
         return None
     out = []
-    for a, e in enumerate(st.load.index):
+    for a, e in enumerate(_index(st)):
         if not isinstance(e, IExpr):
             return None
         if _broadcast_axis(e, like.shape[a]):
@@ -40,7 +70,8 @@ def _box(st: StoreInfo, like: torch.Tensor, ext: dict, syms: dict) -> list[tuple
         if v not in st.variables or start < 0 or start + ext[v] > like.shape[a]:
             return None
         out.append((start, ext[v], v))
-    if sorted(id(v) for _, _, v in out if v is not None) != sorted(map(id, st.variables)):
+    read = [v for _, _, v in out if v is not None]
+    if sorted(map(id, read)) != sorted(id(v) for v in st.variables if v in read or not _unit(v, ext)):
         return None
     return out
 
@@ -72,6 +103,10 @@ def in_place_views(stores: Sequence[StoreInfo], inputs: Sequence[torch.Tensor], 
             for a in reversed([a for a, (_, _, v) in enumerate(b) if v is None]):
                 view = view.select(a, 0)
             axis_of = [v for _, _, v in b if v is not None]
+            for v in st.variables:
+                if v not in axis_of:  # a variable of extent 1 no axis reads: an axis of size 1
+                    view = view.unsqueeze(-1)
+                    axis_of.append(v)
             out[st.buffer] = (whole, view.permute([axis_of.index(v) for v in st.variables]))
     return out
 
@@ -79,7 +114,7 @@ def in_place_views(stores: Sequence[StoreInfo], inputs: Sequence[torch.Tensor], 
 def _plain_permutation(st: StoreInfo, like: torch.Tensor, ext: dict) -> list[int] | None:
     """Where the load reads every axis of its input by one of the buffer's variables (each
     once): per input axis, the buffer axis of its variable. None otherwise."""
-    plain = [e.args[0] if isinstance(e, IExpr) and e.op == "var" else None for e in st.load.index]
+    plain = [e.args[0] if isinstance(e, IExpr) and e.op == "var" else None for e in _index(st)]
     if any(v is None for v in plain) or sorted(map(id, plain)) != sorted(map(id, st.variables)):
         return None
     if any(ext[v] != like.shape[a] for a, v in enumerate(plain)):
@@ -160,7 +195,7 @@ def _structured_fold(st: StoreInfo, buffer: torch.Tensor, like: torch.Tensor, ex
     t = buffer
     picks: list[Any] = []  # per input axis: the axis name of ``t`` it is, or None (a broadcast 0)
     starts: list[int] = []  # per input axis: where the slice the load reads begins
-    for a, e in enumerate(st.load.index):
+    for a, e in enumerate(_index(st)):
         if not isinstance(e, IExpr):
             return None
         starts.append(0)

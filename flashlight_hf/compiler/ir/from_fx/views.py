@@ -1,6 +1,6 @@
-"""Shape ops: view/reshape, expand, (un)squeeze, permute, transpose. None computes anything:
-each rearranges the factor lists of the axes, splitting a variable into digits when a view
-splits an axis (``h := ho * G + hi``)."""
+"""Shape ops: view/reshape, expand, (un)squeeze, permute, transpose, repeat_interleave. None
+computes anything: each rearranges the factor lists of the axes, splitting a variable into
+digits when a view splits an axis (``h := ho * G + hi``)."""
 
 from __future__ import annotations
 
@@ -113,7 +113,39 @@ def transpose(lab: LabelState, c: OpCall) -> LT:
     return LT(axes, x.node)
 
 
+def repeat_interleave(lab: LabelState, c: OpCall) -> LT:
+    """``repeat_interleave(x, r, dim)`` with an integer ``r``: axis ``dim`` gains a broadcast
+    digit of extent ``r`` (``[(hk, Hkv), (None, r)]``, what ``repeat_kv``'s expand and reshape
+    give). ``torch.export`` keeps the op whole; ``make_fx`` lowers it to that expand."""
+    x, repeats = c.args[0], c.args[1]
+    dim = c.args[2] if len(c.args) > 2 else c.kwargs.get("dim")
+    if not isinstance(repeats, int) or dim is None:
+        raise Unsupported(c.node.name, "repeat_interleave with per-element repeats or no dim")
+    dim %= x.ndim
+    axes = list(x.axes)
+    axes[dim] = list(axes[dim]) + ([] if repeats == 1 else [(None, repeats)])
+    return LT(axes, x.node)
+
+
+def in_place(handler: Handler) -> Handler:
+    """An in-place shape op (``squeeze_``: ``matmul`` of a 1-D operand ends with one) as its
+    functional form, where it changes an intermediate nothing else reads (else a later reader
+    would see the new shape, which the labelling would not know; an input's new shape is the
+    caller's to see)."""
+
+    def run(lab: LabelState, c: OpCall) -> LT:
+        source = c.node.args[0]
+        if isinstance(source, torch.fx.Node) and (len(source.users) > 1 or source.op != "call_function"):
+            raise Unsupported(c.node.name, f"{c.packet} changes a tensor the program reads elsewhere")
+        return handler(lab, c)
+
+    return run
+
+
 HANDLERS: dict[str, Handler] = {
+    "repeat_interleave": repeat_interleave,
+    "squeeze_": in_place(squeeze),
+    "unsqueeze_": in_place(unsqueeze),
     **{p: _view for p in ("view", "_unsafe_view", "reshape", "view_copy")},
     **{p: _expand for p in ("expand", "expand_copy")},
     "unsqueeze": unsqueeze,
