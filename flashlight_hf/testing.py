@@ -90,10 +90,16 @@ def gradient_error(got: torch.Tensor, want: torch.Tensor, scale: float) -> float
 
 
 def assert_gradients_close(got: Sequence[torch.Tensor | None], want: Sequence[torch.Tensor | None],
-                           dtype: torch.dtype, *, what: str = "", factor: float = 1.0) -> int:
+                           dtype: torch.dtype, *, what: str = "", factor: float = 1.0,
+                           eager: Sequence[torch.Tensor | None] | None = None) -> int:
     """Every gradient of ``got`` matches its float64 reference in ``want`` within ``factor`` ×
     the tolerance of ``dtype`` (:func:`gradient_error`); None in ``want`` (no gradient) asks for
-    None or zeros. Returns how many gradients were compared."""
+    None or zeros. Returns how many gradients were compared.
+
+    ``eager``: the same gradients computed by eager PyTorch in ``dtype``. A gradient that is one
+    long sum (a per-head scale's, a scalar temperature's, summed over every score) can be less
+    accurate than the tolerance in any fp32 order of summation; it may then be off by up to
+    4 × eager's own error, never more."""
     scale = gradient_scale(want)
     tol = factor * tolerance(dtype)
     checked = 0
@@ -103,7 +109,10 @@ def assert_gradients_close(got: Sequence[torch.Tensor | None], want: Sequence[to
             continue
         assert g is not None, f"{what}: no gradient for input {k}"
         err = gradient_error(g, r, scale)
-        assert err <= tol, f"{what}: gradient of input {k} off by {err:.2e} (allowed {tol:.1e})"
+        allowed = tol
+        if err > tol and eager is not None and eager[k] is not None:
+            allowed = max(tol, 4 * gradient_error(eager[k], r, scale))
+        assert err <= allowed, f"{what}: gradient of input {k} off by {err:.2e} (allowed {allowed:.1e})"
         checked += 1
     return checked
 

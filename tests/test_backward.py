@@ -134,7 +134,9 @@ CASES = ["per_key_bias", "per_row_bias", "full_bias", "alibi_slopes", "temperatu
 
 
 def check_generated_gradients(fn, inputs: list[torch.Tensor], *, at_least: int = 3) -> None:
-    """``fn``'s compiled gradients equal float64 autograd, and the backward ran as kernels."""
+    """``fn``'s compiled gradients equal float64 autograd, and the backward ran as kernels (a
+    scalar's gradient, one sum over every score, is held to 4 × eager fp32's own error where that
+    is above the tolerance: see ``assert_gradients_close``)."""
     compiled = flashlight_hf.compile(fn)
     seed = torch.randn_like(fn(*inputs))
     launched: list[str] = []
@@ -147,7 +149,7 @@ def check_generated_gradients(fn, inputs: list[torch.Tensor], *, at_least: int =
         remove()
     assert KERNEL_BWD_DKDV in launched and KERNEL_BWD_DQ in launched, launched
     ref = gradients(fn, inputs, seed, dtype=torch.float64)
-    checked = assert_gradients_close(got, ref, torch.float32)
+    checked = assert_gradients_close(got, ref, torch.float32, eager=gradients(fn, inputs, seed))
     assert checked >= at_least
 
 

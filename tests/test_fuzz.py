@@ -82,7 +82,7 @@ def _program(ops: list[str], norm: str, epilogue: str):
 
 @pytest.mark.parametrize("n", range(N_PROGRAMS))
 def test_random_program_matches_float64(n: int, device: str):
-    seed = random.randrange(2**31)
+    seed = int(os.environ["FUZZ_SEED"]) + n if "FUZZ_SEED" in os.environ else random.randrange(2**31)
     rng = random.Random(seed)
     ops = _score_ops(rng)
     norm = rng.choice(["softmax", "softmax_fp32", "spelled", "sigmoid", "relu2"])
@@ -125,7 +125,8 @@ def test_random_program_matches_float64(n: int, device: str):
     got = gradients(flashlight_hf.compile(fn), args, seed_grad)
     want = gradients(fn, args, seed_grad, dtype=torch.float64)
     # NaN where eager's own gradient is NaN (a per-head scale after a -inf mask: 0 * -inf)
-    assert_gradients_close(got, want, torch.float32, what=what, factor=10)
+    eager32 = gradients(fn, args, seed_grad)  # eager's own fp32 error bounds the long sums (a head scale's)
+    assert_gradients_close(got, want, torch.float32, what=what, factor=10, eager=eager32)
 
 
 def test_grammar_mostly_fuses():
