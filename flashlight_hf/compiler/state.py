@@ -225,7 +225,10 @@ class State:
                         _set_root(ref.root, old)
 
     def call(self, args: tuple, kwargs: dict, values: tuple) -> Any:
-        """``fn(*args, **kwargs)`` reading ``values`` as its state."""
+        """``fn(*args, **kwargs)`` reading ``values`` as its state (called as is where they are
+        the state's own tensors: a function that rebinds its state keeps what it did)."""
+        if all(r.read() is v for r, v in zip(self.refs, values)):
+            return self.fn(*args, **kwargs)
         with self._swapped(values):
             if not self._partial:
                 return self.fn(*args, **kwargs)
