@@ -38,9 +38,11 @@ def _check(root: Node, leaves: list[Node], inputs: list[torch.Tensor], var: Var,
         torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12, msg=f"d/d input {k}")
 
 
-POSITIVE = {"log", "sqrt", "rsqrt", "log1p"}
+POSITIVE = {"log", "sqrt", "rsqrt", "log1p", "log2", "log10"}
+UNIT = {"asin", "acos", "atanh"}  # inside (-1, 1)
 UNARY = ["exp", "exp2", "log", "log1p", "expm1", "sqrt", "rsqrt", "reciprocal", "square", "abs", "tanh", "sigmoid",
-         "silu", "relu", "sin", "cos", "erf", "gelu", "neg", "floor", "ceil", "sign"]
+         "silu", "relu", "sin", "cos", "erf", "gelu", "neg", "floor", "ceil", "sign", "erfc", "log2", "log10", "tan",
+         "atan", "asin", "acos", "sinh", "cosh", "asinh", "acosh", "atanh", "round", "trunc"]
 
 
 @pytest.mark.parametrize("op", UNARY)
@@ -49,11 +51,15 @@ def test_unary_rules(op: str):
     a = torch.randn(N)
     if op in POSITIVE:
         a = a.abs() + 0.1
+    if op in UNIT:
+        a = 0.9 * torch.tanh(a)
+    if op == "acosh":
+        a = a.abs() + 1.1
     root = Pointwise(F32, op, (x,))
     _check(root, [x], [a, torch.randn(N)], i, seed_input=1)
 
 
-BINARY = ["add", "sub", "mul", "div", "maximum", "minimum", "pow", "atan2", "mod", "fmod"]
+BINARY = ["add", "sub", "mul", "div", "maximum", "minimum", "pow", "atan2", "hypot", "mod", "fmod"]
 
 
 @pytest.mark.parametrize("op", BINARY)
@@ -145,6 +151,7 @@ def test_every_pointwise_op_the_labeller_makes_has_a_rule():
     from flashlight_hf.compiler.ir.derivative import has_rule
     from flashlight_hf.compiler.ir.from_fx.pointwise import POINTWISE_BINARY, POINTWISE_UNARY
 
-    ops = set(POINTWISE_UNARY.values()) | set(POINTWISE_BINARY.values()) | {"cast", "where", "gelu", "truncdiv"}
+    ops = set(POINTWISE_UNARY.values()) | set(POINTWISE_BINARY.values()) | {"cast", "where", "gelu", "truncdiv",
+                                                                            "invert"}
     assert not [op for op in sorted(ops) if not has_rule(op)]
     assert not has_rule("bessel_j0")

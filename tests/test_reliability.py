@@ -556,16 +556,14 @@ def test_remainder_fmod_and_floor_division_of_negative_values(name: str, device:
 @pytest.mark.parametrize("approximate", ["tanh", "none"])
 def test_gelu_approximation_is_never_run_as_the_exact_form(approximate: str, device: str):
     """gelu(approximate="tanh") is another function than gelu's erf form (7e-4 apart in fp32):
-    it falls back, naming the node; the exact form fuses. Both give eager's answer."""
+    it fuses as its own tanh formula, the exact form through erf; each gives its eager answer
+    (within 1e-5, so neither runs as the other)."""
     def program(q, k, v):
         return torch.nn.functional.gelu(q @ k.transpose(-1, -2) * 0.1, approximate=approximate) @ v
 
     q, k, v = (torch.randn(1, 2, 20, 16, device=device) for _ in range(3))
     e = flashlight_hf.explain(program, q, k, v)
-    if approximate == "tanh":
-        assert e.num_kernels == 0 and "approximate='tanh'" in e.fallbacks[0][1], e.fallbacks
-    else:
-        assert e.num_kernels == 1, e.fallbacks
+    assert e.num_kernels == 1, e.fallbacks
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         out = flashlight_hf.compile(program)(q, k, v)

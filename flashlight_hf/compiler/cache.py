@@ -161,7 +161,7 @@ def _constants_digest(gm: torch.fx.GraphModule) -> str:
         if isinstance(value, torch.Tensor):
             t = value.detach().cpu().contiguous()
             h.update(f"{n.target}:{tuple(t.shape)}:{t.dtype}:".encode())
-            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")  # 0-d too
         else:
             h.update(f"{n.target}:{value!r}".encode())
     return h.hexdigest()

@@ -11,7 +11,7 @@ Leaves are the nodes the caller asks about (typically ``Reduce`` dot products an
 walk. The rules follow PyTorch's own derivatives (``tools/autograd/derivatives.yaml``) where a
 choice exists: ``maximum`` splits ties evenly, a clamp (``maximum``/``minimum`` against a
 constant) passes the gradient at its bound, ``relu`` does not, piecewise-constant ops
-(``floor``, ``sign``, comparisons) give zero. An op without a rule raises
+(``floor``, ``round``, ``sign``, comparisons, integer bit operations) give zero. An op without a rule raises
 :class:`~flashlight_hf.compiler.ir.nodes.Unsupported` naming it: the caller keeps the exact
 recompute backward, never a wrong gradient.
 """
@@ -26,8 +26,9 @@ import torch
 from flashlight_hf.compiler.ir.nodes import Const, Node, Pointwise, Unsupported
 
 # ops whose gradient is zero almost everywhere (or which return no float)
-_PIECEWISE_CONSTANT = frozenset({"floor", "ceil", "sign", "gt", "ge", "lt", "le", "eq", "ne", "and", "or",
-                                 "xor", "not", "isnan", "floordiv", "truncdiv"})
+_PIECEWISE_CONSTANT = frozenset({"floor", "ceil", "round", "trunc", "sign", "signbit", "gt", "ge", "lt", "le", "eq",
+                                 "ne", "and", "or", "xor", "not", "invert", "shl", "shr", "isnan", "floordiv",
+                                 "truncdiv"})
 
 
 def _c(like: Node, value: float) -> Const:
@@ -68,6 +69,10 @@ def _zero_like(g: Node) -> Const:
     return _c(g, 0.0)
 
 
+def _one_minus_square(x: Node) -> Node:
+    return _p("mul", _p("sub", _c(x, 1.0), x), _p("add", _c(x, 1.0), x))
+
+
 Rule = Callable[[Pointwise, Node], tuple]  # (node, its adjoint) -> one adjoint per argument (None: none)
 
 
@@ -100,6 +105,20 @@ _RULES: dict[str, Rule] = {
     "cos": _unary(lambda n, x, g: _p("neg", mul(g, _p("sin", x)))),
     "erf": _unary(lambda n, x, g: mul(mul(g, _c(x, 2.0 / math.sqrt(math.pi))),
                                       _p("exp", _p("neg", _p("mul", x, x))))),
+    "erfc": _unary(lambda n, x, g: mul(mul(g, _c(x, -2.0 / math.sqrt(math.pi))),
+                                       _p("exp", _p("neg", _p("mul", x, x))))),
+    "log2": _unary(lambda n, x, g: _p("div", g, _p("mul", x, _c(x, math.log(2.0))))),
+    "log10": _unary(lambda n, x, g: _p("div", g, _p("mul", x, _c(x, math.log(10.0))))),
+    "tan": _unary(lambda n, x, g: mul(g, _p("add", _c(n, 1.0), _p("mul", n, n)))),
+    "sinh": _unary(lambda n, x, g: mul(g, _p("cosh", x))),
+    "cosh": _unary(lambda n, x, g: mul(g, _p("sinh", x))),
+    "atan": _unary(lambda n, x, g: _p("div", g, _p("add", _c(x, 1.0), _p("mul", x, x)))),
+    # 1 − x² and x² − 1 as products: exact factors, no cancellation near |x| = 1
+    "asin": _unary(lambda n, x, g: mul(g, _p("rsqrt", _one_minus_square(x)))),
+    "acos": _unary(lambda n, x, g: _p("neg", mul(g, _p("rsqrt", _one_minus_square(x))))),
+    "asinh": _unary(lambda n, x, g: mul(g, _p("rsqrt", _p("add", _p("mul", x, x), _c(x, 1.0))))),
+    "acosh": _unary(lambda n, x, g: mul(g, _p("rsqrt", _p("mul", _p("sub", x, _c(x, 1.0)), _p("add", x, _c(x, 1.0)))))),
+    "atanh": _unary(lambda n, x, g: _p("div", g, _one_minus_square(x))),
     # exact gelu: Φ(x) + x·φ(x)
     "gelu": _unary(lambda n, x, g: mul(g, _p(
         "add", _p("mul", _c(x, 0.5), _p("add", _c(x, 1.0), _p("erf", _p("mul", x, _c(x, 1.0 / math.sqrt(2.0)))))),
@@ -109,6 +128,7 @@ _RULES: dict[str, Rule] = {
     "where": lambda n, g: (None, _where(n.args[0], g, _zero_like(g)), _where(n.args[0], _zero_like(g), g)),
     "mod": lambda n, g: (g, _p("neg", mul(g, _p("floordiv", n.args[0], n.args[1])))),
     "fmod": lambda n, g: (g, _p("neg", mul(g, _p("truncdiv", n.args[0], n.args[1])))),
+    "hypot": lambda n, g: (_p("div", mul(g, n.args[0]), n), _p("div", mul(g, n.args[1]), n)),
     "atan2": lambda n, g: (  # atan2(y, x)
         _p("div", mul(g, n.args[1]), _p("add", _p("mul", n.args[0], n.args[0]), _p("mul", n.args[1], n.args[1]))),
         _p("neg", _p("div", mul(g, n.args[0]),

@@ -20,8 +20,9 @@ from flashlight_hf.compiler.ir.nodes import Const, IExpr, Index, Load, Node, Poi
 _BINARY = {
     "add": torch.add, "sub": torch.sub, "mul": torch.mul, "div": torch.div, "pow": torch.pow,
     "maximum": torch.maximum, "minimum": torch.minimum, "gt": torch.gt, "ge": torch.ge, "lt": torch.lt,
-    "le": torch.le, "eq": torch.eq, "ne": torch.ne, "and": torch.logical_and, "or": torch.logical_or,
-    "xor": torch.logical_xor, "mod": torch.remainder, "fmod": torch.fmod, "atan2": torch.atan2,
+    "le": torch.le, "eq": torch.eq, "ne": torch.ne, "and": torch.bitwise_and, "or": torch.bitwise_or,
+    "xor": torch.bitwise_xor, "mod": torch.remainder, "fmod": torch.fmod, "atan2": torch.atan2,
+    "shl": torch.bitwise_left_shift, "shr": torch.bitwise_right_shift, "hypot": torch.hypot,
     "floordiv": lambda a, b: torch.div(a, b, rounding_mode="floor"),
     "truncdiv": lambda a, b: torch.div(a, b, rounding_mode="trunc"),
 }
@@ -31,7 +32,10 @@ _UNARY = {
     "not": torch.logical_not, "sin": torch.sin, "cos": torch.cos, "reciprocal": torch.reciprocal,
     "sign": torch.sign, "log1p": torch.log1p, "expm1": torch.expm1, "erf": torch.erf, "floor": torch.floor,
     "ceil": torch.ceil, "isnan": torch.isnan, "silu": torch.nn.functional.silu, "square": torch.square,
-    "gelu": torch.nn.functional.gelu,
+    "gelu": torch.nn.functional.gelu, "invert": torch.bitwise_not, "erfc": torch.erfc, "round": torch.round,
+    "trunc": torch.trunc, "signbit": torch.signbit, "tan": torch.tan, "atan": torch.atan, "asin": torch.asin,
+    "acos": torch.acos, "sinh": torch.sinh, "cosh": torch.cosh, "asinh": torch.asinh, "acosh": torch.acosh,
+    "atanh": torch.atanh, "log2": torch.log2, "log10": torch.log10,
 }
 
 

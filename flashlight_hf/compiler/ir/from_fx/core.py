@@ -52,8 +52,13 @@ class OpCall:
 
 
 def not_handled(c: OpCall) -> Unsupported:
-    """The error for an operator no family handles."""
-    return Unsupported(c.node.name, f"operator {c.target} is not handled by the generator")
+    """The error for an operator no family handles: the op as the user wrote it (``torch.foo``)
+    where torch has one of that name, and what the user can change."""
+    public = f" (torch.{c.packet})" if not c.packet.startswith("_") and hasattr(torch, c.packet) else ""
+    return Unsupported(c.node.name, f"operator {c.target}{public} is not handled by the generator (what to "
+                                    "change: write it with ops it handles (arithmetic, comparisons, where, exp/log, "
+                                    "trigonometric and activation functions), or compute it outside the compiled "
+                                    "function and pass the result in as an argument)")
 
 
 class LabelState:

@@ -15,7 +15,7 @@ import torch
 import torch.fx
 
 from flashlight_hf.compiler.capture import Captured
-from flashlight_hf.compiler.ir.from_fx import creation, matmul, pointwise, reductions, slicing, views
+from flashlight_hf.compiler.ir.from_fx import composite, creation, matmul, pointwise, reductions, slicing, views
 from flashlight_hf.compiler.ir.from_fx.concat import cat, on_pieces
 from flashlight_hf.compiler.ir.from_fx.core import LT, Handler, LabelState, OpCall, canonicalize, not_handled
 from flashlight_hf.compiler.ir.nodes import IExpr, Unsupported, Var, is_one
@@ -33,8 +33,8 @@ def _merge(*tables: dict[str, Handler]) -> dict[str, Handler]:
     return out
 
 
-DISPATCH: dict[str, Handler] = _merge(pointwise.HANDLERS, creation.HANDLERS, views.HANDLERS,
-                                      reductions.HANDLERS, matmul.HANDLERS, slicing.HANDLERS)
+DISPATCH: dict[str, Handler] = _merge(pointwise.HANDLERS, composite.HANDLERS, creation.HANDLERS,
+                                      views.HANDLERS, reductions.HANDLERS, matmul.HANDLERS, slicing.HANDLERS)
 
 _SIZE_OPS = {operator.add, operator.sub, operator.mul, operator.floordiv, operator.truediv, operator.neg,
              operator.pow, operator.mod, torch.sym_float, torch.sym_int, math.sqrt,
