@@ -13,6 +13,7 @@ inputs each run.
 from __future__ import annotations
 
 import math
+import time
 import warnings
 
 import pytest
@@ -255,3 +256,20 @@ def test_special_values(device: str):
     for op, name in enumerate(SPECIAL_OPS):
         torch.testing.assert_close(got[0, op], want[0, op], rtol=4e-6, atol=1e-30, equal_nan=True,
                                    msg=lambda m: f"{name}: {m}")
+
+
+def test_a_chain_of_selects_builds_in_linear_time(device: str):
+    """``s = where(c_k, s + b_k, s)`` uses ``s`` twice per step: a pass that walks (or hashes)
+    below every use doubles its work per step. Twelve steps build in seconds."""
+    def program(q, k, v):
+        j = torch.arange(k.shape[-2], device=q.device)[None, :]
+        s = q @ k.mT * q.shape[-1] ** -0.5
+        for step in range(12):
+            s = torch.where(j % 13 == step, s + 0.1 * step, s)
+        return torch.softmax(s, dim=-1) @ v
+
+    inputs = _qkv(device)
+    start = time.perf_counter()
+    assert flashlight_hf.explain(program, *inputs).num_kernels == 1
+    assert time.perf_counter() - start < 30
+    assert_close(flashlight_hf.compile(program)(*inputs), program(*(t.double() for t in inputs)), torch.float32)

@@ -67,6 +67,7 @@ class Emitter:
         self.phase = "pre"
         self.acc_names: dict[int, str] = {id(a): f"acc{k}" for k, a in enumerate(kp.accs)}
         self.skeys: dict[int, Any] = {}
+        self.interned: dict[tuple, int] = {}  # structure -> key (skey)
         self.keep: list[Node] = []  # keeps keyed nodes alive so their ids stay unique
         self.interior = False
         self.pads = {v.name: pow2(v.extent) for v in kp.tile_vars}
@@ -176,7 +177,9 @@ class Emitter:
         return v
 
     def skey(self, x: Node) -> Any:
-        """Structural key: equal expressions built twice by the rewrites are emitted once (CSE)."""
+        """Structural key: equal expressions built twice by the rewrites are emitted once (CSE).
+        A key is a small int standing for its structure (its operands' keys inside): a nested
+        tuple would be hashed whole at every lookup, twice per level where a value is used twice."""
         k = self.skeys.get(id(x))
         if k is None:
             if isinstance(x, Load):
@@ -193,7 +196,7 @@ class Emitter:
                 k = ("running_max", id(x.acc))
             else:
                 k = ("obj", id(x))
-            self.skeys[id(x)] = k
+            k = self.skeys[id(x)] = self.interned.setdefault(k, len(self.interned))
             self.keep.append(x)
         return k
 
