@@ -204,7 +204,9 @@ def test_layout_fuses_forward_and_backward(name: str, device: str):
     assert_close(out, ref, torch.float32, what=name)
     assert KERNEL_BWD_DKDV in launched and KERNEL_BWD_DQ in launched, launched
     want = gradients(fn, inputs, seed, dtype=torch.float64)
-    assert assert_gradients_close(got, want, torch.float32, what=name) == len(inputs)
+    # a sink's gradient is small where its logit is: then held to eager fp32's own error too
+    assert assert_gradients_close(got, want, torch.float32, what=name,
+                                  eager=gradients(fn, inputs, seed)) == len(inputs)
 
 
 @pytest.mark.parametrize("name", NO_QUERY_AXIS + ["bshd_einsum", "einsum_ellipsis"])
