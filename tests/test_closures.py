@@ -288,3 +288,16 @@ def test_state_that_is_gone_runs_the_function_as_written(device: str):
             compiled(*inputs)
     finally:
         DOC_IDS = saved
+
+
+def test_into_reads_the_state_too(device: str):
+    """``into`` (the front door's write into a caller's tensor) passes the state like a call."""
+    slopes = torch.rand(H, device=device)
+    fn = make_alibi(slopes)
+    compiled = flashlight_hf.compile(fn)
+    inputs = _qkv(device=device)
+    for _ in range(2):  # the first launch, then the launched kernel's direct path
+        out = torch.full((B, H, 37, D), float("nan"), device=device)
+        assert compiled.into(out, *inputs) is out
+        assert_close(out, fn(*[t.double() for t in inputs]), torch.float32, what="into")
+        slopes.mul_(2.0)

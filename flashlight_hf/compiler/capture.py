@@ -124,9 +124,9 @@ class _AsModule(torch.nn.Module):
 
 def trace_symbolic(fn: Callable, args: Sequence[Any], kwargs: dict[str, Any],
                    dynamic_axes: Sequence[dict[int, str]]) -> Captured:
-    """Trace with those axes symbolic: one ``make_fx`` trace (:mod:`.symbolic_trace`, about a
-    tenth of export's time) where it holds, else ``torch.export``; ``dynamic_axes[t]`` maps
-    axis -> size name for tensor ``t``.
+    """Trace with those axes symbolic: one ``make_fx`` trace (:mod:`.symbolic_trace`; a fraction
+    of export's time once PyTorch's symbolic shapes are warm) where it holds, else
+    ``torch.export``; ``dynamic_axes[t]`` maps axis -> size name for tensor ``t``.
 
     Axes sharing a name share one symbolic size (e.g. the key length of K, V and a bias).
     """
@@ -170,12 +170,6 @@ def trace_symbolic(fn: Callable, args: Sequence[Any], kwargs: dict[str, Any],
             bindings.append(ep.state_dict[spec_.target])
     ranges: dict[Any, tuple[int, int | None]] = {}
     for sym, vr in ep.range_constraints.items():
-        ranges[sym] = (max(2, _finite(vr.lower) or 0), _finite(vr.upper))
+        ranges[sym] = (max(2, symbolic_trace.finite(vr.lower) or 0), symbolic_trace.finite(vr.upper))
     return Captured(ep.graph_module, bindings, symbolic=True, size_ranges=ranges)
 
-
-def _finite(x: Any) -> int | None:
-    """An integer range bound, or None for an infinite one (sympy's ``oo`` / torch's ``int_oo``)."""
-    if isinstance(x, int):
-        return x
-    return int(x) if getattr(x, "is_Integer", False) else None

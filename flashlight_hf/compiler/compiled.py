@@ -118,6 +118,14 @@ class CompiledAttention:
         values = self._state.read()
         return None if values is None else args + values
 
+    def _with_state_or_raise(self, args: tuple) -> tuple:
+        """:meth:`with_state` for paths with no function as written to run instead."""
+        full = self.with_state(args)
+        if full is None:
+            raise RuntimeError(f"flashlight: {self._name()} reads a tensor from outside its arguments that is "
+                               "no longer there (a deleted attribute or global)")
+        return full
+
     def _use_table(self, vals: Any) -> None:
         table = self._tables.get(vals)
         if table is None:
@@ -256,11 +264,7 @@ class CompiledAttention:
             return self
 
         def call(*args: Any, **kwargs: Any) -> Any:
-            full = self.with_state(args)
-            if full is None:
-                raise RuntimeError(f"flashlight: {self._name()} reads a tensor from outside its arguments that is "
-                                   "no longer there (a deleted attribute or global)")
-            args = full
+            args = self._with_state_or_raise(args)
             _, b = self._lookup(args, kwargs)
             if b.kernel is None or not b.kernel.supports_dropout():
                 why = b.fallback or ("backward", b.source.backward_error if b.source is not None and
@@ -329,21 +333,15 @@ class CompiledAttention:
         full = self.with_state(args)
         if full is None:
             return out.copy_(self(*args))
-        args = full
-        fast, b = self._lookup(args, {})
-        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        fast, b = self._lookup(full, {})
+        tensors = [a for a in full if isinstance(a, torch.Tensor)]
         if fast is not None and b.kernel is not None and out.dtype == b.kernel.program.out_dtype and \
                 _plain_eager_call(tensors + [out]):
             if b.launched:
                 return b.kernel(tensors, out=out)
             if self._first_launch(b, functools.partial(b.kernel, tensors, out=out), out.device) is not _FAILED:
                 return out
-        return out.copy_(self._call_full(args))
-
-    def _call_full(self, args: tuple) -> Any:
-        """A call whose ``args`` already hold the state."""
-        n = len(self._state.refs) if self._state is not None else 0
-        return self(*args[:len(args) - n]) if n else self(*args)
+        return out.copy_(self(*args))
 
 
 _FAILED = object()
@@ -416,10 +414,7 @@ class Explanation:
 def explain(fn: Callable, *example_args: Any, **example_kwargs: Any) -> Explanation:
     """Compile ``fn`` for the example inputs and report kernels, fallbacks, IR and sources."""
     c = fn if isinstance(fn, CompiledAttention) else CompiledAttention(fn)
-    args = c.with_state(example_args)
-    if args is None:
-        raise RuntimeError(f"flashlight: {c._name()} reads a tensor from outside its arguments that is no longer there")
-    b = build(c._traced, args, example_kwargs, training=True)
+    b = build(c._traced, c._with_state_or_raise(example_args), example_kwargs, training=True)
     ir_text = b.program.describe() if b.program is not None else ""
     if b.kernel is None:
         why = [(b.fallback[0], c._advice(b.fallback))] if b.fallback else []

@@ -41,8 +41,8 @@ class Build:
     launched: bool = False  # its kernel has run once (launch errors after that are the caller's)
     # the autocast state it was traced in (its program holds that region's casts)
     autocast_state: autocast.AutocastState = ()
-    # seconds per stage of this build (trace, ir_plan, trace_symbolic, codegen_load, and the first
-    # launch's Triton compile + tuning once it ran): what benchmarks/first_call.py prints
+    # seconds per stage of this build (trace, disk_cache, ir_plan, trace_symbolic, codegen, load, and
+    # first_launch: Triton's compile and any tuning, once it ran): what benchmarks/first_call.py prints
     timings: dict[str, float] = field(default_factory=dict)
 
 

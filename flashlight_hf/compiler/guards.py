@@ -19,7 +19,7 @@ What is guarded is found from the function's bytecode, never by running it:
 Tensors read from outside are not guarded: they are the function's *state*, read at every call
 and passed to the kernel as inputs (:mod:`flashlight_hf.compiler.state`). The scan that finds
 the guarded values also records where each tensor (or module, or small container of tensors)
-was read from (:attr:`Reads.state`), so the two never disagree about what the function reads.
+was read from (``scan(fn).state``), so the two never disagree about what the function reads.
 
 The reads are compiled into one small Python function, so a call with guards costs a few
 hundred nanoseconds; a function that reads nothing from outside costs nothing.
@@ -115,8 +115,9 @@ class _Scanner:
             return  # modules and classes: only attribute chains through them matter
         if isinstance(value, torch.Tensor) or isinstance(value, torch.nn.Module) or _holds_tensors(value):
             # state, read at every call (compiler/state.py); a module's attribute chains are guarded
-            if ref is not None and (id(ref[0][1]),) + ref[0][2:] + ref[1] not in self.seen_state:
-                self.seen_state.add((id(ref[0][1]),) + ref[0][2:] + ref[1])
+            where = None if ref is None else (id(ref[0][1]),) + ref[0][2:] + ref[1]
+            if where is not None and where not in self.seen_state:
+                self.seen_state.add(where)
                 self.state.append((ref[0], ref[1], what))
             return
         if isinstance(value, _PLAIN) and not (isinstance(value, float) and value != value):

@@ -82,8 +82,8 @@ def _ranges(shape_env: Any, dynamic: set) -> dict[Any, tuple[int, int | None]]:
     bounds: dict[Any, list] = {}
     for s in dynamic:
         vr = shape_env.var_to_range.get(s)
-        bounds[s] = [max(2, _finite(vr.lower) or 0) if vr is not None else 2,
-                     _finite(vr.upper) if vr is not None else None]
+        bounds[s] = [max(2, finite(vr.lower) or 0) if vr is not None else 2,
+                     finite(vr.upper) if vr is not None else None]
     for guard in shape_env.guards:
         expr = shape_env.simplify(guard.expr)
         if expr is sympy.true:
@@ -93,8 +93,7 @@ def _ranges(shape_env: Any, dynamic: set) -> dict[Any, tuple[int, int | None]]:
             sym, lo, hi = sym_bound
             if lo is not None:
                 bounds[sym][0] = max(bounds[sym][0], lo)
-            if hi is not None:
-                bounds[sym][1] = hi if bounds[sym][1] is None else min(bounds[sym][1], hi)
+            bounds[sym][1] = _lower_of(bounds[sym][1], hi)
             continue
         if isinstance(expr, sympy.Eq) and all(isinstance(x, sympy.Symbol) for x in expr.args):
             continue  # two sizes the program forces equal: one symbol in the graph
@@ -105,7 +104,7 @@ def _ranges(shape_env: Any, dynamic: set) -> dict[Any, tuple[int, int | None]]:
         if isinstance(root, sympy.Symbol):
             old = canonical.get(root)
             if old is not None:
-                lo, hi = max(lo, old[0]), (hi if old[1] is None else old[1] if hi is None else min(hi, old[1]))
+                lo, hi = max(lo, old[0]), _lower_of(hi, old[1])
             canonical[root] = (lo, hi)
     return canonical
 
@@ -134,7 +133,13 @@ def _one_symbol_bound(expr: Any) -> tuple[Any, int | None, int | None] | None:
     return sym, None, c - 1
 
 
-def _finite(x: Any) -> int | None:
+def _lower_of(a: int | None, b: int | None) -> int | None:
+    """The tighter of two upper bounds (None: unbounded)."""
+    return b if a is None else a if b is None else min(a, b)
+
+
+def finite(x: Any) -> int | None:
+    """An integer range bound, or None for an infinite one (sympy's ``oo`` / torch's ``int_oo``)."""
     if isinstance(x, int):
         return x
     return int(x) if getattr(x, "is_Integer", False) else None

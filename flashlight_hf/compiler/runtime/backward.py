@@ -20,8 +20,6 @@ Why here: codegen hands over the backward's kernels with their contract
 
 from __future__ import annotations
 
-import hashlib
-
 from typing import Any, Callable, Sequence
 
 import sympy
@@ -42,7 +40,7 @@ from flashlight_hf.compiler.runtime.block_table import BlockTable, dead_rows
 from flashlight_hf.compiler.runtime.sizes import SizeFunction
 from flashlight_hf import settings
 from flashlight_hf.compiler.runtime.tune import (ChoiceStore, LaunchConfig, bucket, device_id, gpu_ms, keep_choice,
-                                                 stored_choice, time_options, tune_on_call)
+                                                 kernel_id, stored_choice, time_options, tune_on_call)
 
 # tile candidates of the backward launches, per kernel side: the dK/dV kernel keeps a key tile
 # (BLOCK_N) resident and streams query tiles (BLOCK_M), the dQ kernel the other way round. Timed
@@ -90,7 +88,7 @@ class GeneratedBackward:
         self._dims: dict[int, list[int]] = {}
         self._calls: dict[tuple, int] = {}  # calls per key not yet tuned (tuning waits, as the forward's)
         self._choices = choices
-        self._kernel_id = hashlib.sha256("".join(bs.source for bs in info.kernels).encode()).hexdigest()[:32]
+        self._kernel_id = kernel_id("".join(bs.source for bs in info.kernels))
 
     def _config(self, side: str, ext: dict, n_grid: int, launch: Callable[[LaunchConfig], None],
                 device: torch.device) -> LaunchConfig:

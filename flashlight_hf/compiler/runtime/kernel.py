@@ -9,7 +9,6 @@ those shapes look the plan up and, on a GPU, relaunch directly with only the poi
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -29,7 +28,7 @@ from flashlight_hf.compiler.runtime.split_kv import SplitKV
 from flashlight_hf.compiler.runtime.switches import LaunchSwitches, launch_switches
 from flashlight_hf.compiler.runtime.backward import GeneratedBackward
 from flashlight_hf.compiler.runtime.training import TrainingForward, lse_of
-from flashlight_hf.compiler.runtime.tune import ChoiceStore, LaunchConfig, Tuner, tune_on_call
+from flashlight_hf.compiler.runtime.tune import ChoiceStore, LaunchConfig, Tuner, kernel_id, tune_on_call
 
 _MAX_PLANS = 256  # a dynamic cache's decode loop makes one new set of shapes per step
 
@@ -61,7 +60,7 @@ class CompiledKernel:
         exprs = out_extents + list(src.runtime_sizes) + [src.row_extent, src.loop_extent] + list(src.grid_extents)
         self._sizes = SizeFunction(self.program, exprs)
         self._n_out, self._n_rt = len(out_extents), len(src.runtime_sizes)
-        self._tuner = Tuner(src.tile_pads, self.choices, _kernel_id(src.source))
+        self._tuner = Tuner(src.tile_pads, self.choices, kernel_id(src.source))
         # data-dependent masks: the key tiles of each launch come from a block table built first
         self._table = BlockTable(self.program, src.table, self._load) if src.table is not None else None
         self._split = None
@@ -219,7 +218,7 @@ class CompiledKernel:
                                            f"shapes {[tuple(t.shape) for t in inputs]} yet (or tunes its tiles at "
                                            f"call number {tune_on_call()}, FLASHLIGHT_TUNE_ON_CALL)")
             if self._train_tuner is None:
-                self._train_tuner = Tuner(self.source.tile_pads, self.choices, _kernel_id(self.source.train.source))
+                self._train_tuner = Tuner(self.source.tile_pads, self.choices, kernel_id(self.source.train.source))
             plan.choice = self._train_tuner.choose(plan.rows, plan.keys, plan.n_grid, 1, out.device, switches,
                                                    lambda c: launch(inputs, out, c, saved, dropout),
                                                    lambda c, s: None)
@@ -348,11 +347,6 @@ class CompiledKernel:
             return None
         which = self.source.input_args
         return lambda ins, o: single(n_tiles, [ins[k].data_ptr() for k in which] + [o.data_ptr()])
-
-
-def _kernel_id(source: str) -> str:
-    """A kernel's identity for its stored tuning choices: its source text's hash."""
-    return hashlib.sha256(source.encode()).hexdigest()[:32]
 
 
 def _add(a: torch.Tensor | None, b: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:

@@ -15,12 +15,14 @@ of the candidates the call would time.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 from typing import Callable, Mapping, Protocol, Sequence
 
 import torch
 
+from flashlight_hf import settings
 from flashlight_hf.compiler.abi import DECODE_MAX_ROWS
 from flashlight_hf.compiler.runtime.switches import LaunchSwitches
 
@@ -180,9 +182,12 @@ class Tuner:
 
 def tune_on_call() -> int:
     """Which call of a shape bucket times its candidates (``FLASHLIGHT_TUNE_ON_CALL``)."""
-    from flashlight_hf import settings
-
     return settings.current().tune_on_call
+
+
+def kernel_id(source: str) -> str:
+    """A kernel's identity for its stored tuning choices: its source text's hash."""
+    return hashlib.sha256(source.encode()).hexdigest()[:32]
 
 
 def time_options(options: Sequence[tuple[LaunchConfig, int]],
