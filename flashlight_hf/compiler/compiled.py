@@ -291,7 +291,12 @@ class CompiledAttention:
         if self._state is not None:
             full = self.with_state(args)
             if full is None:  # its state is gone: what the function as written does (raises, mostly)
-                return self.fn(*args, **kwargs)
+                out = self.fn(*args, **kwargs)
+                if ("state", "gone") not in self._warned:
+                    self._warned.add(("state", "gone"))
+                    warnings.warn(f"flashlight: running {self._name()} unfused (eager PyTorch): a tensor it read "
+                                  "from outside its arguments when compiled is no longer there", stacklevel=2)
+                return out
             args = full
         fast, b = self._lookup(args, kwargs)
         if b.kernel is None:
